@@ -1,0 +1,151 @@
+"""Realistic Stripe Event payloads, for the dev demo, tests and the scenario simulator.
+
+Shapes follow Stripe's API (2025 versions: `pricing.price_details`, `taxes[]`, `total_taxes`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Country → (currency, tax rate id, tax rate in basis points)
+MARKETS: dict[str, tuple[str, str, int]] = {
+    "US": ("usd", "txr_us_sales", 0),
+    "GB": ("gbp", "txr_uk_vat20", 2000),
+    "DE": ("eur", "txr_de_vat19", 1900),
+    "JP": ("jpy", "txr_jp_ct10", 1000),
+}
+
+# product id → (price id, unit amount in minor units per currency)
+CATALOGUE: dict[str, tuple[str, dict[str, int]]] = {
+    "prod_platform": ("price_platform_monthly", {"usd": 49900, "gbp": 39900, "eur": 44900, "jpy": 69800}),
+    "prod_seats": ("price_seat_monthly", {"usd": 2500, "gbp": 2000, "eur": 2300, "jpy": 3500}),
+    "prod_support": ("price_support_monthly", {"usd": 9900, "gbp": 7900, "eur": 8900, "jpy": 13800}),
+}
+
+INVOICE_STATUS_BY_EVENT = {
+    "invoice.created": "draft",
+    "invoice.finalized": "open",
+    "invoice.paid": "paid",
+    "invoice.voided": "void",
+    "invoice.marked_uncollectible": "uncollectible",
+    "invoice.payment_failed": "open",
+}
+
+
+def invoice_object(
+    invoice_id: str,
+    customer_id: str,
+    country: str,
+    lines: list[tuple[str, int]],
+    *,
+    status: str = "open",
+    created: int = 1_767_225_600,  # 2026-01-01T00:00:00Z
+    number: str | None = None,
+) -> dict[str, Any]:
+    """A Stripe invoice that adds up: `lines` are (product id, quantity)."""
+    currency, tax_rate, bps = MARKETS[country]
+    line_objs = []
+    subtotal = tax_total = 0
+    for n, (product, quantity) in enumerate(lines):
+        price_id, unit_amounts = CATALOGUE[product]
+        amount = unit_amounts[currency] * quantity
+        # Tax rounds half up per line, in minor units, as Stripe does for exclusive tax.
+        tax = (amount * bps + 5000) // 10000
+        subtotal += amount
+        tax_total += tax
+        line_objs.append(
+            {
+                "id": f"il_{invoice_id[3:]}_{n}",
+                "object": "line_item",
+                "amount": amount,
+                "subtotal": amount,
+                "currency": currency,
+                "description": f"{product} x {quantity}",
+                "discount_amounts": [],
+                "discountable": True,
+                "invoice": invoice_id,
+                "livemode": False,
+                "metadata": {},
+                "period": {"start": created, "end": created + 30 * 86400},
+                "pricing": {
+                    "type": "price_details",
+                    "price_details": {"price": price_id, "product": product},
+                    "unit_amount_decimal": str(unit_amounts[currency]),
+                },
+                "quantity": quantity,
+                "taxes": [
+                    {
+                        "amount": tax,
+                        "tax_behavior": "exclusive",
+                        "type": "tax_rate_details",
+                        "tax_rate_details": {"tax_rate": tax_rate},
+                        "taxability_reason": "standard_rated",
+                        "taxable_amount": amount,
+                    }
+                ]
+                if bps
+                else [],
+            }
+        )
+    total = subtotal + tax_total
+    paid = status == "paid"
+    return {
+        "id": invoice_id,
+        "object": "invoice",
+        "account_country": "US",
+        "amount_due": total,
+        "amount_paid": total if paid else 0,
+        "amount_remaining": 0 if paid else total,
+        "amount_shipping": 0,
+        "billing_reason": "subscription_cycle",
+        "collection_method": "charge_automatically",
+        "created": created,
+        "currency": currency,
+        "customer": customer_id,
+        "customer_address": {"country": country},
+        "discounts": [],
+        "due_date": None,
+        "effective_at": created if status != "draft" else None,
+        "lines": {
+            "object": "list",
+            "data": line_objs,
+            "has_more": False,
+            "url": f"/v1/invoices/{invoice_id}/lines",
+        },
+        "livemode": False,
+        "metadata": {},
+        "number": number,
+        "status": status,
+        "status_transitions": {
+            "finalized_at": created + 3600 if status != "draft" else None,
+            "paid_at": created + 7200 if paid else None,
+            "voided_at": None,
+            "marked_uncollectible_at": None,
+        },
+        "subtotal": subtotal,
+        "subtotal_excluding_tax": subtotal,
+        "tax": None,
+        "total": total,
+        "total_discount_amounts": [],
+        "total_excluding_tax": subtotal,
+        "total_taxes": [
+            {"amount": tax_total, "tax_behavior": "exclusive", "tax_rate_details": {"tax_rate": tax_rate}}
+        ]
+        if bps
+        else [],
+    }
+
+
+def event_envelope(event_id: str, event_type: str, obj: dict[str, Any], created: int) -> dict[str, Any]:
+    """Wrap an object in Stripe's Event envelope."""
+    return {
+        "id": event_id,
+        "object": "event",
+        "api_version": "2025-03-31.basil",
+        "created": created,
+        "data": {"object": obj},
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": event_type,
+    }

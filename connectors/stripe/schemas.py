@@ -1,0 +1,141 @@
+"""Stripe's own payload shapes (the parts ledgerflow reads). Lenient to new fields, exact about
+the ones it uses: Stripe adds fields often, and a new one must not stop the pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StripeModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class StripeEventData(StripeModel):
+    object: dict[str, Any]
+    previous_attributes: dict[str, Any] | None = None
+
+
+class StripeEvent(StripeModel):
+    """The `Event` envelope of a webhook or `billing.changes` message."""
+
+    id: str = Field(min_length=1)
+    object: str
+    type: str = Field(min_length=1)
+    created: int
+    livemode: bool = False
+    api_version: str | None = None
+    data: StripeEventData
+
+
+class StripeDiscountAmount(StripeModel):
+    amount: int
+
+
+class StripeTaxRateDetails(StripeModel):
+    tax_rate: str | None = None
+
+
+class StripeLineTax(StripeModel):
+    """`taxes[]` (API 2025+) or the legacy `tax_amounts[]`, normalised to one shape."""
+
+    amount: int
+    tax_rate: str | None = None
+    tax_rate_details: StripeTaxRateDetails | None = None
+
+    @property
+    def rate_id(self) -> str | None:
+        if self.tax_rate is not None:
+            return self.tax_rate
+        return self.tax_rate_details.tax_rate if self.tax_rate_details else None
+
+
+class StripePriceDetails(StripeModel):
+    price: str | None = None
+    product: str | None = None
+
+
+class StripePricing(StripeModel):
+    type: str | None = None
+    price_details: StripePriceDetails | None = None
+    unit_amount_decimal: str | None = None
+
+
+class StripePeriod(StripeModel):
+    start: int | None = None
+    end: int | None = None
+
+
+class StripeLineItem(StripeModel):
+    id: str = Field(min_length=1)
+    amount: int
+    subtotal: int | None = None
+    currency: str | None = None
+    description: str | None = None
+    quantity: int | None = None
+    discount_amounts: list[StripeDiscountAmount] | None = None
+    taxes: list[StripeLineTax] | None = None
+    tax_amounts: list[StripeLineTax] | None = None
+    pricing: StripePricing | None = None
+    price: dict[str, Any] | None = None  # legacy API versions
+    period: StripePeriod | None = None
+
+
+class StripeList(StripeModel):
+    data: list[StripeLineItem]
+    has_more: bool = False
+
+
+class StripeAddress(StripeModel):
+    country: str | None = None
+
+
+class StripeStatusTransitions(StripeModel):
+    finalized_at: int | None = None
+    paid_at: int | None = None
+    voided_at: int | None = None
+    marked_uncollectible_at: int | None = None
+
+
+class StripeShippingCost(StripeModel):
+    amount_total: int | None = None
+
+
+class StripeTotalTax(StripeModel):
+    amount: int
+
+
+class StripeSubscriptionDetails(StripeModel):
+    subscription: str | None = None
+
+
+class StripeInvoiceParent(StripeModel):
+    subscription_details: StripeSubscriptionDetails | None = None
+
+
+class StripeInvoice(StripeModel):
+    id: str = Field(min_length=1)
+    object: str
+    customer: str | dict[str, Any] | None
+    status: str | None
+    currency: str
+    created: int
+    effective_at: int | None = None
+    due_date: int | None = None
+    number: str | None = None
+    lines: StripeList
+    subtotal: int
+    total: int
+    total_discount_amounts: list[StripeDiscountAmount] | None = None
+    total_taxes: list[StripeTotalTax] | None = None
+    tax: int | None = None  # legacy API versions
+    amount_shipping: int = 0
+    shipping_cost: StripeShippingCost | None = None
+    amount_paid: int = 0
+    amount_due: int = 0
+    customer_address: StripeAddress | None = None
+    status_transitions: StripeStatusTransitions | None = None
+    subscription: str | None = None  # legacy API versions
+    parent: StripeInvoiceParent | None = None
+    metadata: dict[str, str] = {}

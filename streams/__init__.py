@@ -1,0 +1,1 @@
+"""Wiring: settings, the Faust app, topics, schemas, the CLI and the local broker."""

@@ -1,0 +1,103 @@
+"""The one Faust app. Agents are found by autodiscovery when a worker starts."""
+
+from __future__ import annotations
+
+import ssl
+from typing import TYPE_CHECKING, Any
+
+import faust
+
+from streams.settings import Settings, settings
+
+if TYPE_CHECKING:
+    from faust.types import TopicT
+
+
+def _broker_credentials(s: Settings) -> Any:
+    """SASL/SSL for a managed cluster; None on a plaintext local broker."""
+    protocol = s.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context(cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None)
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    password = s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else ""
+    mechanism = s.kafka_sasl_mechanism or "PLAIN"
+    if mechanism == "PLAIN":
+        return faust.SASLCredentials(
+            username=s.kafka_sasl_username,
+            password=password,
+            ssl_context=context if protocol == "SASL_SSL" else None,
+        )
+    return faust.SASLCredentials(
+        username=s.kafka_sasl_username,
+        password=password,
+        mechanism=mechanism,
+        ssl_context=context if protocol == "SASL_SSL" else None,
+    )
+
+
+class LedgerflowApp(faust.App):
+    """The Faust app, plus: every design topic exists before any agent runs.
+
+    Faust creates only the topics its agents consume, and only once a worker has joined the
+    group; the first DLQ entry or command would otherwise wait on a missing topic.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.declared_topics: list[TopicT] = []
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        if not self.declared_topics:
+            return
+        # The plain producer, not the transaction manager: no partition is assigned yet.
+        producer = self.producer
+        await producer.maybe_start()
+        for channel in self.declared_topics:
+            for name in channel.topics:
+                await producer.create_topic(
+                    topic=name,
+                    partitions=channel.partitions or self.conf.topic_partitions,
+                    replication=channel.replicas or self.conf.topic_replication_factor or 1,
+                    config=channel.config,
+                    compacting=channel.compacting,
+                    deleting=channel.deleting,
+                    retention=channel.retention,
+                )
+
+
+def create_app(s: Settings) -> LedgerflowApp:
+    """Build the app from settings (tests build their own with other settings)."""
+    return LedgerflowApp(
+        s.app_id,
+        broker=[f"kafka://{host}" for host in s.bootstrap.split(",")],
+        broker_credentials=_broker_credentials(s),
+        autodiscover=["agents"],
+        origin="streams",
+        store="rocksdb://",
+        datadir=str(s.data_dir),
+        topic_partitions=s.partitions,
+        topic_replication_factor=s.replication_factor,
+        processing_guarantee=s.processing_guarantee,
+        consumer_auto_offset_reset="earliest",
+        # Faust's default is one produce request per message; lingering lets the producer
+        # put a batch of sends into one request.
+        producer_linger_ms=s.producer_linger_ms,
+        producer_max_batch_size=1 << 20,
+        producer_acks=-1,
+        broker_commit_every=s.batch_size,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=max(4096, s.batch_size * 4),
+        stream_recovery_delay=0.2,
+        web_port=s.web_port,
+        web_bind=s.web_bind,
+        web_host=s.web_host,
+        canonical_url=f"http://{s.web_host}:{s.web_port}",
+        table_cleanup_interval=30.0,
+        worker_redirect_stdouts=False,
+    )
+
+
+app = create_app(settings)

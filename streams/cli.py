@@ -1,0 +1,84 @@
+"""The `ledgerflow` command: Faust's own commands (`worker`, …) plus ledgerflow's."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import click
+from faust.cli.faust import cli
+
+from streams.local_kafka import LocalKafka, LocalKafkaError, cache_root
+
+
+@click.command("kafka")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Broker storage (default: a fresh folder under the cache).",
+)
+@click.option("--port", type=int, default=9092, show_default=True, help="Broker port on 127.0.0.1.")
+def kafka_command(data_dir: Path | None, port: int) -> None:
+    """Run the local single-node Apache Kafka (KRaft) in the foreground until Ctrl-C."""
+    data_dir = data_dir or cache_root() / "broker-data" / str(port)
+    broker = LocalKafka(data_dir=data_dir, port=port)
+    try:
+        broker.start()
+    except LocalKafkaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Kafka {broker.version} on {broker.bootstrap} (data {data_dir}); Ctrl-C stops it")
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while broker.process is not None and broker.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+
+
+@click.command("schemas")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("canonical/schemas"),
+    show_default=True,
+    help="Folder to write the JSON Schemas into.",
+)
+def schemas_command(out: Path) -> None:
+    """Write the JSON Schema of every canonical model (for teams that produce or consume them)."""
+    from canonical import PUBLISHED_MODELS
+    from canonical.codec import export_json_schemas
+
+    for path in export_json_schemas(PUBLISHED_MODELS, out):
+        click.echo(str(path))
+
+
+@click.command("dev")
+@click.option(
+    "--events", type=int, default=200, show_default=True, help="Stripe invoice events in the demo scenario."
+)
+@click.option(
+    "--keep-running/--no-keep-running",
+    default=True,
+    show_default=True,
+    help="Keep the stack up after the scenario (Ctrl-C stops it).",
+)
+def dev_command(events: int, keep_running: bool) -> None:
+    """The whole stack on one machine: local Kafka, a worker, a scenario, a summary."""
+    from streams.dev import run_dev
+
+    run_dev(events=events, keep_running=keep_running)
+
+
+for command in (kafka_command, schemas_command, dev_command):
+    cli.add_command(command)
+
+
+def main() -> NoReturn:
+    from streams.app import app
+
+    app.main()

@@ -1,0 +1,104 @@
+"""ERP mappings as configuration: subsidiaries, items and GL accounts, tax codes, closed periods.
+
+Loaded from the TOML file named by `LEDGERFLOW_MAPPINGS` and validated here, so a typo in the
+file is an error at start-up, never a wrong posting.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import date
+from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from canonical.money import Currency
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Subsidiary(_Config):
+    """A legal entity in the ERP, the countries it books for and its enabled currencies."""
+
+    id: str = Field(min_length=1)
+    name: str
+    countries: tuple[str, ...] = ()
+    currencies: tuple[Currency, ...] = Field(min_length=1)
+
+
+class ItemMapping(_Config):
+    item: str = Field(min_length=1)
+    gl_account: str = Field(min_length=1)
+
+
+class ClosedPeriod(_Config):
+    subsidiary: str = "*"
+    start: date
+    end: date
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ClosedPeriod:
+        if self.end < self.start:
+            raise ValueError("closed period ends before it starts")
+        return self
+
+
+class Mappings(_Config):
+    subsidiaries: tuple[Subsidiary, ...] = Field(min_length=1)
+    default_subsidiary_by_currency: dict[Currency, str] = {}
+    """Used when the customer's country is unknown: the currency alone picks the entity."""
+    items: dict[str, ItemMapping] = {}
+    """Keyed by price id or product id (price wins)."""
+    default_item: ItemMapping | None = None
+    """For lines that name neither a price nor a product (one-off invoice items)."""
+    tax_codes: dict[str, str] = {}
+    """Tax rate id → ERP tax code."""
+    closed_periods: tuple[ClosedPeriod, ...] = ()
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> Mappings:
+        known = {s.id for s in self.subsidiaries}
+        for currency, subsidiary in self.default_subsidiary_by_currency.items():
+            if subsidiary not in known:
+                raise ValueError(f"default_subsidiary_by_currency.{currency} names unknown {subsidiary!r}")
+        for period in self.closed_periods:
+            if period.subsidiary != "*" and period.subsidiary not in known:
+                raise ValueError(f"closed period names unknown subsidiary {period.subsidiary!r}")
+        return self
+
+    def subsidiary(self, subsidiary_id: str) -> Subsidiary | None:
+        return next((s for s in self.subsidiaries if s.id == subsidiary_id), None)
+
+    def subsidiary_for(self, country: str | None, currency: str) -> Subsidiary | None:
+        """The legal entity that books a document: by country first, else by currency."""
+        if country is not None:
+            for sub in self.subsidiaries:
+                if country in sub.countries:
+                    return sub
+        default = self.default_subsidiary_by_currency.get(currency)
+        return self.subsidiary(default) if default is not None else None
+
+    def item_for(self, price_id: str | None, product_id: str | None) -> ItemMapping | None:
+        for key in (price_id, product_id):
+            if key is not None and key in self.items:
+                return self.items[key]
+        if price_id is None and product_id is None:
+            return self.default_item
+        return None
+
+    def is_closed(self, subsidiary_id: str, day: date) -> bool:
+        return any(
+            p.start <= day <= p.end and p.subsidiary in ("*", subsidiary_id) for p in self.closed_periods
+        )
+
+
+def load_mappings(path: Path | None) -> Mappings:
+    """Read and validate a mappings TOML; `None` loads the bundled example."""
+    if path is None:
+        text = resources.files("streams").joinpath("mappings.example.toml").read_text("utf-8")
+    else:
+        text = Path(path).read_text("utf-8")
+    return Mappings.model_validate(tomllib.loads(text))

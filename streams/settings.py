@@ -1,0 +1,97 @@
+"""Every knob of ledgerflow: one settings object read from `LEDGERFLOW_*` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Defaults suit `ledgerflow dev` on one machine; the docstring of each field names its
+    variable. The k8s ConfigMap uses the same names."""
+
+    model_config = SettingsConfigDict(env_prefix="LEDGERFLOW_", frozen=True, extra="ignore")
+
+    kafka_bootstrap: str | None = None
+    """LEDGERFLOW_KAFKA_BOOTSTRAP: broker list `host:port,…`. Unset in `ledgerflow dev` and the
+    tests means "start the local broker"; a bare worker then uses 127.0.0.1:9092."""
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """LEDGERFLOW_KAFKA_SECURITY_PROTOCOL"""
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """LEDGERFLOW_KAFKA_SASL_MECHANISM"""
+    kafka_sasl_username: str | None = None
+    """LEDGERFLOW_KAFKA_SASL_USERNAME"""
+    kafka_sasl_password: SecretStr | None = None
+    """LEDGERFLOW_KAFKA_SASL_PASSWORD"""
+    kafka_ssl_cafile: Path | None = None
+    """LEDGERFLOW_KAFKA_SSL_CAFILE"""
+    partitions: int = Field(default=8, ge=1, le=1024)
+    """LEDGERFLOW_PARTITIONS: partitions of the topics ledgerflow creates."""
+    replication_factor: int = Field(default=1, ge=1)
+    """LEDGERFLOW_REPLICATION_FACTOR: of the topics ledgerflow creates (3 on a real cluster)."""
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = "at_least_once"
+    """LEDGERFLOW_PROCESSING_GUARANTEE: Faust's guarantee for the stream stages. `exactly_once`
+    is off by default: faust-streaming picks the transactional producer by the *destination*
+    partition, so a send to a topic no local agent consumes (erp.commands, the DLQ) fails.
+    Duplicates from at-least-once delivery are absorbed by the tables' event-id dedup and the
+    commands' idempotency keys (see README, "Delivery guarantees")."""
+
+    app_id: str = "ledgerflow"
+    """LEDGERFLOW_APP_ID: Kafka consumer group and prefix of the changelog topics."""
+    topic_prefix: str = ""
+    """LEDGERFLOW_TOPIC_PREFIX: prepended to every topic name (isolates test runs)."""
+
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    """LEDGERFLOW_WEB_PORT: the worker's web server (views, webhooks, metrics)."""
+    web_host: str = "127.0.0.1"
+    """LEDGERFLOW_WEB_HOST: the address peers use to reach this worker (table_route)."""
+    web_bind: str = "127.0.0.1"
+    """LEDGERFLOW_WEB_BIND: interface the web server listens on (0.0.0.0 in a pod)."""
+    data_dir: Path = Path(".ledgerflow-data")
+    """LEDGERFLOW_DATA_DIR: RocksDB tables and local state."""
+
+    api_token: SecretStr | None = None
+    """LEDGERFLOW_API_TOKEN: bearer token for operator and data routes."""
+    stripe_webhook_secret: SecretStr | None = None
+    """LEDGERFLOW_STRIPE_WEBHOOK_SECRET: one or more `whsec_…`, comma-separated (secret roll)."""
+    relay_secret: SecretStr | None = None
+    """LEDGERFLOW_RELAY_SECRET: HMAC secret of the Salesforce and CLM relays."""
+
+    erp_base_url: str = "http://127.0.0.1:8089"
+    """LEDGERFLOW_ERP_BASE_URL: the ERP the sink posts to."""
+    erp_mode: Literal["netsuite", "create-only"] = "netsuite"
+    """LEDGERFLOW_ERP_MODE"""
+    erp_token: SecretStr | None = None
+    """LEDGERFLOW_ERP_TOKEN"""
+    erp_concurrency: int = Field(default=5, ge=1, le=100)
+    """LEDGERFLOW_ERP_CONCURRENCY: parallel ERP calls across customers (NetSuite's smallest
+    shared limit is 5)."""
+
+    mappings: Path | None = None
+    """LEDGERFLOW_MAPPINGS: path of the mappings TOML; unset uses the bundled example."""
+    crm_account_metadata_key: str = "crm_account_id"
+    """LEDGERFLOW_CRM_ACCOUNT_METADATA_KEY: Stripe customer metadata key naming the CRM account."""
+
+    batch_size: int = Field(default=500, ge=1)
+    """LEDGERFLOW_BATCH_SIZE: events an agent takes at once (Faust's per-event cost is high)."""
+    batch_window_ms: int = Field(default=20, ge=1)
+    """LEDGERFLOW_BATCH_WINDOW_MS: longest an agent waits to fill a batch."""
+    producer_linger_ms: int = Field(default=5, ge=0)
+    """LEDGERFLOW_PRODUCER_LINGER_MS: lets the producer batch sends into one request."""
+    log_level: str = "info"
+    """LEDGERFLOW_LOG_LEVEL"""
+
+    def topic(self, name: str) -> str:
+        """The broker-side name of a design topic."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def bootstrap(self) -> str:
+        """The broker list the app connects to."""
+        return self.kafka_bootstrap or "127.0.0.1:9092"
+
+
+settings = Settings()

@@ -1,0 +1,61 @@
+"""Every topic of the design (§2): its name, key, and value schema, in one registry."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from canonical import AnyErpCommand, BusinessException, ChangeEvent, PostingResult
+from streams.app import app
+from streams.schemas import PydanticSchema, RawSchema
+from streams.settings import settings
+
+if TYPE_CHECKING:
+    from faust.types import SchemaT, TopicT
+
+# Contract names (design §2): keep them, or change them there and in the README too.
+CRM_CHANGES = "crm.changes"
+CLM_CHANGES = "clm.changes"
+BILLING_CHANGES = "billing.changes"
+PAYMENTS_CHANGES = "payments.changes"
+CANONICAL = "ledgerflow.canonical"
+ERP_COMMANDS = "erp.commands"
+ERP_RESULTS = "erp.results"
+CRM_WRITEBACK = "crm.writeback"
+EXCEPTIONS = "ledgerflow.exceptions"
+DLQ = "ledgerflow.dlq"
+
+
+def _topic(name: str, schema: SchemaT) -> TopicT:
+    return app.topic(
+        settings.topic(name),
+        schema=schema,
+        partitions=settings.partitions,
+        internal=True,  # declare (create) it with our partition count if it is missing
+    )
+
+
+crm_changes_topic = _topic(CRM_CHANGES, RawSchema())
+clm_changes_topic = _topic(CLM_CHANGES, RawSchema())
+billing_changes_topic = _topic(BILLING_CHANGES, RawSchema())
+payments_changes_topic = _topic(PAYMENTS_CHANGES, RawSchema())
+canonical_topic = _topic(CANONICAL, PydanticSchema(ChangeEvent))
+erp_commands_topic = _topic(ERP_COMMANDS, PydanticSchema(AnyErpCommand))
+erp_results_topic = _topic(ERP_RESULTS, PydanticSchema(PostingResult))
+crm_writeback_topic = _topic(CRM_WRITEBACK, RawSchema())
+exceptions_topic = _topic(EXCEPTIONS, PydanticSchema(BusinessException))
+dlq_topic = _topic(DLQ, RawSchema())
+
+ALL_TOPICS = {
+    CRM_CHANGES: crm_changes_topic,
+    CLM_CHANGES: clm_changes_topic,
+    BILLING_CHANGES: billing_changes_topic,
+    PAYMENTS_CHANGES: payments_changes_topic,
+    CANONICAL: canonical_topic,
+    ERP_COMMANDS: erp_commands_topic,
+    ERP_RESULTS: erp_results_topic,
+    CRM_WRITEBACK: crm_writeback_topic,
+    EXCEPTIONS: exceptions_topic,
+    DLQ: dlq_topic,
+}
+
+app.declared_topics.extend(ALL_TOPICS.values())

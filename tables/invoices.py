@@ -1,0 +1,55 @@
+"""Invoice state, per canonical customer: each invoice's latest snapshot and its ERP status."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from canonical import InvoiceStatus, LedgerModel
+from canonical.base import NonEmptyStr
+from canonical.money import Currency, MinorUnits
+from streams.app import app
+from streams.settings import settings
+
+SEEN_EVENT_IDS_KEPT = 32
+"""Event ids remembered per invoice for dedup; Stripe's redeliveries come within days, and an
+invoice sees only a handful of distinct events in its life."""
+
+
+class InvoiceErpStatus(StrEnum):
+    NOT_SENT = "not_sent"  # not postable yet (draft), or held by an exception
+    HELD = "held"  # validation failed: an open exception names why
+    PENDING = "pending"  # PostInvoice emitted, the ERP has not confirmed
+    POSTED = "posted"
+    FAILED = "failed"
+    VOID_PENDING = "void_pending"
+
+
+class InvoiceRow(LedgerModel):
+    invoice_id: NonEmptyStr
+    status: InvoiceStatus
+    version: tuple[int, ...]
+    currency: Currency
+    total: MinorUnits
+    erp_status: InvoiceErpStatus = InvoiceErpStatus.NOT_SENT
+    idempotency_key: str | None = None
+    document_number: str | None = None
+    exception_ids: tuple[str, ...] = ()
+    seen_event_ids: tuple[str, ...] = ()
+
+
+class CustomerInvoices(LedgerModel):
+    customer_id: NonEmptyStr
+    invoices: dict[str, InvoiceRow] = Field(default_factory=dict)
+
+
+invoice_table = app.Table(
+    "invoice-state",
+    # Raw bytes both ways: keys are UTF-8 ids as on the topics, so a key hashes to the same
+    # partition as the topic's; values are pydantic rows as JSON (tables/rows.py).
+    key_type=bytes,
+    value_type=bytes,
+    partitions=settings.partitions,
+    help="Invoices per canonical customer id: snapshot status, version, ERP status.",
+)

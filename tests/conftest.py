@@ -1,0 +1,57 @@
+"""Session fixtures: one real Kafka broker per test run (or LEDGERFLOW_KAFKA_BOOTSTRAP)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.local_kafka import LocalKafka
+from tests.support import Stack
+
+ARTIFACTS = Path(os.environ.get("LEDGERFLOW_TEST_ARTIFACTS", "test-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker for the whole run: the one named by LEDGERFLOW_KAFKA_BOOTSTRAP, or a local
+    Apache Kafka started here and stopped at the end."""
+    external = os.environ.get("LEDGERFLOW_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    broker = LocalKafka(data_dir=tmp_path_factory.mktemp("kafka"))
+    started = time.monotonic()
+    broker.start()
+    print(f"\nlocal Kafka {broker.version} on {broker.bootstrap}, up in {time.monotonic() - started:.1f}s")
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """An isolated ledgerflow deployment (own topics, group and data) on the shared broker,
+    one per test module. Its workers' logs are kept under test-artifacts/ if a test failed."""
+    root = tmp_path_factory.mktemp("stack")
+    s = Stack(bootstrap=kafka_bootstrap, root=root)
+    failed_before = request.session.testsfailed
+    try:
+        yield s
+    finally:
+        s.stop()
+        if request.session.testsfailed > failed_before:
+            target = ARTIFACTS / request.node.name
+            target.mkdir(parents=True, exist_ok=True)
+            for log in root.glob("*.log"):
+                (target / log.name).write_bytes(log.read_bytes())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "kafka_bootstrap" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)

@@ -1,0 +1,226 @@
+"""Shared test helpers: fixture data, a worker process, and reading topics back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streams.local_kafka import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path:
+    """`../shared/data` beside the checkout (CI lays it there), or LEDGERFLOW_SHARED_DATA."""
+    env = os.environ.get("LEDGERFLOW_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@cache
+def _stripe_resources() -> dict[str, Any]:
+    path = shared_data_dir() / "stripe" / "fixtures.json"
+    return orjson.loads(path.read_bytes())["resources"]
+
+
+def stripe_fixture(name: str) -> dict[str, Any]:
+    """A deep copy of one of Stripe's published example objects."""
+    return copy.deepcopy(_stripe_resources()[name])
+
+
+def stripe_event(obj: dict[str, Any], event_type: str, event_id: str | None = None) -> dict[str, Any]:
+    return {
+        "id": event_id or f"evt_{uuid.uuid4().hex[:24]}",
+        "object": "event",
+        "api_version": "2025-03-31.basil",
+        "created": 1_721_954_100,
+        "data": {"object": obj},
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": event_type,
+    }
+
+
+def finalized_fixture_invoice(*, corrected: bool) -> dict[str, Any]:
+    """Stripe's example invoice as `invoice.finalized` would carry it (status open).
+
+    Stripe's example is not self-consistent: its one line says amount 1000 but subtotal
+    2,060,319,484, while the invoice's subtotal and total are 1000. `corrected=True` sets the
+    line's subtotal to its amount, the one change that makes the document add up.
+    """
+    invoice = stripe_fixture("invoice")
+    invoice["status"] = "open"
+    if corrected:
+        for line in invoice["lines"]["data"]:
+            line["subtotal"] = line["amount"]
+    return invoice
+
+
+@dataclass
+class Worker:
+    """A `ledgerflow worker` subprocess with its own data dir and web port."""
+
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    ready_after: float = 0.0
+
+    def start(self, timeout: float = 90.0) -> Worker:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams", "worker", "-l", "info"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+        )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        offset = 0
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited {self.proc.returncode}:\n{self.tail()}")
+            text = self.log_path.read_text(errors="replace")
+            if "Worker ready" in text[offset:]:
+                self.ready_after = time.monotonic() - self.started_at
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"worker not ready in {timeout}s:\n{self.tail()}")
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "<no log>"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no commit."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@dataclass
+class Stack:
+    """One isolated ledgerflow deployment on the shared broker: own app id and topic prefix."""
+
+    bootstrap: str
+    root: Path
+    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}.")
+    partitions: int = 4
+    extra_env: dict[str, str] = field(default_factory=dict)
+    workers: list[Worker] = field(default_factory=list)
+
+    def topic(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def env(self, index: int) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")}
+        env.update({
+            "LEDGERFLOW_KAFKA_BOOTSTRAP": self.bootstrap,
+            "LEDGERFLOW_APP_ID": f"lf-{self.prefix.rstrip('.')}",
+            "LEDGERFLOW_TOPIC_PREFIX": self.prefix,
+            "LEDGERFLOW_PARTITIONS": str(self.partitions),
+            "LEDGERFLOW_DATA_DIR": str(self.root / f"worker{index}"),
+            "LEDGERFLOW_WEB_PORT": str(free_port()),
+            "LEDGERFLOW_BATCH_WINDOW_MS": "10",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(self.extra_env)
+        return env
+
+    def start_worker(self) -> Worker:
+        index = len(self.workers)
+        worker = Worker(self.env(index), self.root / f"worker{index}.log").start()
+        self.workers.append(worker)
+        return worker
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+Record = tuple[str | None, bytes | None, dict[str, str]]
+
+
+async def produce(bootstrap: str, topic: str, records: Iterable[tuple[str | None, bytes, dict[str, str]]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        for key, value, headers in records:
+            await producer.send_and_wait(
+                topic, value, key=key.encode() if key is not None else None,
+                headers=[(k, v.encode()) for k, v in headers.items()],
+            )
+    finally:
+        await producer.stop()
+
+
+async def consume_until(
+    bootstrap: str, topics: list[str], done: Any, timeout: float = 60.0
+) -> dict[str, list[Record]]:
+    """Read committed messages of `topics` from the start until `done(found)` or the timeout."""
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+        isolation_level="read_committed", enable_auto_commit=False, metadata_max_age_ms=1000,
+    )
+    await consumer.start()
+    found: dict[str, list[Record]] = {t: [] for t in topics}
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, messages in batch.items():
+                for m in messages:
+                    hdrs = {k: v.decode("utf-8", "replace") for k, v in (m.headers or ())}
+                    found[tp.topic].append((m.key.decode() if m.key else None, m.value, hdrs))
+            if done(found):
+                break
+    finally:
+        await consumer.stop()
+    return found
+
+
+@contextlib.contextmanager
+def env_vars(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
