@@ -32,7 +32,9 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 test: $(STAMP) kafka-jars lint ## lint, then the whole suite (starts its own Kafka)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	@# pytest exits 5 when a selection collects nothing: say so instead of failing make.
+	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; rc=0; fi; exit $$rc
 
 test-unit: $(STAMP) ## only the tests that need no broker
 	$(BIN)/pytest -m "not integration and not chaos and not bench" $(PYTEST_ARGS)

@@ -34,7 +34,9 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
+def stack(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
     """An isolated ledgerflow deployment (own topics, group and data) on the shared broker,
     one per test module. Its workers' logs are kept under test-artifacts/ if a test failed."""
     root = tmp_path_factory.mktemp("stack")

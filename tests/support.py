@@ -87,7 +87,11 @@ class Worker:
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams", "worker", "-l", "info"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
         )
         self.wait_ready(timeout)
         return self
@@ -147,16 +151,18 @@ class Stack:
 
     def env(self, index: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")}
-        env.update({
-            "LEDGERFLOW_KAFKA_BOOTSTRAP": self.bootstrap,
-            "LEDGERFLOW_APP_ID": f"lf-{self.prefix.rstrip('.')}",
-            "LEDGERFLOW_TOPIC_PREFIX": self.prefix,
-            "LEDGERFLOW_PARTITIONS": str(self.partitions),
-            "LEDGERFLOW_DATA_DIR": str(self.root / f"worker{index}"),
-            "LEDGERFLOW_WEB_PORT": str(free_port()),
-            "LEDGERFLOW_BATCH_WINDOW_MS": "10",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "LEDGERFLOW_KAFKA_BOOTSTRAP": self.bootstrap,
+                "LEDGERFLOW_APP_ID": f"lf-{self.prefix.rstrip('.')}",
+                "LEDGERFLOW_TOPIC_PREFIX": self.prefix,
+                "LEDGERFLOW_PARTITIONS": str(self.partitions),
+                "LEDGERFLOW_DATA_DIR": str(self.root / f"worker{index}"),
+                "LEDGERFLOW_WEB_PORT": str(free_port()),
+                "LEDGERFLOW_BATCH_WINDOW_MS": "10",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(self.extra_env)
         return env
 
@@ -174,13 +180,17 @@ class Stack:
 Record = tuple[str | None, bytes | None, dict[str, str]]
 
 
-async def produce(bootstrap: str, topic: str, records: Iterable[tuple[str | None, bytes, dict[str, str]]]) -> None:
+async def produce(
+    bootstrap: str, topic: str, records: Iterable[tuple[str | None, bytes, dict[str, str]]]
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
     await producer.start()
     try:
         for key, value, headers in records:
             await producer.send_and_wait(
-                topic, value, key=key.encode() if key is not None else None,
+                topic,
+                value,
+                key=key.encode() if key is not None else None,
                 headers=[(k, v.encode()) for k, v in headers.items()],
             )
     finally:
@@ -192,8 +202,13 @@ async def consume_until(
 ) -> dict[str, list[Record]]:
     """Read committed messages of `topics` from the start until `done(found)` or the timeout."""
     consumer = AIOKafkaConsumer(
-        *topics, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-        isolation_level="read_committed", enable_auto_commit=False, metadata_max_age_ms=1000,
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        metadata_max_age_ms=1000,
     )
     await consumer.start()
     found: dict[str, list[Record]] = {t: [] for t in topics}

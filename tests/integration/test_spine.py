@@ -46,7 +46,10 @@ def run(stack: Stack) -> dict[str, Any]:
         found = await consume_until(stack.bootstrap, topics, done, timeout=90)
         # Let anything extra (a second command for the redelivery, say) arrive before judging.
         extra = await consume_until(stack.bootstrap, topics, lambda f: False, timeout=3)
-        return {t.removeprefix(stack.prefix): extra[t] if len(extra[t]) >= len(found[t]) else found[t] for t in topics}
+        return {
+            t.removeprefix(stack.prefix): extra[t] if len(extra[t]) >= len(found[t]) else found[t]
+            for t in topics
+        }
 
     out = asyncio.run(scenario())
     out["worker"] = worker
