@@ -225,16 +225,6 @@ def _subsidiary_of(invoice: Invoice, mappings: Mappings) -> str:
     return subsidiary.id if subsidiary else "unmapped"
 
 
-_mappings: Mappings | None = None
-
-
-def current_mappings() -> Mappings:
-    global _mappings
-    if _mappings is None:
-        _mappings = load_mappings(settings.mappings)
-    return _mappings
-
-
 def _ref(event: EventT, change: ChangeEvent | None) -> MessageRef:
     msg = event.message
     return MessageRef(
@@ -246,10 +236,11 @@ def _ref(event: EventT, change: ChangeEvent | None) -> MessageRef:
     )
 
 
-async def post_customer_changes(customer_id: str, events: list[EventT], now: datetime) -> dict[Outcome, int]:
+async def post_customer_changes(
+    customer_id: str, events: list[EventT], mappings: Mappings, now: datetime
+) -> dict[Outcome, int]:
     """One customer's events of a batch, in order: read its row once, write it once."""
     counts: dict[Outcome, int] = {}
-    mappings = current_mappings()
     with acting_for(events[0]):
         state = get_row(invoice_table, customer_id, CustomerInvoices) or CustomerInvoices(
             customer_id=customer_id
@@ -280,6 +271,9 @@ async def post_customer_changes(customer_id: str, events: list[EventT], now: dat
 @app.agent(canonical_topic)
 async def build_posting_commands(stream: StreamT[Any]) -> None:
     """`ledgerflow.canonical` → invoice table → `erp.commands` / `ledgerflow.exceptions`."""
+    # Read once at start: a broken mappings file stops the agent here, loudly, instead of
+    # sending every event to the DLQ.
+    mappings = load_mappings(settings.mappings)
     async for events in batches(stream):
         now = datetime.now(UTC)
         for customer_id, customer_events in group_by_key(events).items():
@@ -288,7 +282,7 @@ async def build_posting_commands(stream: StreamT[Any]) -> None:
                     await send_to_dlq(event, "canonical event without a customer key")
                 continue
             try:
-                await post_customer_changes(customer_id, customer_events, now)
+                await post_customer_changes(customer_id, customer_events, mappings, now)
             except Exception as exc:
                 # A bug must not stop the partition: the events go to the DLQ with the error
                 # type, to be replayed after a fix.

@@ -77,6 +77,18 @@ def dev_command(events: int, keep_running: bool) -> None:
 for command in (kafka_command, schemas_command, dev_command):
     cli.add_command(command)
 
+cli.help = """ledgerflow keeps CRM, contract, billing and payment platforms in step with the ERP.
+
+\b
+Start here:
+  ledgerflow dev       the whole stack on this machine (Kafka, a worker, a scenario)
+  ledgerflow worker    a Faust worker (the stream agents and the web server)
+  ledgerflow kafka     a local Apache Kafka (KRaft) in the foreground
+  ledgerflow schemas   the JSON Schemas of the canonical model
+
+Settings are LEDGERFLOW_* environment variables (see README, "Configuration").
+"""
+
 
 def main() -> NoReturn:
     from streams.app import app

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import tomllib
 from datetime import date
-from importlib import resources
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -97,8 +96,6 @@ class Mappings(_Config):
 
 def load_mappings(path: Path | None) -> Mappings:
     """Read and validate a mappings TOML; `None` loads the bundled example."""
-    if path is None:
-        text = resources.files("streams").joinpath("mappings.example.toml").read_text("utf-8")
-    else:
-        text = Path(path).read_text("utf-8")
+    path = Path(path) if path is not None else Path(__file__).with_name("mappings.example.toml")
+    text = path.read_text("utf-8")
     return Mappings.model_validate(tomllib.loads(text))

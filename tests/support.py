@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import os
@@ -11,16 +10,18 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streams.kafka_io import Record, produce, read_topics
 from streams.local_kafka import free_port
+
+__all__ = ["Record", "consume_until", "produce"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -177,54 +178,10 @@ class Stack:
             worker.stop()
 
 
-Record = tuple[str | None, bytes | None, dict[str, str]]
-
-
-async def produce(
-    bootstrap: str, topic: str, records: Iterable[tuple[str | None, bytes, dict[str, str]]]
-) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
-    await producer.start()
-    try:
-        for key, value, headers in records:
-            await producer.send_and_wait(
-                topic,
-                value,
-                key=key.encode() if key is not None else None,
-                headers=[(k, v.encode()) for k, v in headers.items()],
-            )
-    finally:
-        await producer.stop()
-
-
 async def consume_until(
     bootstrap: str, topics: list[str], done: Any, timeout: float = 60.0
 ) -> dict[str, list[Record]]:
-    """Read committed messages of `topics` from the start until `done(found)` or the timeout."""
-    consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        metadata_max_age_ms=1000,
-    )
-    await consumer.start()
-    found: dict[str, list[Record]] = {t: [] for t in topics}
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for tp, messages in batch.items():
-                for m in messages:
-                    hdrs = {k: v.decode("utf-8", "replace") for k, v in (m.headers or ())}
-                    found[tp.topic].append((m.key.decode() if m.key else None, m.value, hdrs))
-            if done(found):
-                break
-    finally:
-        await consumer.stop()
-    return found
+    return await read_topics(bootstrap, topics, done, timeout)
 
 
 @contextlib.contextmanager

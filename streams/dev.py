@@ -1,0 +1,212 @@
+"""`ledgerflow dev`: the whole stack on one machine, a scenario through it, and a summary."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from connectors.stripe.samples import MARKETS, event_envelope, invoice_object
+from streams.kafka_io import Record, produce, read_topics
+from streams.local_kafka import LocalKafka, free_port
+from streams.settings import settings
+
+DEV_ROOT = Path(".ledgerflow-dev")
+OUTPUT_TOPICS = ["erp.commands", "ledgerflow.exceptions", "ledgerflow.dlq"]
+
+
+@dataclass
+class Scenario:
+    """Stripe billing events with the faults a real feed has, and what must come of them."""
+
+    records: list[tuple[str | None, bytes, dict[str, str]]] = field(default_factory=list)
+    expected_commands: int = 0
+    expected_exceptions: int = 0
+    expected_dlq: int = 0
+
+
+def demo_scenario(invoices: int, seed: int = 7) -> Scenario:
+    """`invoices` finalized-then-paid invoices across the four markets, plus the awkward ones:
+    Stripe redeliveries, a paid snapshot arriving before its open one, an invoice whose lines
+    do not add up, one in a currency no subsidiary books, and a message that is not JSON."""
+    rng = random.Random(seed)
+    s = Scenario()
+    countries = list(MARKETS)
+    t0 = 1_767_225_600
+    for n in range(invoices):
+        country = countries[n % len(countries)]
+        customer = f"cus_demo{n % max(1, invoices // 3):04d}"
+        lines = [("prod_platform", 1), ("prod_seats", rng.randint(1, 40))]
+        if rng.random() < 0.3:
+            lines.append(("prod_support", 1))
+        invoice_id = f"in_demo{n:05d}"
+        finalized = invoice_object(invoice_id, customer, country, lines, status="open", created=t0 + n * 60)
+        paid = invoice_object(invoice_id, customer, country, lines, status="paid", created=t0 + n * 60)
+        events = [
+            event_envelope(f"evt_{invoice_id}_fin", "invoice.finalized", finalized, t0 + n * 60 + 3600),
+            event_envelope(f"evt_{invoice_id}_paid", "invoice.paid", paid, t0 + n * 60 + 7200),
+        ]
+        if n % 10 == 3:
+            events.reverse()  # Stripe does not promise order: paid before finalized
+        if n % 10 == 5:
+            events.append(events[0])  # redelivery
+        for event in events:
+            s.records.append((customer, orjson.dumps(event), {}))
+        s.expected_commands += 1
+    broken = invoice_object("in_demo_broken", "cus_demo_x", "DE", [("prod_platform", 1)], created=t0)
+    broken["lines"]["data"][0]["amount"] -= 100  # the line no longer adds up
+    s.records.append(
+        ("cus_demo_x", orjson.dumps(event_envelope("evt_broken", "invoice.finalized", broken, t0)), {})
+    )
+    s.expected_exceptions += 1
+    brl = invoice_object("in_demo_brl", "cus_demo_y", "US", [("prod_platform", 1)], created=t0)
+    brl["currency"] = "brl"
+    brl["customer_address"] = {"country": "BR"}
+    s.records.append(
+        ("cus_demo_y", orjson.dumps(event_envelope("evt_brl", "invoice.finalized", brl, t0)), {})
+    )
+    s.expected_exceptions += 1
+    s.records.append(("cus_demo_z", b'{"id": "evt_truncated", "object": "ev', {}))
+    s.expected_dlq += 1
+    return s
+
+
+def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams", "worker", "-l", "info"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"the worker exited ({proc.returncode}); see {log}")
+        if log.exists() and text in log.read_text(errors="replace"):
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise SystemExit(f"the worker was not ready within {timeout}s; see {log}")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _summary(found: dict[str, list[Record]]) -> list[str]:
+    commands = Counter(orjson.loads(v or b"{}").get("command", "?") for _, v, _ in found["erp.commands"])
+    keys = {orjson.loads(v or b"{}").get("idempotency_key") for _, v, _ in found["erp.commands"]}
+    exceptions = Counter(
+        orjson.loads(v or b"{}").get("reason", "?") for _, v, _ in found["ledgerflow.exceptions"]
+    )
+    dlq = Counter(h.get("x-dlq-reason", "?").split(":")[0] for _, _, h in found["ledgerflow.dlq"])
+    lines = ["", "ERP commands (erp.commands):"]
+    lines += [f"  {name:<20} {count}" for name, count in sorted(commands.items())]
+    lines.append(f"  distinct idempotency keys: {len(keys)}")
+    lines.append("Business exceptions (ledgerflow.exceptions):")
+    lines += [f"  {reason:<20} {count}" for reason, count in sorted(exceptions.items())] or ["  none"]
+    lines.append("Dead letters (ledgerflow.dlq):")
+    lines += [f"  {reason:<20} {count}" for reason, count in sorted(dlq.items())] or ["  none"]
+    return lines
+
+
+def run_dev(events: int, keep_running: bool) -> None:
+    """Start Kafka (unless LEDGERFLOW_KAFKA_BOOTSTRAP names one) and a worker, run the demo
+    scenario, print what happened and where to look, and stop everything on Ctrl-C."""
+    if DEV_ROOT.exists():
+        shutil.rmtree(DEV_ROOT)
+    DEV_ROOT.mkdir(parents=True)
+    broker: LocalKafka | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        if settings.kafka_bootstrap:
+            bootstrap = settings.kafka_bootstrap
+            print(f"Using Kafka at {bootstrap}")
+        else:
+            t = time.monotonic()
+            broker = LocalKafka(data_dir=(DEV_ROOT / "kafka").resolve()).start()
+            bootstrap = broker.bootstrap
+            print(f"Started Apache Kafka {broker.version} on {bootstrap} in {time.monotonic() - t:.1f}s")
+        web_port = settings.web_port if _port_free(settings.web_port) else free_port()
+        env = {
+            **os.environ,
+            "LEDGERFLOW_KAFKA_BOOTSTRAP": bootstrap,
+            "LEDGERFLOW_DATA_DIR": str((DEV_ROOT / "worker").resolve()),
+            "LEDGERFLOW_WEB_PORT": str(web_port),
+            "PYTHONUNBUFFERED": "1",
+        }
+        log = (DEV_ROOT / "worker.log").resolve()
+        worker = _start_worker(env, log)
+        ready = _wait_for(log, "Worker ready", worker, timeout=120)
+        print(f"Worker ready in {ready:.1f}s (web http://127.0.0.1:{web_port}/, log {log})")
+
+        scenario = demo_scenario(events)
+        prefix = settings.topic_prefix
+        t = time.monotonic()
+        asyncio.run(produce(bootstrap, prefix + "billing.changes", scenario.records))
+        print(f"Produced {len(scenario.records)} Stripe events to {prefix}billing.changes")
+        topics = [prefix + name for name in OUTPUT_TOPICS]
+
+        def done(found: dict[str, list[Record]]) -> bool:
+            return (
+                len(found[topics[0]]) >= scenario.expected_commands
+                and len(found[topics[1]]) >= scenario.expected_exceptions
+                and len(found[topics[2]]) >= scenario.expected_dlq
+            )
+
+        found = asyncio.run(read_topics(bootstrap, topics, done, timeout=120))
+        elapsed = time.monotonic() - t
+        by_name = {name: found[prefix + name] for name in OUTPUT_TOPICS}
+        print(
+            f"Pipeline drained in {elapsed:.1f}s ({len(scenario.records) / elapsed:.0f} events/s end to end)"
+        )
+        print("\n".join(_summary(by_name)))
+        print(
+            f"\nExpected: {scenario.expected_commands} commands, {scenario.expected_exceptions} exceptions, "
+            f"{scenario.expected_dlq} dead letter(s)."
+        )
+        print(f"Look at: the worker log {log}; topics on {bootstrap}; state in {DEV_ROOT}/worker.")
+        if not done({prefix + k: v for k, v in by_name.items()}):
+            raise SystemExit(
+                "the pipeline did not produce everything the scenario implies; see the worker log"
+            )
+        if keep_running:
+            print("The stack keeps running; Ctrl-C stops everything it started.")
+            while worker.poll() is None:
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nStopping…")
+    finally:
+        _stop(worker)
+        if broker is not None:
+            broker.stop()
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

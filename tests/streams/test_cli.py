@@ -1,0 +1,76 @@
+"""The `ledgerflow` command as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streams.local_kafka import LocalKafka, LocalKafkaError, ensure_jars
+from tests.support import REPO, env_vars
+
+
+def _run(
+    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_help_lists_ledgerflow_commands() -> None:
+    out = _run("--help")
+    assert out.returncode == 0, out.stderr
+    for command in ("worker", "dev", "kafka", "schemas"):
+        assert f"  {command} " in out.stdout
+
+
+def test_worker_help_names_its_options() -> None:
+    out = _run("worker", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "--web-port" in out.stdout and "--web-host" in out.stdout
+
+
+def test_missing_kafka_version_fails_with_a_message_naming_maven(tmp_path: Path) -> None:
+    with (
+        env_vars(LEDGERFLOW_CACHE_DIR=str(tmp_path)),
+        pytest.raises(LocalKafkaError, match="Maven could not resolve"),
+    ):
+        ensure_jars("0.0.404")
+
+
+def test_local_broker_stops_cleanly_and_restarts_on_its_data(tmp_path: Path) -> None:
+    broker = LocalKafka(data_dir=tmp_path / "k").start()
+    port = broker.port
+    try:
+        broker.restart()
+        assert broker.port == port and broker.process is not None and broker.process.poll() is None
+    finally:
+        broker.stop()
+    assert broker.process is None
+
+
+def test_dev_runs_the_demo_scenario_end_to_end(kafka_bootstrap: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")}
+    env.update(
+        {
+            "LEDGERFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "LEDGERFLOW_TOPIC_PREFIX": "devtest.",
+            "LEDGERFLOW_APP_ID": "lf-devtest",
+            "LEDGERFLOW_PARTITIONS": "4",
+        }
+    )
+    out = _run("dev", "--events", "40", "--no-keep-running", cwd=tmp_path, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "post_invoice         40" in out.stdout
+    assert "distinct idempotency keys: 40" in out.stdout
+    assert "arithmetic_mismatch  1" in out.stdout and "unmapped_subsidiary  1" in out.stdout
+    assert "not_json             1" in out.stdout
