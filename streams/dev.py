@@ -6,7 +6,6 @@ import asyncio
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import orjson
 from connectors.stripe.samples import MARKETS, event_envelope, invoice_object
 from streams.kafka_io import Record, produce, read_topics
 from streams.local_kafka import LocalKafka, free_port
+from streams.processes import ProcessFailed, terminate, wait_for_log
 from streams.settings import settings
 
 DEV_ROOT = Path(".ledgerflow-dev")
@@ -91,27 +91,6 @@ def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"the worker exited ({proc.returncode}); see {log}")
-        if log.exists() and text in log.read_text(errors="replace"):
-            return time.monotonic() - started
-        time.sleep(0.1)
-    raise SystemExit(f"the worker was not ready within {timeout}s; see {log}")
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def _summary(found: dict[str, list[Record]]) -> list[str]:
     commands = Counter(orjson.loads(v or b"{}").get("command", "?") for _, v, _ in found["erp.commands"])
     keys = {orjson.loads(v or b"{}").get("idempotency_key") for _, v, _ in found["erp.commands"]}
@@ -156,7 +135,7 @@ def run_dev(events: int, keep_running: bool) -> None:
         }
         log = (DEV_ROOT / "worker.log").resolve()
         worker = _start_worker(env, log)
-        ready = _wait_for(log, "Worker ready", worker, timeout=120)
+        ready = wait_for_log(log, "Worker ready", worker, timeout=120)
         print(f"Worker ready in {ready:.1f}s (web http://127.0.0.1:{web_port}/, log {log})")
 
         scenario = demo_scenario(events)
@@ -195,8 +174,10 @@ def run_dev(events: int, keep_running: bool) -> None:
                 time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nStopping…")
+    except ProcessFailed as exc:
+        raise SystemExit(f"the worker did not start: {exc}") from None
     finally:
-        _stop(worker)
+        terminate(worker)
         if broker is not None:
             broker.stop()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -18,6 +17,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from streams.processes import terminate
 
 KAFKA_VERSION = os.environ.get("LEDGERFLOW_KAFKA_VERSION", "4.1.1")
 # Kafka 4.x logs through slf4j 1.7 to log4j2; the binding is not a dependency of kafka_2.13.
@@ -224,14 +225,7 @@ class LocalKafka:
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM and wait (a clean shutdown); SIGKILL if it does not go in time."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        terminate(proc, timeout)
 
     def restart(self) -> None:
         """Stop and start again on the same ports and data (a broker restart in chaos runs)."""

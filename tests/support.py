@@ -20,6 +20,7 @@ import orjson
 
 from streams.kafka_io import Record, produce, read_topics
 from streams.local_kafka import free_port
+from streams.processes import ProcessFailed, terminate, wait_for_log
 
 __all__ = ["Record", "consume_until", "produce"]
 
@@ -98,18 +99,11 @@ class Worker:
         return self
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        offset = 0
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited {self.proc.returncode}:\n{self.tail()}")
-            text = self.log_path.read_text(errors="replace")
-            if "Worker ready" in text[offset:]:
-                self.ready_after = time.monotonic() - self.started_at
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"worker not ready in {timeout}s:\n{self.tail()}")
+        assert self.proc is not None
+        try:
+            self.ready_after = wait_for_log(self.log_path, "Worker ready", self.proc, timeout)
+        except ProcessFailed as exc:
+            raise RuntimeError(f"{exc}:\n{self.tail()}") from None
 
     def tail(self, lines: int = 60) -> str:
         try:
@@ -119,14 +113,7 @@ class Worker:
 
     def stop(self, timeout: float = 30.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        terminate(proc, timeout)
 
     def kill(self) -> None:
         """kill -9: no shutdown, no commit."""
