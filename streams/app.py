@@ -74,7 +74,7 @@ def create_app(s: Settings) -> LedgerflowApp:
         s.app_id,
         broker=[f"kafka://{host}" for host in s.bootstrap.split(",")],
         broker_credentials=_broker_credentials(s),
-        autodiscover=["agents"],
+        autodiscover=["agents", "streams.ingress"],
         origin="streams",
         store="rocksdb://",
         datadir=str(s.data_dir),
@@ -97,6 +97,7 @@ def create_app(s: Settings) -> LedgerflowApp:
         canonical_url=f"http://{s.web_host}:{s.web_port}",
         table_cleanup_interval=30.0,
         worker_redirect_stdouts=False,
+        web_application_options={"client_max_size": 1 << 20},
     )
 
 
