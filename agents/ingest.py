@@ -11,7 +11,8 @@ from connectors.errors import Rejection
 from connectors.stripe import map_stripe_event
 from streams import headers as h
 from streams.app import app
-from streams.topics import billing_changes_topic, canonical_topic
+from streams.settings import settings
+from streams.topics import billing_changes_topic, canonical_topic, payments_changes_topic
 
 if TYPE_CHECKING:
     from faust.types import EventT, StreamT
@@ -28,7 +29,10 @@ async def ingest_stripe_event(event: EventT) -> int:
         return 0
     try:
         changes = map_stripe_event(
-            bytes(raw), provisional_customer_id, h.header(event.headers, h.CORRELATION_ID)
+            bytes(raw),
+            provisional_customer_id,
+            h.header(event.headers, h.CORRELATION_ID),
+            settings.crm_account_metadata_key,
         )
     except Rejection as rejection:
         await send_to_dlq(event, rejection.header_value)
@@ -45,6 +49,14 @@ async def ingest_stripe_event(event: EventT) -> int:
 @app.agent(billing_changes_topic)
 async def ingest_billing_changes(stream: StreamT[Any]) -> None:
     """Stripe billing Events (`billing.changes`) → `ledgerflow.canonical`."""
+    async for events in batches(stream):
+        for event in events:
+            await ingest_stripe_event(event)
+
+
+@app.agent(payments_changes_topic)
+async def ingest_payment_changes(stream: StreamT[Any]) -> None:
+    """Stripe payment Events (`payments.changes`: intents, refunds, disputes) → `ledgerflow.canonical`."""
     async for events in batches(stream):
         for event in events:
             await ingest_stripe_event(event)

@@ -8,22 +8,42 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from canonical import (
     ChangeEvent,
+    CreditMemo,
+    CreditMemoStatus,
+    Customer,
     EntityType,
     Invoice,
     InvoiceLine,
     InvoiceStatus,
+    Payment,
+    PaymentStatus,
+    Refund,
     Source,
+    Subscription,
+    SubscriptionItem,
 )
+from canonical.events import Entity
 from canonical.money import UnknownCurrencyError, currency_exponent
 from connectors.errors import Rejection, RejectionReason
-from connectors.stripe.schemas import StripeEvent, StripeInvoice, StripeLineItem
+from connectors.stripe.schemas import (
+    StripeCharge,
+    StripeCreditNote,
+    StripeCustomer,
+    StripeEvent,
+    StripeInvoice,
+    StripeLineItem,
+    StripePaymentIntent,
+    StripeRefund,
+    StripeSubscription,
+)
 from streams.headers import stable_id
 
 # An invoice goes draft → open → paid | void | uncollectible and never back; uncollectible
@@ -50,6 +70,8 @@ INVOICE_EVENT_TYPES = frozenset(
 )
 
 CustomerResolver = Callable[[Source, str], str]
+M = TypeVar("M", bound=BaseModel)
+E = TypeVar("E")
 
 
 def _ts(seconds: int) -> datetime:
@@ -175,8 +197,213 @@ def map_invoice(obj: dict[str, Any]) -> Invoice:
         raise _schema_rejection(exc, "data.object") from None
 
 
+def _ref(value: str | dict[str, Any] | None) -> str | None:
+    """An id, whether Stripe sent it as a string or an expanded object."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def _require_customer(value: str | dict[str, Any] | None, kind: str) -> str:
+    ref = _ref(value)
+    if ref is None:
+        raise Rejection(RejectionReason.MISSING_FIELD, f"{kind} has no customer", ("data.object.customer",))
+    return ref
+
+
+def _currency(code: str) -> str:
+    try:
+        currency_exponent(code.upper())
+    except UnknownCurrencyError:
+        raise Rejection(
+            RejectionReason.INVALID_VALUE, "not an ISO-4217 currency", ("data.object.currency",)
+        ) from None
+    return code
+
+
+def _validated(model: type[M], obj: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise _schema_rejection(exc, "data.object") from None
+
+
+def _canonical(build: Callable[[], E]) -> E:
+    try:
+        return build()
+    except ValidationError as exc:
+        raise _schema_rejection(exc, "data.object") from None
+
+
+def map_customer(obj: dict[str, Any], deleted: bool, crm_key: str) -> Customer:
+    cus = _validated(StripeCustomer, obj)
+    country = cus.address.country if cus.address else None
+    return _canonical(
+        lambda: Customer(
+            source_ref=cus.id,
+            billing_customer_id=cus.id,
+            crm_account_id=cus.metadata.get(crm_key) or None,
+            name=cus.name,
+            email=cus.email,
+            country=country.upper() if country else None,
+            currency=_currency(cus.currency) if cus.currency else None,
+            deleted=deleted or cus.deleted,
+        )
+    )
+
+
+def map_subscription(obj: dict[str, Any]) -> Subscription:
+    sub = _validated(StripeSubscription, obj)
+    customer = _require_customer(sub.customer, "subscription")
+    first = sub.items.data[0] if sub.items.data else None
+    start = sub.current_period_start or (first.current_period_start if first else None)
+    end = sub.current_period_end or (first.current_period_end if first else None)
+    return _canonical(
+        lambda: Subscription(
+            subscription_id=sub.id,
+            customer_ref=customer,
+            status=sub.status,
+            currency=_currency(sub.currency),
+            items=tuple(
+                SubscriptionItem(
+                    price_id=item.price.id,
+                    product_id=_ref(item.price.product),
+                    quantity=item.quantity if item.quantity is not None else 1,
+                    unit_amount=item.price.unit_amount,
+                )
+                for item in sub.items.data
+            ),
+            current_period_start=_ts(start) if start else None,
+            current_period_end=_ts(end) if end else None,
+            contract_id=sub.metadata.get("contract_id"),
+        )
+    )
+
+
+def map_credit_note(obj: dict[str, Any]) -> CreditMemo:
+    note = _validated(StripeCreditNote, obj)
+    customer = _require_customer(note.customer, "credit note")
+    invoice = _ref(note.invoice)
+    if invoice is None:
+        raise Rejection(
+            RejectionReason.MISSING_FIELD, "credit note names no invoice", ("data.object.invoice",)
+        )
+    try:
+        status = CreditMemoStatus(note.status)
+    except ValueError:
+        raise Rejection(
+            RejectionReason.INVALID_VALUE, "unknown credit note status", ("data.object.status",)
+        ) from None
+    taxes = note.total_taxes if note.total_taxes is not None else (note.tax_amounts or [])
+    return _canonical(
+        lambda: CreditMemo(
+            credit_memo_id=note.id,
+            number=note.number,
+            customer_ref=customer,
+            invoice_id=invoice,
+            status=status,
+            currency=_currency(note.currency),
+            issued_at=_ts(note.effective_at or note.created),
+            subtotal=note.subtotal,
+            tax_total=sum(t.amount for t in taxes),
+            total=note.total,
+            reason=note.reason,
+        )
+    )
+
+
+def map_payment_intent(obj: dict[str, Any], event_type: str) -> Payment:
+    intent = _validated(StripePaymentIntent, obj)
+    customer = _require_customer(intent.customer, "payment intent")
+    succeeded = event_type == "payment_intent.succeeded"
+    error = intent.last_payment_error or {}
+    return _canonical(
+        lambda: Payment(
+            payment_id=intent.id,
+            customer_ref=customer,
+            invoice_id=intent.invoice or intent.metadata.get("invoice_id"),
+            amount=intent.amount_received if succeeded else intent.amount,
+            currency=_currency(intent.currency),
+            status=PaymentStatus.SUCCEEDED if succeeded else PaymentStatus.FAILED,
+            received_at=_ts(intent.created),
+            method=intent.payment_method_types[0] if intent.payment_method_types else None,
+            failure_reason=None if succeeded else str(error.get("code") or "payment_failed"),
+        )
+    )
+
+
+def map_charge_refunds(obj: dict[str, Any]) -> list[Refund]:
+    charge = _validated(StripeCharge, obj)
+    customer = _require_customer(charge.customer, "charge")
+    refunds = charge.refunds.data if charge.refunds and charge.refunds.data else None
+    if refunds is None:
+        # An older API version without the refunds list: one refund for the amount refunded.
+        refunds = [
+            StripeRefund(
+                id=f"{charge.id}-refunded",
+                amount=charge.amount_refunded,
+                currency=charge.currency,
+                status="succeeded",
+                created=charge.created,
+            )
+        ]
+
+    def refund(r: StripeRefund) -> Refund:
+        return Refund(
+            refund_id=r.id,
+            customer_ref=customer,
+            payment_id=r.payment_intent or charge.payment_intent,
+            charge_id=charge.id,
+            amount=r.amount,
+            currency=_currency(r.currency),
+            status=r.status or "succeeded",
+            created_at=_ts(r.created),
+            reason=r.reason,
+        )
+
+    return [_canonical(partial(refund, r)) for r in refunds]
+
+
+def map_refund(obj: dict[str, Any]) -> Refund:
+    r = _validated(StripeRefund, obj)
+    customer = _require_customer(obj.get("customer"), "refund")
+    return _canonical(
+        lambda: Refund(
+            refund_id=r.id,
+            customer_ref=customer,
+            payment_id=r.payment_intent,
+            charge_id=r.charge,
+            amount=r.amount,
+            currency=_currency(r.currency),
+            status=r.status or "pending",
+            created_at=_ts(r.created),
+            reason=r.reason,
+        )
+    )
+
+
+CUSTOMER_RANK = {"customer.created": 0, "customer.updated": 1, "customer.deleted": 2}
+# Subscriptions move back and forth (past_due → active); the rank orders the usual path and
+# a tie keeps the later arrival. A snapshot in doubt is re-read by the client of issue #4.
+SUBSCRIPTION_RANK = {
+    "incomplete": 0,
+    "trialing": 1,
+    "active": 2,
+    "past_due": 3,
+    "paused": 3,
+    "unpaid": 4,
+    "canceled": 5,
+    "incomplete_expired": 5,
+}
+CREDIT_NOTE_RANK = {CreditMemoStatus.ISSUED: 1, CreditMemoStatus.VOID: 2}
+PAYMENT_EVENT_TYPES = frozenset({"payment_intent.succeeded", "payment_intent.payment_failed"})
+
+
 def map_stripe_event(
-    raw: bytes, resolve_customer: CustomerResolver, correlation_id: str | None = None
+    raw: bytes,
+    resolve_customer: CustomerResolver,
+    correlation_id: str | None = None,
+    crm_account_key: str = "crm_account_id",
 ) -> list[ChangeEvent]:
     """One Stripe Event → the canonical events it means ([] for types ledgerflow ignores).
 
@@ -186,21 +413,77 @@ def map_stripe_event(
     """
     event = decode_event(raw)
     correlation_id = correlation_id or stable_id("correlation", "stripe", event.id)
-    if event.type not in INVOICE_EVENT_TYPES:
-        return []
-    invoice = map_invoice(event.data.object)
+    obj, kind = event.data.object, event.type
+    entities: list[tuple[EntityType, str, tuple[int, ...], str, Entity]] = []
+    if kind in INVOICE_EVENT_TYPES:
+        invoice = map_invoice(obj)
+        entities.append(
+            (
+                EntityType.INVOICE,
+                invoice.invoice_id,
+                (INVOICE_LIFECYCLE_RANK[invoice.status],),
+                invoice.customer_ref,
+                invoice,
+            )
+        )
+    elif kind in CUSTOMER_RANK:
+        customer = map_customer(obj, kind == "customer.deleted", crm_account_key)
+        entities.append(
+            (EntityType.CUSTOMER, customer.source_ref, (CUSTOMER_RANK[kind],), customer.source_ref, customer)
+        )
+    elif kind.startswith("customer.subscription."):
+        sub = map_subscription(obj)
+        entities.append(
+            (
+                EntityType.SUBSCRIPTION,
+                sub.subscription_id,
+                (SUBSCRIPTION_RANK.get(sub.status, 2),),
+                sub.customer_ref,
+                sub,
+            )
+        )
+    elif kind.startswith("credit_note."):
+        note = map_credit_note(obj)
+        entities.append(
+            (
+                EntityType.CREDIT_MEMO,
+                note.credit_memo_id,
+                (CREDIT_NOTE_RANK[note.status],),
+                note.customer_ref,
+                note,
+            )
+        )
+    elif kind in PAYMENT_EVENT_TYPES:
+        payment = map_payment_intent(obj, kind)
+        rank = 2 if payment.status is PaymentStatus.SUCCEEDED else 1
+        entities.append((EntityType.PAYMENT, payment.payment_id, (rank,), payment.customer_ref, payment))
+    elif kind == "charge.refunded":
+        for refund in map_charge_refunds(obj):
+            entities.append((EntityType.REFUND, refund.refund_id, (1,), refund.customer_ref, refund))
+    elif kind in ("refund.created", "refund.updated"):
+        refund = map_refund(obj)
+        entities.append((EntityType.REFUND, refund.refund_id, (1,), refund.customer_ref, refund))
+    elif kind.startswith("charge.dispute."):
+        # A dispute names its charge, not its customer: resolving it needs the payments state
+        # of issue #4. Dead-lettered (replayable), never dropped.
+        raise Rejection(
+            RejectionReason.UNSUPPORTED_TYPE,
+            "disputes need charge→customer resolution (not yet supported)",
+            ("data.object.charge",),
+        )
     return [
         ChangeEvent(
-            event_id=event.id,
+            event_id=event.id if len(entities) == 1 else f"{event.id}:{entity_id}",
             source=Source.STRIPE,
-            source_type=event.type,
-            entity_type=EntityType.INVOICE,
-            entity_id=invoice.invoice_id,
-            entity_version=(INVOICE_LIFECYCLE_RANK[invoice.status],),
-            customer_ref=invoice.customer_ref,
-            customer_id=resolve_customer(Source.STRIPE, invoice.customer_ref),
+            source_type=kind,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            entity_version=version,
+            customer_ref=customer_ref,
+            customer_id=resolve_customer(Source.STRIPE, customer_ref),
             occurred_at=_ts(event.created),
             correlation_id=correlation_id,
-            payload=invoice,
+            payload=payload,
         )
+        for entity_type, entity_id, version, customer_ref, payload in entities
     ]

@@ -139,3 +139,102 @@ class StripeInvoice(StripeModel):
     subscription: str | None = None  # legacy API versions
     parent: StripeInvoiceParent | None = None
     metadata: dict[str, str] = {}
+
+
+class StripeCustomer(StripeModel):
+    id: str = Field(min_length=1)
+    object: str
+    deleted: bool = False
+    name: str | None = None
+    email: str | None = None
+    currency: str | None = None
+    address: StripeAddress | None = None
+    metadata: dict[str, str] = {}
+
+
+class StripePrice(StripeModel):
+    id: str = Field(min_length=1)
+    product: str | dict[str, Any] | None = None
+    unit_amount: int | None = None
+
+
+class StripeSubscriptionItem(StripeModel):
+    id: str
+    price: StripePrice
+    quantity: int | None = None
+    current_period_start: int | None = None
+    current_period_end: int | None = None
+
+
+class StripeSubscriptionItems(StripeModel):
+    data: list[StripeSubscriptionItem]
+
+
+class StripeSubscription(StripeModel):
+    id: str = Field(min_length=1)
+    object: str
+    customer: str | dict[str, Any] | None
+    status: str = Field(min_length=1)
+    currency: str
+    items: StripeSubscriptionItems
+    current_period_start: int | None = None  # legacy API versions
+    current_period_end: int | None = None
+    metadata: dict[str, str] = {}
+
+
+class StripeCreditNote(StripeModel):
+    id: str = Field(min_length=1)
+    object: str
+    customer: str | dict[str, Any] | None
+    invoice: str | dict[str, Any] | None
+    number: str | None = None
+    status: str
+    currency: str
+    created: int
+    effective_at: int | None = None
+    subtotal: int
+    total: int
+    total_taxes: list[StripeTotalTax] | None = None
+    tax_amounts: list[StripeTotalTax] | None = None  # legacy API versions
+    reason: str | None = None
+
+
+class StripePaymentIntent(StripeModel):
+    id: str = Field(min_length=1)
+    object: str
+    customer: str | dict[str, Any] | None
+    amount: int
+    amount_received: int = 0
+    currency: str
+    status: str
+    created: int
+    invoice: str | None = None  # legacy API versions; newer ones link through metadata
+    payment_method_types: list[str] = []
+    last_payment_error: dict[str, Any] | None = None
+    metadata: dict[str, str] = {}
+
+
+class StripeRefund(StripeModel):
+    id: str = Field(min_length=1)
+    amount: int
+    currency: str
+    status: str | None = None
+    created: int
+    charge: str | None = None
+    payment_intent: str | None = None
+    reason: str | None = None
+
+
+class StripeRefundList(StripeModel):
+    data: list[StripeRefund] = []
+
+
+class StripeCharge(StripeModel):
+    id: str = Field(min_length=1)
+    object: str
+    customer: str | dict[str, Any] | None
+    amount_refunded: int
+    currency: str
+    created: int
+    payment_intent: str | None = None
+    refunds: StripeRefundList | None = None

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from connectors import signing
@@ -123,3 +128,26 @@ async def test_relays_are_keyed_by_crm_account() -> None:
     assert [(t, k) for t, k, _, _ in rec.sent] == [("p.crm.changes", "001A"), ("p.clm.changes", "001B")]
     bad = await ingress.relay("clm", signing.sign("whsec_new", clm, NOW), clm)
     assert bad.status == 400 and len(rec.sent) == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    body=st.binary(max_size=256)
+    | st.builds(
+        lambda v: json.dumps(v).encode(),
+        st.dictionaries(st.text(max_size=6), st.text(max_size=6) | st.integers(), max_size=4),
+    ),
+    header=st.none() | st.text(max_size=80),
+    sign_it=st.booleans(),
+    skew=st.integers(-1000, 1000),
+)
+def test_any_request_gets_a_clear_answer_and_only_2xx_produces(
+    body: bytes, header: str | None, sign_it: bool, skew: int
+) -> None:
+    ingress, rec = _ingress()
+    if sign_it:
+        header = signing.sign("whsec_new", body, NOW + skew)
+    answer = asyncio.run(ingress.stripe(header, body))
+    assert answer.status in (200, 400)
+    assert ("error" in answer.body) == (answer.status != 200)
+    assert len(rec.sent) == (1 if answer.status == 200 else 0)

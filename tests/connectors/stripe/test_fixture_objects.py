@@ -1,0 +1,127 @@
+"""Every object in Stripe's published fixtures: a valid canonical event, a typed rejection that
+names the field at fault, or (for objects the ERP does not book) nothing."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from agents.identity import provisional_customer_id
+from canonical import (
+    ChangeEvent,
+    CreditMemo,
+    CreditMemoStatus,
+    Customer,
+    EntityType,
+    Invoice,
+    Subscription,
+    codec,
+)
+from connectors.errors import Rejection, RejectionReason
+from connectors.stripe import map_stripe_event
+from tests.support import _stripe_resources, stripe_event, stripe_fixture
+
+MAPPED = {
+    "customer": ("customer.created", Customer),
+    "deleted_customer": ("customer.deleted", Customer),
+    "subscription": ("customer.subscription.updated", Subscription),
+    "credit_note": ("credit_note.created", CreditMemo),
+    "invoice": ("invoice.created", Invoice),
+}
+REJECTED = {
+    # Stripe's examples leave the customer empty on these; an unattributable payment must not
+    # be guessed at.
+    "payment_intent": ("payment_intent.succeeded", RejectionReason.MISSING_FIELD, "data.object.customer"),
+    "charge": ("charge.refunded", RejectionReason.MISSING_FIELD, "data.object.customer"),
+    "refund": ("refund.created", RejectionReason.MISSING_FIELD, "data.object.customer"),
+    "dispute": ("charge.dispute.created", RejectionReason.UNSUPPORTED_TYPE, "data.object.charge"),
+}
+NOT_BOOKED = {
+    "event": "plan.created",
+    "plan": "plan.updated",
+    "price": "price.created",
+    "product": "product.created",
+    "quote": "quote.finalized",
+    "tax_id": "customer.tax_id.created",
+    "invoiceitem": "invoiceitem.created",
+    "subscription_schedule": "subscription_schedule.created",
+    "deleted_invoice": "invoice.deleted",
+    "invoice_payment": "invoice_payment.paid",
+}
+PARTS = {"line_item", "subscription_item", "credit_note_line_item"}  # only inside their parents
+
+
+def test_every_fixture_object_is_classified() -> None:
+    assert set(_stripe_resources()) == set(MAPPED) | set(REJECTED) | set(NOT_BOOKED) | PARTS
+
+
+def _map(name: str, event_type: str) -> list[ChangeEvent]:
+    return map_stripe_event(
+        orjson.dumps(stripe_event(stripe_fixture(name), event_type, f"evt_{name}")), provisional_customer_id
+    )
+
+
+@pytest.mark.parametrize("name", sorted(MAPPED))
+def test_mapped_objects_give_valid_canonical_events(name: str) -> None:
+    event_type, model = MAPPED[name]
+    [change] = _map(name, event_type)
+    assert isinstance(change.payload, model)
+    assert change.entity_type is EntityType(change.payload.kind)
+    assert codec.loads(ChangeEvent, codec.dumps(change)) == change  # survives the topic
+    assert change.customer_ref == "cus_QXg1o8vcGmoR32"
+
+
+def test_deleted_customer_and_credit_note_details() -> None:
+    [deleted] = _map("deleted_customer", "customer.deleted")
+    assert isinstance(deleted.payload, Customer) and deleted.payload.deleted
+    [note] = _map("credit_note", "credit_note.created")
+    memo = note.payload
+    assert isinstance(memo, CreditMemo)
+    assert (memo.invoice_id, memo.status, memo.total, memo.currency) == (
+        "in_1Pgc75B7WZ01zgkWYv4iMwt7",
+        CreditMemoStatus.ISSUED,
+        1690,
+        "USD",
+    )
+
+
+def test_subscription_items_and_periods() -> None:
+    [sub] = _map("subscription", "customer.subscription.updated")
+    s = sub.payload
+    assert isinstance(s, Subscription) and s.status == "active"
+    assert s.items[0].price_id == "price_1PgafmB7WZ01zgkW6dKueIc5" and s.items[0].unit_amount == 2000
+
+
+@pytest.mark.parametrize("name", sorted(REJECTED))
+def test_rejected_objects_name_the_field(name: str) -> None:
+    event_type, reason, field = REJECTED[name]
+    with pytest.raises(Rejection) as info:
+        _map(name, event_type)
+    assert info.value.reason is reason and field in info.value.fields
+
+
+def test_the_same_objects_map_once_they_name_a_customer() -> None:
+    for name, event_type in (
+        ("payment_intent", "payment_intent.succeeded"),
+        ("charge", "charge.refunded"),
+        ("refund", "refund.created"),
+    ):
+        obj = stripe_fixture(name)
+        obj["customer"] = "cus_QXg1o8vcGmoR32"
+        [change, *_] = map_stripe_event(orjson.dumps(stripe_event(obj, event_type)), provisional_customer_id)
+        assert change.customer_ref == "cus_QXg1o8vcGmoR32"
+
+
+@pytest.mark.parametrize("name", sorted(NOT_BOOKED))
+def test_objects_the_erp_does_not_book_map_to_nothing(name: str) -> None:
+    assert _map(name, NOT_BOOKED[name]) == []
+
+
+def test_crm_account_link_uses_the_configured_metadata_key() -> None:
+    obj = stripe_fixture("customer")
+    obj["metadata"] = {"sf_account": "001XYZ"}
+    raw = orjson.dumps(stripe_event(obj, "customer.updated"))
+    [default] = map_stripe_event(raw, provisional_customer_id)
+    [configured] = map_stripe_event(raw, provisional_customer_id, crm_account_key="sf_account")
+    assert isinstance(default.payload, Customer) and default.payload.crm_account_id is None
+    assert isinstance(configured.payload, Customer) and configured.payload.crm_account_id == "001XYZ"
