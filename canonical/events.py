@@ -59,6 +59,11 @@ class ChangeEvent(TopicModel):
     occurred_at: UtcDatetime
     correlation_id: NonEmptyStr
     payload: Entity
+    changed_fields: tuple[str, ...] | None = None
+    """For a partial update (Salesforce CDC UPDATE): the payload fields it carries, nulled
+    ones included; merge them into the current state and keep the rest. None: a full snapshot."""
+    deleted: bool = False
+    """The source deleted the entity (the payload carries its last known identity)."""
 
     @model_validator(mode="after")
     def _payload_matches_entity_type(self) -> ChangeEvent:
@@ -66,4 +71,8 @@ class ChangeEvent(TopicModel):
             raise ValueError(
                 f"entity_type {self.entity_type.value!r} does not match payload {self.payload.kind!r}"
             )
+        if self.changed_fields is not None:
+            unknown = set(self.changed_fields) - set(type(self.payload).model_fields)
+            if unknown:
+                raise ValueError(f"changed_fields names fields the payload does not have: {sorted(unknown)}")
         return self

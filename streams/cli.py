@@ -44,16 +44,19 @@ def kafka_command(data_dir: Path | None, port: int) -> None:
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
-    default=Path("canonical/schemas"),
+    default=Path("."),
     show_default=True,
-    help="Folder to write the JSON Schemas into.",
+    help="Repository root to write under (canonical/schemas/, connectors/clm/).",
 )
 def schemas_command(out: Path) -> None:
-    """Write the JSON Schema of every canonical model (for teams that produce or consume them)."""
+    """Write the JSON Schemas: every canonical model, and the CLM contract event."""
     from canonical import PUBLISHED_MODELS
     from canonical.codec import export_json_schemas
+    from connectors.clm import ClmContractEvent
 
-    for path in export_json_schemas(PUBLISHED_MODELS, out):
+    written = export_json_schemas(PUBLISHED_MODELS, out / "canonical" / "schemas")
+    written += export_json_schemas({"clm-contract-event": ClmContractEvent}, out / "connectors" / "clm")
+    for path in written:
         click.echo(str(path))
 
 

@@ -281,3 +281,12 @@ def test_published_json_schemas_are_current() -> None:
         assert json.loads(path.read_text()) == json.loads(json.dumps(codec.json_schema(model))), (
             f"run `make schemas`: {path} is stale"
         )
+
+
+def test_published_clm_schema_is_current() -> None:
+    from connectors.clm import ClmContractEvent
+
+    path = REPO / "connectors" / "clm" / "clm-contract-event.schema.json"
+    assert json.loads(path.read_text()) == json.loads(json.dumps(codec.json_schema(ClmContractEvent))), (
+        f"run `make schemas`: {path} is stale"
+    )

@@ -73,6 +73,8 @@ def test_mangled_real_objects(kind: tuple[str, str], data: st.DataObject) -> Non
     event["data"]["object"]["customer"] = data.draw(st.sampled_from(["cus_1", None, 7, {"id": "cus_2"}]))
     paths = _paths(event)
     for _ in range(data.draw(st.integers(1, 4))):
+        if not paths:
+            break
         path = data.draw(st.sampled_from(paths))
         parent = event
         for step in path[:-1]:
