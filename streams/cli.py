@@ -77,7 +77,57 @@ def dev_command(events: int, keep_running: bool) -> None:
     run_dev(events=events, keep_running=keep_running)
 
 
-for command in (kafka_command, schemas_command, dev_command):
+@click.command("simulate")
+@click.option("--customers", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--months", type=click.IntRange(1, 60), default=12, show_default=True)
+@click.option(
+    "--seed", type=int, default=7, show_default=True, help="Same seed, same scenario, byte for byte."
+)
+@click.option(
+    "--duplicate-rate",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="Share of Stripe events delivered twice.",
+)
+@click.option(
+    "--reorder-rate",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="Share of a customer's Stripe events swapped with the next one.",
+)
+@click.option(
+    "--truth",
+    "truth_path",
+    type=click.Path(path_type=Path),
+    default=Path("simulation-truth.json"),
+    show_default=True,
+    help="Where to write the ground truth (what the ERP should end up holding).",
+)
+@click.option(
+    "--via-webhooks",
+    metavar="URL",
+    default=None,
+    help="POST signed requests to a worker's ingress at URL instead of producing to the topics.",
+)
+def simulate_command(
+    customers: int,
+    months: int,
+    seed: int,
+    duplicate_rate: float,
+    reorder_rate: float,
+    truth_path: Path,
+    via_webhooks: str | None,
+) -> None:
+    """Produce a realistic quote-to-cash history (CRM, CLM, Stripe) and write its ground truth."""
+    from streams.settings import settings
+    from streams.simulate import run_simulation
+
+    run_simulation(settings, customers, months, seed, duplicate_rate, reorder_rate, truth_path, via_webhooks)
+
+
+for command in (kafka_command, schemas_command, dev_command, simulate_command):
     cli.add_command(command)
 
 cli.help = """ledgerflow keeps CRM, contract, billing and payment platforms in step with the ERP.
@@ -86,6 +136,7 @@ cli.help = """ledgerflow keeps CRM, contract, billing and payment platforms in s
 Start here:
   ledgerflow dev       the whole stack on this machine (Kafka, a worker, a scenario)
   ledgerflow worker    a Faust worker (the stream agents and the web server)
+  ledgerflow simulate  a quote-to-cash history into the source topics, with its ground truth
   ledgerflow kafka     a local Apache Kafka (KRaft) in the foreground
   ledgerflow schemas   the JSON Schemas of the canonical model
 

@@ -55,5 +55,6 @@ def stack(
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "kafka_bootstrap" in getattr(item, "fixturenames", ()):
+        # Anything that starts a broker or a worker is an integration test.
+        if "kafka_bootstrap" in getattr(item, "fixturenames", ()) or "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)

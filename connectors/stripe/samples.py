@@ -22,15 +22,6 @@ CATALOGUE: dict[str, tuple[str, dict[str, int]]] = {
     "prod_support": ("price_support_monthly", {"usd": 9900, "gbp": 7900, "eur": 8900, "jpy": 13800}),
 }
 
-INVOICE_STATUS_BY_EVENT = {
-    "invoice.created": "draft",
-    "invoice.finalized": "open",
-    "invoice.paid": "paid",
-    "invoice.voided": "void",
-    "invoice.marked_uncollectible": "uncollectible",
-    "invoice.payment_failed": "open",
-}
-
 
 def invoice_object(
     invoice_id: str,
@@ -41,14 +32,18 @@ def invoice_object(
     status: str = "open",
     created: int = 1_767_225_600,  # 2026-01-01T00:00:00Z
     number: str | None = None,
+    prorations: list[tuple[str, int, int]] = (),  # type: ignore[assignment]
+    subscription: str | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A Stripe invoice that adds up: `lines` are (product id, quantity)."""
+    """A Stripe invoice that adds up: `lines` are (product id, quantity) at catalogue prices,
+    `prorations` are (product id, quantity, amount) for mid-period changes."""
     currency, tax_rate, bps = MARKETS[country]
     line_objs = []
     subtotal = tax_total = 0
-    for n, (product, quantity) in enumerate(lines):
+    priced = [(product, quantity, CATALOGUE[product][1][currency] * quantity) for product, quantity in lines]
+    for n, (product, quantity, amount) in enumerate([*priced, *prorations]):
         price_id, unit_amounts = CATALOGUE[product]
-        amount = unit_amounts[currency] * quantity
         # Tax rounds half up per line, in minor units, as Stripe does for exclusive tax.
         tax = (amount * bps + 5000) // 10000
         subtotal += amount
@@ -113,8 +108,11 @@ def invoice_object(
             "url": f"/v1/invoices/{invoice_id}/lines",
         },
         "livemode": False,
-        "metadata": {},
+        "metadata": dict(metadata or {}),
         "number": number,
+        "parent": {"type": "subscription_details", "subscription_details": {"subscription": subscription}}
+        if subscription
+        else None,
         "status": status,
         "status_transitions": {
             "finalized_at": created + 3600 if status != "draft" else None,
@@ -148,4 +146,178 @@ def event_envelope(event_id: str, event_type: str, obj: dict[str, Any], created:
         "pending_webhooks": 1,
         "request": {"id": None, "idempotency_key": None},
         "type": event_type,
+    }
+
+
+def customer_object(
+    customer_id: str, country: str, name: str, email: str, crm_account_id: str | None, created: int
+) -> dict[str, Any]:
+    currency = MARKETS[country][0]
+    return {
+        "id": customer_id,
+        "object": "customer",
+        "address": {
+            "country": country,
+            "city": None,
+            "line1": None,
+            "line2": None,
+            "postal_code": None,
+            "state": None,
+        },
+        "balance": 0,
+        "created": created,
+        "currency": currency,
+        "delinquent": False,
+        "email": email,
+        "invoice_prefix": customer_id[-8:].upper(),
+        "livemode": False,
+        "metadata": {"crm_account_id": crm_account_id} if crm_account_id else {},
+        "name": name,
+        "preferred_locales": [],
+        "tax_exempt": "none",
+    }
+
+
+def subscription_object(
+    sub_id: str,
+    customer_id: str,
+    country: str,
+    lines: list[tuple[str, int]],
+    status: str,
+    period_start: int,
+    period_end: int,
+    contract_id: str,
+) -> dict[str, Any]:
+    currency = MARKETS[country][0]
+    return {
+        "id": sub_id,
+        "object": "subscription",
+        "customer": customer_id,
+        "currency": currency,
+        "status": status,
+        "created": period_start,
+        "start_date": period_start,
+        "metadata": {"contract_id": contract_id},
+        "items": {
+            "object": "list",
+            "has_more": False,
+            "data": [
+                {
+                    "id": f"si_{sub_id[4:]}_{i}",
+                    "object": "subscription_item",
+                    "quantity": quantity,
+                    "current_period_start": period_start,
+                    "current_period_end": period_end,
+                    "price": {
+                        "id": CATALOGUE[product][0],
+                        "object": "price",
+                        "product": product,
+                        "currency": currency,
+                        "unit_amount": CATALOGUE[product][1][currency],
+                    },
+                }
+                for i, (product, quantity) in enumerate(lines)
+            ],
+        },
+    }
+
+
+def payment_intent_object(
+    pi_id: str, customer_id: str, currency: str, amount: int, invoice_id: str, succeeded: bool, created: int
+) -> dict[str, Any]:
+    return {
+        "id": pi_id,
+        "object": "payment_intent",
+        "amount": amount,
+        "amount_received": amount if succeeded else 0,
+        "currency": currency,
+        "customer": customer_id,
+        "created": created,
+        "livemode": False,
+        "metadata": {"invoice_id": invoice_id},
+        "payment_method_types": ["card"],
+        "status": "succeeded" if succeeded else "requires_payment_method",
+        "last_payment_error": None if succeeded else {"code": "card_declined", "type": "card_error"},
+        "latest_charge": f"ch_{pi_id[3:]}" if succeeded else None,
+    }
+
+
+def refunded_charge_object(
+    charge_id: str,
+    customer_id: str,
+    currency: str,
+    amount: int,
+    refund_id: str,
+    refund_amount: int,
+    pi_id: str,
+    created: int,
+) -> dict[str, Any]:
+    return {
+        "id": charge_id,
+        "object": "charge",
+        "amount": amount,
+        "amount_captured": amount,
+        "amount_refunded": refund_amount,
+        "currency": currency,
+        "customer": customer_id,
+        "created": created,
+        "paid": True,
+        "payment_intent": pi_id,
+        "refunded": refund_amount == amount,
+        "status": "succeeded",
+        "refunds": {
+            "object": "list",
+            "has_more": False,
+            "data": [
+                {
+                    "id": refund_id,
+                    "object": "refund",
+                    "amount": refund_amount,
+                    "charge": charge_id,
+                    "currency": currency,
+                    "created": created,
+                    "payment_intent": pi_id,
+                    "reason": "requested_by_customer",
+                    "status": "succeeded",
+                }
+            ],
+        },
+    }
+
+
+def credit_note_object(
+    cn_id: str,
+    customer_id: str,
+    invoice_id: str,
+    currency: str,
+    subtotal: int,
+    tax: int,
+    tax_rate: str | None,
+    created: int,
+    number: str,
+    status: str = "issued",
+) -> dict[str, Any]:
+    return {
+        "id": cn_id,
+        "object": "credit_note",
+        "amount": subtotal + tax,
+        "created": created,
+        "currency": currency,
+        "customer": customer_id,
+        "effective_at": created,
+        "invoice": invoice_id,
+        "livemode": False,
+        "number": number,
+        "reason": "order_change",
+        "status": status,
+        "subtotal": subtotal,
+        "subtotal_excluding_tax": subtotal,
+        "total": subtotal + tax,
+        "total_excluding_tax": subtotal,
+        "total_taxes": [
+            {"amount": tax, "tax_behavior": "exclusive", "tax_rate_details": {"tax_rate": tax_rate}}
+        ]
+        if tax
+        else [],
+        "type": "post_payment",
     }

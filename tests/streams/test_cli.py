@@ -47,6 +47,7 @@ def test_missing_kafka_version_fails_with_a_message_naming_maven(tmp_path: Path)
         ensure_jars("0.0.404")
 
 
+@pytest.mark.integration
 def test_local_broker_stops_cleanly_and_restarts_on_its_data(tmp_path: Path) -> None:
     broker = LocalKafka(data_dir=tmp_path / "k").start()
     port = broker.port
