@@ -382,6 +382,46 @@ def map_refund(obj: dict[str, Any]) -> Refund:
     )
 
 
+DISPUTE_RANK = {
+    "warning_needs_response": 0,
+    "needs_response": 0,
+    "warning_under_review": 1,
+    "under_review": 1,
+    "warning_closed": 2,
+    "won": 2,
+    "lost": 2,
+}
+
+
+def map_dispute(obj: dict[str, Any]) -> Refund:
+    """A chargeback reverses a payment like a refund does: carried as a `Refund` whose reason
+    starts with "dispute:" and whose status is the dispute's (won, lost, under_review …)."""
+    charge = obj.get("charge")
+    customer = _ref(charge.get("customer")) if isinstance(charge, dict) else None
+    if customer is None:
+        raise Rejection(
+            RejectionReason.MISSING_FIELD,
+            "a dispute names no customer: deliver it with its charge expanded (charge.customer)",
+            ("data.object.charge",),
+        )
+    r = _validated(
+        StripeRefund, {**obj, "charge": _ref(charge), "payment_intent": _ref(obj.get("payment_intent"))}
+    )
+    return _canonical(
+        lambda: Refund(
+            refund_id=r.id,
+            customer_ref=customer,
+            payment_id=r.payment_intent,
+            charge_id=r.charge,
+            amount=r.amount,
+            currency=_currency(r.currency),
+            status=str(obj.get("status") or "needs_response"),
+            created_at=_ts(r.created),
+            reason=f"dispute:{obj.get('reason') or 'general'}",
+        )
+    )
+
+
 CUSTOMER_RANK = {"customer.created": 0, "customer.updated": 1, "customer.deleted": 2}
 # Subscriptions move back and forth (past_due → active); the rank orders the usual path and
 # a tie keeps the later arrival. A snapshot in doubt is re-read by the client of issue #4.
@@ -464,13 +504,9 @@ def map_stripe_event(
         refund = map_refund(obj)
         entities.append((EntityType.REFUND, refund.refund_id, (1,), refund.customer_ref, refund))
     elif kind.startswith("charge.dispute."):
-        # A dispute names its charge, not its customer: resolving it needs the payments state
-        # of issue #4. Dead-lettered (replayable), never dropped.
-        raise Rejection(
-            RejectionReason.UNSUPPORTED_TYPE,
-            "disputes need charge→customer resolution (not yet supported)",
-            ("data.object.charge",),
-        )
+        dispute = map_dispute(obj)
+        rank = DISPUTE_RANK.get(dispute.status, 1)
+        entities.append((EntityType.REFUND, dispute.refund_id, (rank,), dispute.customer_ref, dispute))
     return [
         ChangeEvent(
             event_id=event.id if len(entities) == 1 else f"{event.id}:{entity_id}",

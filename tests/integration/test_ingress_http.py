@@ -136,3 +136,45 @@ def test_broker_down_answers_503(lone_broker: LocalKafka, tmp_path: Path) -> Non
     finally:
         for w in stack.workers:
             w.kill()  # a clean stop would wait on the broker we just stopped
+
+
+def test_simulate_via_webhooks_lands_every_message(web: str, stack: Stack, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    env = {**stack.env(9), "LEDGERFLOW_STRIPE_WEBHOOK_SECRET": SECRET, "LEDGERFLOW_RELAY_SECRET": RELAY}
+    truth_path = tmp_path / "truth.json"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams",
+            "simulate",
+            "--customers",
+            "8",
+            "--months",
+            "3",
+            "--seed",
+            "11",
+            "--truth",
+            str(truth_path),
+            "--via-webhooks",
+            web,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    by_topic = json.loads(truth_path.read_text())["messages"]["by_topic"]
+    topics = {stack.topic(t): n for t, n in by_topic.items()}
+    found = asyncio.run(consume_until(stack.bootstrap, list(topics), lambda f: False, timeout=4))
+    # Earlier tests in this module put one message on billing.changes and one on clm.changes.
+    earlier = {stack.topic("billing.changes"): 1, stack.topic("clm.changes"): 1}
+    assert {t: len(v) - earlier.get(t, 0) for t, v in found.items()} == topics

@@ -34,7 +34,8 @@ REJECTED = {
     "payment_intent": ("payment_intent.succeeded", RejectionReason.MISSING_FIELD, "data.object.customer"),
     "charge": ("charge.refunded", RejectionReason.MISSING_FIELD, "data.object.customer"),
     "refund": ("refund.created", RejectionReason.MISSING_FIELD, "data.object.customer"),
-    "dispute": ("charge.dispute.created", RejectionReason.UNSUPPORTED_TYPE, "data.object.charge"),
+    # A dispute names its charge, not its customer: it maps once the charge is expanded.
+    "dispute": ("charge.dispute.created", RejectionReason.MISSING_FIELD, "data.object.charge"),
 }
 NOT_BOOKED = {
     "event": "plan.created",
@@ -98,6 +99,16 @@ def test_rejected_objects_name_the_field(name: str) -> None:
     with pytest.raises(Rejection) as info:
         _map(name, event_type)
     assert info.value.reason is reason and field in info.value.fields
+
+
+def test_a_dispute_with_its_charge_expanded_is_a_chargeback() -> None:
+    obj = stripe_fixture("dispute")
+    obj["charge"] = {**stripe_fixture("charge"), "customer": "cus_QXg1o8vcGmoR32"}
+    [change] = map_stripe_event(
+        orjson.dumps(stripe_event(obj, "charge.dispute.funds_withdrawn")), provisional_customer_id
+    )
+    assert change.entity_type is EntityType.REFUND and change.payload.reason == "dispute:general"
+    assert (change.payload.amount, change.payload.charge_id) == (1000, "ch_1PgafuB7WZ01zgkWXYmPNZs8")
 
 
 def test_the_same_objects_map_once_they_name_a_customer() -> None:
