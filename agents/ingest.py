@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from agents.batching import batches
-from agents.identity import provisional_customer_id
+from agents.batching import acting_for, batches
+from agents.identity import IdentityDecision, overdue_parked, provisional_customer_id, resolve_billing_change
 from agents.outbox import send_exception, send_to_dlq
-from canonical import BusinessException, ChangeEvent, ExceptionReason, FieldError, MessageRef, Severity
+from canonical import BusinessException, ChangeEvent, ExceptionReason, FieldError, MessageRef, Severity, codec
 from connectors.clm import map_clm_event
 from connectors.errors import Rejection
 from connectors.salesforce import ResyncRequired, map_cdc_event
@@ -25,6 +25,8 @@ from streams.topics import (
     crm_changes_topic,
     payments_changes_topic,
 )
+from tables.identity import BillingIdentity, ParkedChanges, billing_identity_table, parked_billing_table
+from tables.rows import get_row, put_row
 
 if TYPE_CHECKING:
     from faust.types import EventT, StreamT
@@ -59,7 +61,35 @@ def resync_exception(resync: ResyncRequired, event: EventT, now: datetime) -> Bu
     )
 
 
-async def ingest_event(event: EventT, adapter: Adapter) -> int:
+def link_billing_identities(event: EventT, changes: list[ChangeEvent], now: datetime) -> IdentityDecision:
+    """Stripe events name a Stripe customer: resolve each to its canonical customer through
+    the identity table, parking what arrives before the customer itself."""
+    msg = event.message
+    source = f"{msg.topic}/{msg.partition}/{msg.offset}"
+    out = IdentityDecision()
+    with acting_for(event):
+        for change in changes:
+            key = change.customer_ref
+            decision = resolve_billing_change(
+                change,
+                get_row(billing_identity_table, key, BillingIdentity),
+                get_row(parked_billing_table, key, ParkedChanges),
+                now,
+                source,
+            )
+            if decision.identity is not None:
+                put_row(billing_identity_table, key, decision.identity)
+            if decision.parked is not None:
+                if decision.parked.changes:
+                    put_row(parked_billing_table, key, decision.parked)
+                else:
+                    parked_billing_table.pop(key.encode(), None)
+            out.send += decision.send
+            out.exceptions += decision.exceptions
+    return out
+
+
+async def ingest_event(event: EventT, adapter: Adapter, link_billing: bool = False) -> int:
     """Map one source message and send what it means; bad input goes to the DLQ, a GAP_* to
     the exceptions. Returns how many canonical events were sent."""
     raw = event.value
@@ -75,6 +105,13 @@ async def ingest_event(event: EventT, adapter: Adapter) -> int:
     except Rejection as rejection:
         await send_to_dlq(event, rejection.header_value)
         return 0
+    if link_billing:
+        linked = link_billing_identities(event, changes, datetime.now(UTC))
+        changes = linked.send
+        for exc in linked.exceptions:
+            await send_exception(
+                exc, f"{event.message.topic}/{event.message.partition}/{event.message.offset}"
+            )
     for change in changes:
         await canonical_topic.send(
             key=change.customer_id,
@@ -84,22 +121,22 @@ async def ingest_event(event: EventT, adapter: Adapter) -> int:
     return len(changes)
 
 
-async def _ingest(stream: StreamT[Any], adapter: Adapter) -> None:
+async def _ingest(stream: StreamT[Any], adapter: Adapter, link_billing: bool = False) -> None:
     async for events in batches(stream):
         for event in events:
-            await ingest_event(event, adapter)
+            await ingest_event(event, adapter, link_billing)
 
 
 @app.agent(billing_changes_topic)
 async def ingest_billing_changes(stream: StreamT[Any]) -> None:
     """Stripe billing Events (`billing.changes`) → `ledgerflow.canonical`."""
-    await _ingest(stream, stripe_adapter)
+    await _ingest(stream, stripe_adapter, link_billing=True)
 
 
 @app.agent(payments_changes_topic)
 async def ingest_payment_changes(stream: StreamT[Any]) -> None:
     """Stripe payment Events (`payments.changes`: intents, refunds, disputes) → `ledgerflow.canonical`."""
-    await _ingest(stream, stripe_adapter)
+    await _ingest(stream, stripe_adapter, link_billing=True)
 
 
 @app.agent(crm_changes_topic)
@@ -112,3 +149,18 @@ async def ingest_crm_changes(stream: StreamT[Any]) -> None:
 async def ingest_contract_changes(stream: StreamT[Any]) -> None:
     """CLM contract lifecycle events (`clm.changes`) → `ledgerflow.canonical`."""
     await _ingest(stream, clm_adapter)
+
+
+_raised_overdue: set[str] = set()
+
+
+@app.timer(interval=30.0)
+async def raise_overdue_parked_events() -> None:
+    """Billing events still waiting for their customer after LEDGERFLOW_PARK_TIMEOUT_S become
+    an `unknown_customer` exception (once per worker process; they stay parked)."""
+    now = datetime.now(UTC)
+    for _key, raw in list(parked_billing_table.items()):
+        exc = overdue_parked(codec.loads(ParkedChanges, raw), now, settings.park_timeout_s)
+        if exc is not None and exc.exception_id not in _raised_overdue:
+            await send_exception(exc, "timer:parked-billing")
+            _raised_overdue.add(exc.exception_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from connectors.stripe.samples import MARKETS, event_envelope, invoice_object
+from connectors.stripe.samples import MARKETS, customer_object, event_envelope, invoice_object
 from streams.kafka_io import Record, produce, read_topics
 from streams.local_kafka import LocalKafka, free_port
 from streams.processes import ProcessFailed, terminate, wait_for_log
@@ -33,19 +33,23 @@ class Scenario:
     expected_commands: int = 0
     expected_exceptions: int = 0
     expected_dlq: int = 0
+    expected_parked: int = 0
 
 
 def demo_scenario(invoices: int, seed: int = 7) -> Scenario:
     """`invoices` finalized-then-paid invoices across the four markets, plus the awkward ones:
-    Stripe redeliveries, a paid snapshot arriving before its open one, an invoice whose lines
-    do not add up, one in a currency no subsidiary books, and a message that is not JSON."""
+    Stripe redeliveries, a paid snapshot arriving before its open one, invoices arriving before
+    their customer, an invoice whose lines do not add up, one in a currency no subsidiary books,
+    one whose customer never arrives (parked), and a message that is not JSON."""
     rng = random.Random(seed)
     s = Scenario()
     countries = list(MARKETS)
     t0 = 1_767_225_600
+    customers = max(1, invoices // 3)
+    announced: set[str] = set()
     for n in range(invoices):
         country = countries[n % len(countries)]
-        customer = f"cus_demo{n % max(1, invoices // 3):04d}"
+        customer = f"cus_demo{n % customers:04d}"
         lines = [("prod_platform", 1), ("prod_seats", rng.randint(1, 40))]
         if rng.random() < 0.3:
             lines.append(("prod_support", 1))
@@ -62,7 +66,20 @@ def demo_scenario(invoices: int, seed: int = 7) -> Scenario:
             events.append(events[0])  # redelivery
         for event in events:
             s.records.append((customer, orjson.dumps(event), {}))
+        if customer not in announced:
+            # The customer record follows its first invoice: the invoice waits for it.
+            crm = f"001DEMO{n:08d}" if n % 3 else None  # a third are self-serve, with no CRM account
+            obj = customer_object(customer, country, f"Demo {n}", f"ap{n}@demo.example", crm, t0)
+            s.records.append(
+                (customer, orjson.dumps(event_envelope(f"evt_{customer}", "customer.created", obj, t0)), {})
+            )
+            announced.add(customer)
         s.expected_commands += 1
+    for extra, country in (("cus_demo_x", "DE"), ("cus_demo_y", "US")):
+        obj = customer_object(extra, country, f"Demo {extra}", f"{extra}@demo.example", None, t0)
+        s.records.append(
+            (extra, orjson.dumps(event_envelope(f"evt_{extra}", "customer.created", obj, t0)), {})
+        )
     broken = invoice_object("in_demo_broken", "cus_demo_x", "DE", [("prod_platform", 1)], created=t0)
     broken["lines"]["data"][0]["amount"] -= 100  # the line no longer adds up
     s.records.append(
@@ -78,6 +95,11 @@ def demo_scenario(invoices: int, seed: int = 7) -> Scenario:
     s.expected_exceptions += 1
     s.records.append(("cus_demo_z", b'{"id": "evt_truncated", "object": "ev', {}))
     s.expected_dlq += 1
+    orphan = invoice_object("in_demo_orphan", "cus_demo_gone", "GB", [("prod_platform", 1)], created=t0)
+    s.records.append(
+        ("cus_demo_gone", orjson.dumps(event_envelope("evt_orphan", "invoice.finalized", orphan, t0)), {})
+    )
+    s.expected_parked += 1
     return s
 
 
@@ -161,7 +183,8 @@ def run_dev(events: int, keep_running: bool) -> None:
         print("\n".join(_summary(by_name)))
         print(
             f"\nExpected: {scenario.expected_commands} commands, {scenario.expected_exceptions} exceptions, "
-            f"{scenario.expected_dlq} dead letter(s)."
+            f"{scenario.expected_dlq} dead letter(s), {scenario.expected_parked} invoice parked until its "
+            f"customer arrives (raised as unknown_customer after LEDGERFLOW_PARK_TIMEOUT_S)."
         )
         print(f"Look at: the worker log {log}; topics on {bootstrap}; state in {DEV_ROOT}/worker.")
         if not done({prefix + k: v for k, v in by_name.items()}):

@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     crm_account_metadata_key: str = "crm_account_id"
     """LEDGERFLOW_CRM_ACCOUNT_METADATA_KEY: Stripe customer metadata key naming the CRM account."""
 
+    park_timeout_s: float = Field(default=3600.0, gt=0)
+    """LEDGERFLOW_PARK_TIMEOUT_S: how long a billing event may wait for its customer's identity
+    before it is raised as an `unknown_customer` exception (it stays parked, and is released
+    when the customer arrives)."""
+
     batch_size: int = Field(default=500, ge=1)
     """LEDGERFLOW_BATCH_SIZE: events an agent takes at once (Faust's per-event cost is high)."""
     batch_window_ms: int = Field(default=20, ge=1)

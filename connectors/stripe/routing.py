@@ -27,6 +27,9 @@ def billing_customer_of(event: dict[str, Any]) -> str | None:
         ref = obj.get("id")
     else:
         ref = obj.get("customer")
+        charge = obj.get("charge")
+        if ref is None and isinstance(charge, dict):  # a dispute, with its charge expanded
+            ref = charge.get("customer")
         if isinstance(ref, dict):
             ref = ref.get("id")
     return ref if isinstance(ref, str) and ref else None

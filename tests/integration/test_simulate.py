@@ -67,6 +67,9 @@ def test_simulated_history_yields_exactly_the_ground_truths_invoices(stack: Stac
     keys = [c["idempotency_key"] for c in commands]
     assert set(keys) == expected_keys  # none missing, none extra
     assert len(keys) == len(set(keys))  # and none twice, despite 10% duplicates and 10% reordering
+    # Every invoice is booked to the customer of the CRM account its Stripe customer names.
+    account_of = {i["external_id"]: i["crm_account_id"] for i in truth["invoices"]}
+    assert all(c["customer_id"] == f"cust-crm-{account_of[c['document']['external_id']]}" for c in commands)
     totals = {c["document"]["external_id"]: c["document"]["total"] for c in commands}
     assert totals == {i["external_id"]: i["total"] for i in truth["invoices"]}
     assert found[topics["ledgerflow.exceptions"]] == [] and found[topics["ledgerflow.dlq"]] == []

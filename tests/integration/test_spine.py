@@ -10,10 +10,18 @@ import orjson
 import pytest
 
 from canonical import BusinessException, ExceptionReason, PostInvoice, codec
-from tests.support import Stack, consume_until, finalized_fixture_invoice, produce, stripe_event
+from tests.support import (
+    Stack,
+    consume_until,
+    finalized_fixture_invoice,
+    produce,
+    stripe_event,
+    stripe_fixture,
+)
 
 FIXTURE_INVOICE = "in_1Pgc6tB7WZ01zgkWu9fdqL6I"
 FIXTURE_CUSTOMER = "cus_QXg1o8vcGmoR32"
+CRM_ACCOUNT = "001FIXTURE0000A"
 OUT = ["erp.commands", "ledgerflow.exceptions", "ledgerflow.dlq", "ledgerflow.canonical"]
 
 
@@ -25,9 +33,18 @@ def run(stack: Stack) -> dict[str, Any]:
     bad_invoice = finalized_fixture_invoice(corrected=False)
     bad_invoice["id"] = "in_fixture_as_published"
     bad = stripe_event(bad_invoice, "invoice.finalized", "evt_fixture_raw")
+    customer = stripe_fixture("customer")
+    customer["metadata"] = {"crm_account_id": CRM_ACCOUNT}
     records = [
         (FIXTURE_CUSTOMER, b'{"id": "evt_poison", "object": "ev', {}),  # truncated JSON
+        # The invoice arrives before its customer (Stripe does not promise order): parked...
         (FIXTURE_CUSTOMER, orjson.dumps(good), {"x-correlation-id": "corr-fixture-1"}),
+        # ...and released when the customer, linked to its CRM account, arrives.
+        (
+            FIXTURE_CUSTOMER,
+            orjson.dumps(stripe_event(customer, "customer.created", "evt_fixture_customer")),
+            {},
+        ),
         (FIXTURE_CUSTOMER, orjson.dumps(good), {"x-correlation-id": "corr-fixture-1"}),  # redelivery
         (FIXTURE_CUSTOMER, orjson.dumps(bad), {}),
     ]
@@ -38,7 +55,7 @@ def run(stack: Stack) -> dict[str, Any]:
             len(found[stack.topic("erp.commands")]) >= 1
             and len(found[stack.topic("ledgerflow.exceptions")]) >= 1
             and len(found[stack.topic("ledgerflow.dlq")]) >= 1
-            and len(found[stack.topic("ledgerflow.canonical")]) >= 3
+            and len(found[stack.topic("ledgerflow.canonical")]) >= 4
         )
 
     async def scenario() -> dict[str, Any]:
@@ -65,14 +82,17 @@ def test_fixture_invoice_becomes_one_post_invoice(run: dict[str, Any]) -> None:
     assert command.document.external_id == f"stripe-{FIXTURE_INVOICE}"
     assert command.document.total == 1000 and command.document.currency == "USD"
     assert command.subsidiary == "US01"
-    assert key == command.customer_id == f"cust-stripe-{FIXTURE_CUSTOMER}"
+    # The billing customer resolved to the CRM account it is linked to.
+    assert key == command.customer_id == f"cust-crm-{CRM_ACCOUNT}"
     assert headers["x-correlation-id"] == "corr-fixture-1" == command.correlation_id
     assert headers["x-causation-id"] == "evt_fixture_good"
 
 
 def test_redelivered_event_is_canonicalised_but_not_posted_twice(run: dict[str, Any]) -> None:
-    # Stage 1 maps every delivery; stage 2's invoice table suppresses the duplicate.
+    # Stage 1 maps every delivery (the first one released from parking after the customer);
+    # stage 2's invoice table suppresses the duplicate.
     canonical = [orjson.loads(v)["event_id"] for _, v, _ in run["ledgerflow.canonical"]]
+    assert canonical[:2] == ["evt_fixture_customer", "evt_fixture_good"]
     assert canonical.count("evt_fixture_good") == 2
     assert len(run["erp.commands"]) == 1
 
