@@ -12,19 +12,24 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from agents.batching import acting_for, batches, group_by_key
+from agents.contracts import ContractOutcome, InvoiceGate, apply_contract_change, gate_invoice, overdue_gaps
 from agents.outbox import send_exception, send_to_dlq
 from agents.validation import Problem, ResolvedInvoice, validate_invoice
 from canonical import (
     BusinessException,
     ChangeEvent,
+    Contract,
     ErpCommand,
     ErpInvoice,
     ErpInvoiceLine,
+    ExceptionReason,
+    FieldError,
     Invoice,
     InvoiceStatus,
     MessageRef,
     PostInvoice,
     VoidInvoice,
+    codec,
     to_external_id,
 )
 from streams import headers as h
@@ -33,11 +38,13 @@ from streams.mappings import Mappings, load_mappings
 from streams.schemas import Undecodable
 from streams.settings import settings
 from streams.topics import canonical_topic, erp_commands_topic
+from tables.contracts import ContractRow, CustomerContracts, contract_table
 from tables.invoices import (
     SEEN_EVENT_IDS_KEPT,
     CustomerInvoices,
     InvoiceErpStatus,
     InvoiceRow,
+    WaitingInvoice,
     invoice_table,
 )
 from tables.rows import get_row, put_row
@@ -58,6 +65,8 @@ class Outcome(StrEnum):
     APPLIED = "applied"
     COMMANDED = "commanded"
     HELD = "held"
+    WAITING = "waiting"  # for its contract
+    IGNORED = "ignored"  # an entity stage 2 does not book yet
 
 
 @dataclass
@@ -156,8 +165,10 @@ def decide_invoice(
     mappings: Mappings,
     now: datetime,
     offending: MessageRef | None = None,
+    contract: ContractRow | None = None,
 ) -> InvoiceDecision:
-    """Apply one invoice snapshot to its row: dedup, ordering, validation, commands."""
+    """Apply one invoice snapshot to its row: dedup, ordering, contract gate, validation,
+    commands. `contract` is the row of the contract the invoice names, if known."""
     invoice = change.payload
     assert isinstance(invoice, Invoice)
     if row is not None and change.event_id in row.seen_event_ids:
@@ -175,7 +186,20 @@ def decide_invoice(
     exception_ids = row.exception_ids if row else ()
 
     if invoice.status in POSTABLE and erp_status in RETRY_VALIDATION:
-        resolved, problems = validate_invoice(invoice, mappings)
+        gate = gate_invoice(invoice, contract)
+        if gate is InvoiceGate.WAIT:
+            return InvoiceDecision(Outcome.WAITING, row)  # type: ignore[arg-type]
+        if gate is not InvoiceGate.OPEN:
+            reason = (
+                ExceptionReason.CONTRACT_TERMINATED
+                if gate is InvoiceGate.TERMINATED
+                else (ExceptionReason.CONTRACT_NOT_ACTIVE)
+            )
+            problem = f"contract {invoice.contract_id} is not in force on {invoice.issued_at.date()}"
+            problems = [Problem(reason, (FieldError(field="contract_id", problem=problem),))]
+            resolved = None
+        else:
+            resolved, problems = validate_invoice(invoice, mappings)
         if resolved is not None:
             command = to_posting_command(invoice, change.customer_id, resolved, change.correlation_id, now)
             commands.append(command)
@@ -236,35 +260,99 @@ def _ref(event: EventT, change: ChangeEvent | None) -> MessageRef:
     )
 
 
+@dataclass
+class CustomerBook:
+    """One customer's stage-2 state for a batch: read once, changed in memory, written once.
+    Everything it decides to send is collected, with the event that caused it."""
+
+    customer_id: str
+    invoices: dict[str, InvoiceRow]
+    waiting: list[WaitingInvoice]
+    contracts: dict[str, ContractRow]
+    mappings: Mappings
+    commands: list[tuple[ErpCommand, str]] = field(default_factory=list)
+    exceptions: list[tuple[BusinessException, str]] = field(default_factory=list)
+
+    def apply(self, change: ChangeEvent, now: datetime, offending: MessageRef | None = None) -> str:
+        payload = change.payload
+        if isinstance(payload, Contract):
+            decision = apply_contract_change(self.contracts.get(payload.contract_id), change, now)
+            if decision.row is not None:
+                self.contracts[payload.contract_id] = decision.row
+            self.exceptions += [(e, change.event_id) for e in decision.exceptions]
+            if decision.outcome is ContractOutcome.APPLIED:
+                self._release(payload.contract_id, now)
+            return decision.outcome.value
+        if isinstance(payload, Invoice):
+            return self._invoice(change, payload, now, offending).value
+        return Outcome.IGNORED.value  # customers, subscriptions, payments: issue #4 continues
+
+    def _invoice(
+        self, change: ChangeEvent, invoice: Invoice, now: datetime, offending: MessageRef | None
+    ) -> Outcome:
+        if any(w.change.event_id == change.event_id for w in self.waiting):
+            return Outcome.DUPLICATE
+        contract = self.contracts.get(invoice.contract_id) if invoice.contract_id else None
+        decision = decide_invoice(
+            self.invoices.get(change.entity_id), change, self.mappings, now, offending, contract
+        )
+        if decision.outcome is Outcome.WAITING:
+            assert invoice.contract_id is not None
+            self.waiting.append(WaitingInvoice(change=change, contract_id=invoice.contract_id, parked_at=now))
+            return decision.outcome
+        self.invoices[change.entity_id] = decision.row
+        self.commands += [(c, change.event_id) for c in decision.commands]
+        self.exceptions += [(e, change.event_id) for e in decision.exceptions]
+        return decision.outcome
+
+    def _release(self, contract_id: str, now: datetime) -> None:
+        ready = [w for w in self.waiting if w.contract_id == contract_id]
+        self.waiting = [w for w in self.waiting if w.contract_id != contract_id]
+        for w in ready:
+            self._invoice(w.change, w.change.payload, now, None)  # type: ignore[arg-type]
+
+
 async def post_customer_changes(
     customer_id: str, events: list[EventT], mappings: Mappings, now: datetime
-) -> dict[Outcome, int]:
-    """One customer's events of a batch, in order: read its row once, write it once."""
-    counts: dict[Outcome, int] = {}
+) -> dict[str, int]:
+    """One customer's events of a batch, in order: read its rows once, write them once."""
+    counts: dict[str, int] = {}
     with acting_for(events[0]):
-        state = get_row(invoice_table, customer_id, CustomerInvoices) or CustomerInvoices(
+        invoices = get_row(invoice_table, customer_id, CustomerInvoices) or CustomerInvoices(
             customer_id=customer_id
         )
-    invoices = dict(state.invoices)
+        contracts = get_row(contract_table, customer_id, CustomerContracts) or CustomerContracts(
+            customer_id=customer_id
+        )
+    book = CustomerBook(
+        customer_id, dict(invoices.invoices), list(invoices.waiting), dict(contracts.contracts), mappings
+    )
     for event in events:
         change = event.value
         if not isinstance(change, ChangeEvent):
             reason = change.reason if isinstance(change, Undecodable) else type(change).__name__
             await send_to_dlq(event, f"undecodable canonical event: {reason}")
             continue
-        if not isinstance(change.payload, Invoice):
-            continue  # customers, contracts, payments: the stateful core of issue #4
-        decision = decide_invoice(invoices.get(change.entity_id), change, mappings, now, _ref(event, change))
-        invoices[change.entity_id] = decision.row
-        counts[decision.outcome] = counts.get(decision.outcome, 0) + 1
-        for command in decision.commands:
-            await erp_commands_topic.send(
-                key=customer_id, value=command, headers=h.outgoing(command.correlation_id, change.event_id)
-            )
-        for exc in decision.exceptions:
-            await send_exception(exc, change.event_id)
+        outcome = book.apply(change, now, _ref(event, change))
+        counts[outcome] = counts.get(outcome, 0) + 1
+    for command, causation in book.commands:
+        await erp_commands_topic.send(
+            key=customer_id, value=command, headers=h.outgoing(command.correlation_id, causation)
+        )
+    for exc, causation in book.exceptions:
+        await send_exception(exc, causation)
     with acting_for(events[-1]):
-        put_row(invoice_table, customer_id, CustomerInvoices(customer_id=customer_id, invoices=invoices))
+        put_row(
+            invoice_table,
+            customer_id,
+            CustomerInvoices(customer_id=customer_id, invoices=book.invoices, waiting=tuple(book.waiting)),
+        )
+        if book.contracts != contracts.contracts:
+            put_row(
+                contract_table,
+                customer_id,
+                CustomerContracts(customer_id=customer_id, contracts=book.contracts),
+            )
     return counts
 
 
@@ -289,3 +377,45 @@ async def build_posting_commands(stream: StreamT[Any]) -> None:
                 log.exception("posting failed", extra={"customer_id": customer_id})
                 for event in customer_events:
                     await send_to_dlq(event, f"internal_error: {type(exc).__name__}")
+
+
+_raised_overdue: set[str] = set()
+
+
+def overdue_waiting_invoices(
+    book: CustomerInvoices, now: datetime, timeout_s: float
+) -> list[BusinessException]:
+    """Invoices that waited longer than allowed for their contract (they keep waiting)."""
+    return [
+        BusinessException(
+            exception_id=h.stable_id("exception", "contract_wait", book.customer_id, w.change.entity_id),
+            reason=ExceptionReason.CONTRACT_NOT_ACTIVE,
+            message=f"invoice {w.change.entity_id} waits for contract {w.contract_id}, not seen since "
+            f"{w.parked_at.isoformat()}",
+            fields=(FieldError(field="contract_id", problem="no signed contract with this id has arrived"),),
+            customer_id=book.customer_id,
+            entity_id=w.change.entity_id,
+            correlation_id=w.change.correlation_id,
+            first_seen=w.parked_at,
+            last_seen=now,
+        )
+        for w in book.waiting
+        if (now - w.parked_at).total_seconds() >= timeout_s
+    ]
+
+
+@app.timer(interval=60.0)
+async def raise_overdue_waits() -> None:
+    """Early amendments whose predecessor never came, and invoices whose contract never came,
+    become exceptions after LEDGERFLOW_PARK_TIMEOUT_S (once per worker process)."""
+    now = datetime.now(UTC)
+    found: list[BusinessException] = []
+    for _key, raw in list(contract_table.items()):
+        for row in codec.loads(CustomerContracts, raw).contracts.values():
+            found += overdue_gaps(row, now, settings.park_timeout_s)
+    for _key, raw in list(invoice_table.items()):
+        found += overdue_waiting_invoices(codec.loads(CustomerInvoices, raw), now, settings.park_timeout_s)
+    for exc in found:
+        if exc.exception_id not in _raised_overdue:
+            await send_exception(exc, "timer:overdue-waits")
+            _raised_overdue.add(exc.exception_id)

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from canonical import InvoiceStatus, LedgerModel
+from canonical import ChangeEvent, InvoiceStatus, LedgerModel, UtcDatetime
 from canonical.base import NonEmptyStr
 from canonical.money import Currency, MinorUnits
 from streams.app import app
@@ -39,9 +39,18 @@ class InvoiceRow(LedgerModel):
     seen_event_ids: tuple[str, ...] = ()
 
 
+class WaitingInvoice(LedgerModel):
+    """An invoice snapshot waiting for its contract (or the contract's signature)."""
+
+    change: ChangeEvent
+    contract_id: NonEmptyStr
+    parked_at: UtcDatetime
+
+
 class CustomerInvoices(LedgerModel):
     customer_id: NonEmptyStr
     invoices: dict[str, InvoiceRow] = Field(default_factory=dict)
+    waiting: tuple[WaitingInvoice, ...] = ()
 
 
 invoice_table = app.Table(

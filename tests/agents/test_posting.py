@@ -105,6 +105,7 @@ async def test_agent_posts_once_and_dead_letters_undecodable_values() -> None:
         mock.patch.object(posting.erp_commands_topic, "send", side_effect=fake_send),
         mock.patch.object(posting, "send_to_dlq", side_effect=fake_dlq),
         mock.patch.object(posting, "invoice_table", store),
+        mock.patch.object(posting, "contract_table", {}),
     ):
         async with posting.build_posting_commands.test_context() as agent:
             key = "cust-stripe-cus_100"

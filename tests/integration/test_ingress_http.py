@@ -15,7 +15,7 @@ import stripe
 from connectors import signing
 from streams.ingress import MAX_BODY_BYTES
 from streams.local_kafka import LocalKafka
-from tests.support import Stack, consume_until, finalized_fixture_invoice, stripe_event
+from tests.support import Stack, consume_until, finalized_fixture_invoice, stripe_event, stripe_fixture
 
 SECRET = "whsec_ingress_test"
 RELAY = "relay_ingress_test"
@@ -45,6 +45,13 @@ def test_signed_event_lands_once_and_the_rest_are_refused(web: str, stack: Stack
     ok = _post(f"{web}/webhooks/stripe", body, {"Stripe-Signature": header})
     assert ok.status_code == 200, ok.text
     assert ok.json()["topic"] == "billing.changes"
+    customer = orjson.dumps(stripe_event(stripe_fixture("customer"), "customer.created", "evt_http_cus"))
+    r = _post(
+        f"{web}/webhooks/stripe",
+        customer,
+        {"Stripe-Signature": signing.sign(SECRET, customer, int(time.time()))},
+    )
+    assert r.status_code == 200, r.text
 
     refused = {
         "wrong secret": _post(
@@ -73,7 +80,7 @@ def test_signed_event_lands_once_and_the_rest_are_refused(web: str, stack: Stack
 
     topic = stack.topic("billing.changes")
     found = asyncio.run(consume_until(stack.bootstrap, [topic], lambda f: False, timeout=4))
-    assert len(found[topic]) == 1, "only the good request may be produced"
+    assert len(found[topic]) == 2, "only the good requests may be produced"
     key, value, headers = found[topic][0]
     assert key == "cus_QXg1o8vcGmoR32" and value == body
     assert headers["x-causation-id"] == "webhook:stripe:evt_http_1"
@@ -175,6 +182,6 @@ def test_simulate_via_webhooks_lands_every_message(web: str, stack: Stack, tmp_p
     by_topic = json.loads(truth_path.read_text())["messages"]["by_topic"]
     topics = {stack.topic(t): n for t, n in by_topic.items()}
     found = asyncio.run(consume_until(stack.bootstrap, list(topics), lambda f: False, timeout=4))
-    # Earlier tests in this module put one message on billing.changes and one on clm.changes.
-    earlier = {stack.topic("billing.changes"): 1, stack.topic("clm.changes"): 1}
+    # Earlier tests in this module put two messages on billing.changes and one on clm.changes.
+    earlier = {stack.topic("billing.changes"): 2, stack.topic("clm.changes"): 1}
     assert {t: len(v) - earlier.get(t, 0) for t, v in found.items()} == topics
