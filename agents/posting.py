@@ -12,21 +12,31 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from agents.batching import acting_for, batches, group_by_key
-from agents.contracts import ContractOutcome, InvoiceGate, apply_contract_change, gate_invoice, overdue_gaps
+from agents.contracts import InvoiceGate, apply_contract_change, gate_invoice, overdue_gaps
+from agents.customers import decide_customer
 from agents.outbox import send_exception, send_to_dlq
 from agents.validation import Problem, ResolvedInvoice, validate_invoice
 from canonical import (
+    ApplyPayment,
     BusinessException,
     ChangeEvent,
     Contract,
+    CreditMemo,
+    CreditMemoStatus,
+    Customer,
     ErpCommand,
+    ErpCreditMemo,
     ErpInvoice,
     ErpInvoiceLine,
+    ErpPayment,
     ExceptionReason,
     FieldError,
     Invoice,
     InvoiceStatus,
     MessageRef,
+    Payment,
+    PaymentStatus,
+    PostCreditMemo,
     PostInvoice,
     VoidInvoice,
     codec,
@@ -39,12 +49,13 @@ from streams.schemas import Undecodable
 from streams.settings import settings
 from streams.topics import canonical_topic, erp_commands_topic
 from tables.contracts import ContractRow, CustomerContracts, contract_table
+from tables.customers import CustomerMaster, customer_table
 from tables.invoices import (
     SEEN_EVENT_IDS_KEPT,
     CustomerInvoices,
     InvoiceErpStatus,
     InvoiceRow,
-    WaitingInvoice,
+    WaitingChange,
     invoice_table,
 )
 from tables.rows import get_row, put_row
@@ -56,6 +67,7 @@ log = logging.getLogger(__name__)
 
 POSTABLE = frozenset({InvoiceStatus.OPEN, InvoiceStatus.PAID, InvoiceStatus.UNCOLLECTIBLE})
 RETRY_VALIDATION = frozenset({InvoiceErpStatus.NOT_SENT, InvoiceErpStatus.HELD})
+SENT = frozenset({InvoiceErpStatus.PENDING, InvoiceErpStatus.POSTED})
 VOIDABLE = frozenset({InvoiceErpStatus.PENDING, InvoiceErpStatus.POSTED})
 
 
@@ -179,6 +191,7 @@ def decide_invoice(
         return InvoiceDecision(Outcome.STALE, row.model_copy(update={"seen_event_ids": seen}))
 
     outcome = Outcome.APPLIED
+    subsidiary = row.subsidiary if row else None
     commands: list[ErpCommand] = []
     exceptions: list[BusinessException] = []
     erp_status = row.erp_status if row else InvoiceErpStatus.NOT_SENT
@@ -209,6 +222,7 @@ def decide_invoice(
                 command.idempotency_key,
                 (),
             )
+            subsidiary = resolved.subsidiary.id
         else:
             exceptions = _held(change, invoice, problems, now, offending)
             outcome, erp_status = Outcome.HELD, InvoiceErpStatus.HELD
@@ -236,6 +250,7 @@ def decide_invoice(
         erp_status=erp_status,
         idempotency_key=key,
         document_number=row.document_number if row else None,
+        subsidiary=subsidiary,
         exception_ids=exception_ids,
         seen_event_ids=seen,
     )
@@ -266,50 +281,174 @@ class CustomerBook:
     Everything it decides to send is collected, with the event that caused it."""
 
     customer_id: str
-    invoices: dict[str, InvoiceRow]
-    waiting: list[WaitingInvoice]
+    docs: CustomerInvoices
     contracts: dict[str, ContractRow]
+    master: CustomerMaster | None
     mappings: Mappings
     commands: list[tuple[ErpCommand, str]] = field(default_factory=list)
     exceptions: list[tuple[BusinessException, str]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.invoices = dict(self.docs.invoices)
+        self.waiting = list(self.docs.waiting)
+        self.payments = dict(self.docs.payments)
+        self.credit_memos = dict(self.docs.credit_memos)
+
+    def state(self) -> CustomerInvoices:
+        return CustomerInvoices(
+            customer_id=self.customer_id,
+            invoices=self.invoices,
+            waiting=tuple(self.waiting),
+            payments=self.payments,
+            credit_memos=self.credit_memos,
+        )
+
     def apply(self, change: ChangeEvent, now: datetime, offending: MessageRef | None = None) -> str:
         payload = change.payload
-        if isinstance(payload, Contract):
+        if isinstance(payload, Customer):
+            customer = decide_customer(self.master, change, self.mappings, now)
+            self.master = customer.master
+            if customer.upsert is not None:
+                self.commands.append((customer.upsert, change.event_id))
+            outcome = Outcome.DUPLICATE.value if customer.duplicate else Outcome.APPLIED.value
+        elif isinstance(payload, Contract):
             decision = apply_contract_change(self.contracts.get(payload.contract_id), change, now)
             if decision.row is not None:
                 self.contracts[payload.contract_id] = decision.row
             self.exceptions += [(e, change.event_id) for e in decision.exceptions]
-            if decision.outcome is ContractOutcome.APPLIED:
-                self._release(payload.contract_id, now)
-            return decision.outcome.value
-        if isinstance(payload, Invoice):
-            return self._invoice(change, payload, now, offending).value
-        return Outcome.IGNORED.value  # customers, subscriptions, payments: issue #4 continues
+            outcome = decision.outcome.value
+        elif isinstance(payload, Invoice | Payment | CreditMemo):
+            outcome = self._document(change, now, offending).value
+        else:
+            return Outcome.IGNORED.value  # subscriptions and refunds book nothing yet
+        self._retry_waiting(now)
+        return outcome
 
-    def _invoice(
-        self, change: ChangeEvent, invoice: Invoice, now: datetime, offending: MessageRef | None
-    ) -> Outcome:
+    def _blocker(self, change: ChangeEvent) -> str | None:
+        """What this document waits for before it may go to the ERP, if anything."""
+        doc = change.payload
+        if isinstance(doc, Invoice):
+            row = self.invoices.get(doc.invoice_id)
+            if doc.status not in POSTABLE or (row is not None and row.erp_status not in RETRY_VALIDATION):
+                return None
+            if self.master is None or self.master.upserted_digest is None:
+                return "customer"  # no invoice before its customer exists in the ERP
+            contract = self.contracts.get(doc.contract_id) if doc.contract_id else None
+            if doc.contract_id and gate_invoice(doc, contract) is InvoiceGate.WAIT:
+                return f"contract:{doc.contract_id}"
+            return None
+        invoice_id = doc.invoice_id if isinstance(doc, Payment | CreditMemo) else None
+        if invoice_id is None or (isinstance(doc, Payment) and doc.status is not PaymentStatus.SUCCEEDED):
+            return None
+        row = self.invoices.get(invoice_id)
+        if row is None or row.erp_status not in SENT:
+            return f"invoice:{invoice_id}"
+        return None
+
+    def _document(self, change: ChangeEvent, now: datetime, offending: MessageRef | None) -> Outcome:
         if any(w.change.event_id == change.event_id for w in self.waiting):
             return Outcome.DUPLICATE
-        contract = self.contracts.get(invoice.contract_id) if invoice.contract_id else None
-        decision = decide_invoice(
-            self.invoices.get(change.entity_id), change, self.mappings, now, offending, contract
-        )
-        if decision.outcome is Outcome.WAITING:
-            assert invoice.contract_id is not None
-            self.waiting.append(WaitingInvoice(change=change, contract_id=invoice.contract_id, parked_at=now))
+        blocker = self._blocker(change)
+        if blocker is not None:
+            self.waiting.append(WaitingChange(change=change, waits_for=blocker, parked_at=now))
+            return Outcome.WAITING
+        doc = change.payload
+        if isinstance(doc, Invoice):
+            contract = self.contracts.get(doc.contract_id) if doc.contract_id else None
+            decision = decide_invoice(
+                self.invoices.get(doc.invoice_id), change, self.mappings, now, offending, contract
+            )
+            if decision.row is not None:
+                self.invoices[doc.invoice_id] = decision.row
+            self.commands += [(c, change.event_id) for c in decision.commands]
+            self.exceptions += [(e, change.event_id) for e in decision.exceptions]
             return decision.outcome
-        self.invoices[change.entity_id] = decision.row
-        self.commands += [(c, change.event_id) for c in decision.commands]
-        self.exceptions += [(e, change.event_id) for e in decision.exceptions]
-        return decision.outcome
+        if isinstance(doc, Payment):
+            return self._payment(change, doc, now)
+        assert isinstance(doc, CreditMemo)
+        return self._credit_memo(change, doc, now)
 
-    def _release(self, contract_id: str, now: datetime) -> None:
-        ready = [w for w in self.waiting if w.contract_id == contract_id]
-        self.waiting = [w for w in self.waiting if w.contract_id != contract_id]
-        for w in ready:
-            self._invoice(w.change, w.change.payload, now, None)  # type: ignore[arg-type]
+    def _payment(self, change: ChangeEvent, payment: Payment, now: datetime) -> Outcome:
+        if payment.status is not PaymentStatus.SUCCEEDED or payment.invoice_id is None or payment.amount == 0:
+            return Outcome.IGNORED  # a failed attempt, or unapplied cash: nothing to book yet
+        if payment.payment_id in self.payments:
+            return Outcome.DUPLICATE
+        row = self.invoices[payment.invoice_id]
+        command = payment_command(payment, self.customer_id, row, change.correlation_id, now)
+        self.payments[payment.payment_id] = command.idempotency_key
+        self.commands.append((command, change.event_id))
+        return Outcome.COMMANDED
+
+    def _credit_memo(self, change: ChangeEvent, memo: CreditMemo, now: datetime) -> Outcome:
+        if memo.status is not CreditMemoStatus.ISSUED:
+            return Outcome.IGNORED
+        if memo.credit_memo_id in self.credit_memos:
+            return Outcome.DUPLICATE
+        row = self.invoices[memo.invoice_id]
+        command = credit_memo_command(memo, self.customer_id, row, change.correlation_id, now)
+        self.credit_memos[memo.credit_memo_id] = command.idempotency_key
+        self.commands.append((command, change.event_id))
+        return Outcome.COMMANDED
+
+    def _retry_waiting(self, now: datetime) -> None:
+        """Release, in arrival order, every waiting document whose prerequisite is now met."""
+        progress = True
+        while progress and self.waiting:
+            progress = False
+            for waiting in list(self.waiting):
+                if self._blocker(waiting.change) is None:
+                    self.waiting.remove(waiting)
+                    self._document(waiting.change, now, None)
+                    progress = True
+
+
+def payment_command(
+    payment: Payment, customer_id: str, invoice: InvoiceRow, correlation_id: str, now: datetime
+) -> ApplyPayment:
+    external_id = to_external_id("stripe", payment.payment_id)
+    subsidiary = invoice.subsidiary or "unmapped"
+    return ApplyPayment(
+        idempotency_key=posting_key("apply_payment", external_id),
+        customer_id=customer_id,
+        correlation_id=correlation_id,
+        subsidiary=subsidiary,
+        issued_at=now,
+        document=ErpPayment(
+            external_id=external_id,
+            customer_external_id=customer_id,
+            invoice_external_id=to_external_id("stripe", invoice.invoice_id),
+            subsidiary=subsidiary,
+            currency=payment.currency,
+            amount=payment.amount,
+            tran_date=payment.received_at.date(),
+            source=payment,
+        ),
+    )
+
+
+def credit_memo_command(
+    memo: CreditMemo, customer_id: str, invoice: InvoiceRow, correlation_id: str, now: datetime
+) -> PostCreditMemo:
+    external_id = to_external_id("stripe", memo.credit_memo_id)
+    subsidiary = invoice.subsidiary or "unmapped"
+    return PostCreditMemo(
+        idempotency_key=posting_key("post_credit_memo", external_id),
+        customer_id=customer_id,
+        correlation_id=correlation_id,
+        subsidiary=subsidiary,
+        issued_at=now,
+        document=ErpCreditMemo(
+            external_id=external_id,
+            customer_external_id=customer_id,
+            invoice_external_id=to_external_id("stripe", invoice.invoice_id),
+            subsidiary=subsidiary,
+            currency=memo.currency,
+            tran_date=memo.issued_at.date(),
+            subtotal=memo.subtotal,
+            tax_total=memo.tax_total,
+            total=memo.total,
+        ),
+    )
 
 
 async def post_customer_changes(
@@ -318,15 +457,14 @@ async def post_customer_changes(
     """One customer's events of a batch, in order: read its rows once, write them once."""
     counts: dict[str, int] = {}
     with acting_for(events[0]):
-        invoices = get_row(invoice_table, customer_id, CustomerInvoices) or CustomerInvoices(
+        docs = get_row(invoice_table, customer_id, CustomerInvoices) or CustomerInvoices(
             customer_id=customer_id
         )
         contracts = get_row(contract_table, customer_id, CustomerContracts) or CustomerContracts(
             customer_id=customer_id
         )
-    book = CustomerBook(
-        customer_id, dict(invoices.invoices), list(invoices.waiting), dict(contracts.contracts), mappings
-    )
+        master = get_row(customer_table, customer_id, CustomerMaster)
+    book = CustomerBook(customer_id, docs, dict(contracts.contracts), master, mappings)
     for event in events:
         change = event.value
         if not isinstance(change, ChangeEvent):
@@ -342,17 +480,17 @@ async def post_customer_changes(
     for exc, causation in book.exceptions:
         await send_exception(exc, causation)
     with acting_for(events[-1]):
-        put_row(
-            invoice_table,
-            customer_id,
-            CustomerInvoices(customer_id=customer_id, invoices=book.invoices, waiting=tuple(book.waiting)),
-        )
+        state = book.state()
+        if state != docs:
+            put_row(invoice_table, customer_id, state)
         if book.contracts != contracts.contracts:
             put_row(
                 contract_table,
                 customer_id,
                 CustomerContracts(customer_id=customer_id, contracts=book.contracts),
             )
+        if book.master is not None and book.master != master:
+            put_row(customer_table, customer_id, book.master)
     return counts
 
 
@@ -382,26 +520,43 @@ async def build_posting_commands(stream: StreamT[Any]) -> None:
 _raised_overdue: set[str] = set()
 
 
+WAIT_REASONS = {
+    "customer": (
+        ExceptionReason.CUSTOMER_INCOMPLETE,
+        "its customer is not complete enough to exist in the ERP",
+    ),
+    "contract": (ExceptionReason.CONTRACT_NOT_ACTIVE, "no signed contract with this id has arrived"),
+    "invoice": (ExceptionReason.INVOICE_NOT_POSTED, "the invoice it applies to has not been posted"),
+}
+
+
 def overdue_waiting_invoices(
     book: CustomerInvoices, now: datetime, timeout_s: float
 ) -> list[BusinessException]:
-    """Invoices that waited longer than allowed for their contract (they keep waiting)."""
-    return [
-        BusinessException(
-            exception_id=h.stable_id("exception", "contract_wait", book.customer_id, w.change.entity_id),
-            reason=ExceptionReason.CONTRACT_NOT_ACTIVE,
-            message=f"invoice {w.change.entity_id} waits for contract {w.contract_id}, not seen since "
-            f"{w.parked_at.isoformat()}",
-            fields=(FieldError(field="contract_id", problem="no signed contract with this id has arrived"),),
-            customer_id=book.customer_id,
-            entity_id=w.change.entity_id,
-            correlation_id=w.change.correlation_id,
-            first_seen=w.parked_at,
-            last_seen=now,
+    """Documents that waited longer than allowed for what must come first (they keep waiting)."""
+    out = []
+    for w in book.waiting:
+        if (now - w.parked_at).total_seconds() < timeout_s:
+            continue
+        kind = w.waits_for.split(":", 1)[0]
+        reason, problem = WAIT_REASONS[kind]
+        out.append(
+            BusinessException(
+                exception_id=h.stable_id(
+                    "exception", "wait", book.customer_id, w.change.entity_id, w.waits_for
+                ),
+                reason=reason,
+                message=f"{w.change.entity_type.value} {w.change.entity_id} waits for {w.waits_for} since "
+                f"{w.parked_at.isoformat()}",
+                fields=(FieldError(field=kind, problem=problem),),
+                customer_id=book.customer_id,
+                entity_id=w.change.entity_id,
+                correlation_id=w.change.correlation_id,
+                first_seen=w.parked_at,
+                last_seen=now,
+            )
         )
-        for w in book.waiting
-        if (now - w.parked_at).total_seconds() >= timeout_s
-    ]
+    return out
 
 
 @app.timer(interval=60.0)

@@ -23,6 +23,7 @@ class ExceptionReason(StrEnum):
     AMENDMENT_GAP = "amendment_gap"
     CONTRACT_NOT_ACTIVE = "contract_not_active"
     CONTRACT_TERMINATED = "contract_terminated"
+    INVOICE_NOT_POSTED = "invoice_not_posted"
     RESYNC_REQUIRED = "resync_required"
     ERP_REJECTED = "erp_rejected"
     ERP_UNAVAILABLE = "erp_unavailable"

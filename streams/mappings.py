@@ -56,6 +56,19 @@ class Mappings(_Config):
     tax_codes: dict[str, str] = {}
     """Tax rate id → ERP tax code."""
     closed_periods: tuple[ClosedPeriod, ...] = ()
+    ownership: dict[str, str] = {
+        "name": "salesforce",
+        "country": "salesforce",
+        "parent_account_id": "salesforce",
+        "tax_ids": "salesforce",
+        "crm_account_id": "salesforce",
+        "deleted": "salesforce",
+        "email": "stripe",
+        "currency": "stripe",
+        "billing_customer_id": "stripe",
+    }
+    """Customer attribute → the source that owns it (the system of record). An attribute is
+    taken from another source only while the owner has not supplied it."""
 
     @model_validator(mode="after")
     def _references_exist(self) -> Mappings:

@@ -35,22 +35,28 @@ class InvoiceRow(LedgerModel):
     erp_status: InvoiceErpStatus = InvoiceErpStatus.NOT_SENT
     idempotency_key: str | None = None
     document_number: str | None = None
+    subsidiary: str | None = None
     exception_ids: tuple[str, ...] = ()
     seen_event_ids: tuple[str, ...] = ()
 
 
-class WaitingInvoice(LedgerModel):
-    """An invoice snapshot waiting for its contract (or the contract's signature)."""
+class WaitingChange(LedgerModel):
+    """A document waiting for what must come first: "customer" (its ERP upsert),
+    "contract:<id>" (signed and known), or "invoice:<id>" (posted, for payments and credit memos)."""
 
     change: ChangeEvent
-    contract_id: NonEmptyStr
+    waits_for: NonEmptyStr
     parked_at: UtcDatetime
 
 
 class CustomerInvoices(LedgerModel):
+    """Stage 2's document state of one customer."""
+
     customer_id: NonEmptyStr
     invoices: dict[str, InvoiceRow] = Field(default_factory=dict)
-    waiting: tuple[WaitingInvoice, ...] = ()
+    waiting: tuple[WaitingChange, ...] = ()
+    payments: dict[str, str] = Field(default_factory=dict)  # payment id → idempotency key sent
+    credit_memos: dict[str, str] = Field(default_factory=dict)  # credit memo id → idempotency key sent
 
 
 invoice_table = app.Table(

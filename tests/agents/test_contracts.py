@@ -159,8 +159,21 @@ def test_invoice_gate(status: ContractStatus, day: date, gate: InvoiceGate) -> N
     assert gate_invoice(invoice(), None) is InvoiceGate.OPEN  # not linked to a contract
 
 
+def ready_book() -> CustomerBook:
+    """A customer book whose customer already exists in the ERP (its upsert was emitted)."""
+    from tables.invoices import CustomerInvoices
+    from tests.agents.test_customers import account_change
+
+    book = CustomerBook(
+        "cust-crm-001A", CustomerInvoices(customer_id="cust-crm-001A"), {}, None, load_mappings(None)
+    )
+    book.apply(account_change(), T0)
+    book.commands.clear()
+    return book
+
+
 def test_book_parks_an_invoice_until_its_contract_then_posts_it() -> None:
-    book = CustomerBook("cust-crm-001A", {}, [], {}, load_mappings(None))
+    book = ready_book()
     inv = invoice_event(_linked_invoice(date(2026, 3, 1)))
     assert book.apply(inv, T0) == Outcome.WAITING.value and book.commands == []
     assert book.apply(inv, T0) == Outcome.DUPLICATE.value  # a redelivery while it waits
@@ -170,7 +183,7 @@ def test_book_parks_an_invoice_until_its_contract_then_posts_it() -> None:
 
 
 def test_book_holds_an_invoice_against_a_terminated_contract() -> None:
-    book = CustomerBook("cust-crm-001A", {}, [], {}, load_mappings(None))
+    book = ready_book()
     book.apply(contract_event(S.SIGNED, 1), T0)
     book.apply(contract_event(S.TERMINATED, 2, end=date(2026, 2, 28)), T0)
     paid = invoice_event(_linked_invoice(date(2026, 4, 1)).model_copy(update={"status": InvoiceStatus.PAID}))
@@ -180,11 +193,12 @@ def test_book_holds_an_invoice_against_a_terminated_contract() -> None:
 
 def test_an_invoice_waiting_too_long_for_its_contract_is_raised() -> None:
     from agents.posting import overdue_waiting_invoices
-    from tables.invoices import CustomerInvoices, WaitingInvoice
+    from tables.invoices import CustomerInvoices, WaitingChange
 
     inv = invoice_event(_linked_invoice(date(2026, 3, 1)))
     book = CustomerInvoices(
-        customer_id="cust-crm-001A", waiting=(WaitingInvoice(change=inv, contract_id="K-1", parked_at=T0),)
+        customer_id="cust-crm-001A",
+        waiting=(WaitingChange(change=inv, waits_for="contract:K-1", parked_at=T0),),
     )
     assert overdue_waiting_invoices(book, T0 + timedelta(minutes=10), 3600) == []
     [exc] = overdue_waiting_invoices(book, T0 + timedelta(hours=2), 3600)

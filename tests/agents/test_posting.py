@@ -90,12 +90,14 @@ async def test_agent_posts_once_and_dead_letters_undecodable_values() -> None:
     """The agent loop with Faust's test_context: no broker, the table in memory."""
     from agents import posting
     from streams.schemas import Undecodable
+    from tests.agents.test_customers import account_change
 
     sent_commands: list[PostInvoice] = []
     dead: list[str] = []
 
     async def fake_send(*, key: str, value: PostInvoice, headers: dict[str, bytes]) -> None:
-        sent_commands.append(value)
+        if isinstance(value, PostInvoice):
+            sent_commands.append(value)
 
     async def fake_dlq(event: object, reason: str) -> None:
         dead.append(reason)
@@ -106,10 +108,13 @@ async def test_agent_posts_once_and_dead_letters_undecodable_values() -> None:
         mock.patch.object(posting, "send_to_dlq", side_effect=fake_dlq),
         mock.patch.object(posting, "invoice_table", store),
         mock.patch.object(posting, "contract_table", {}),
+        mock.patch.object(posting, "customer_table", {}),
     ):
         async with posting.build_posting_commands.test_context() as agent:
             key = "cust-stripe-cus_100"
-            await agent.put(invoice_event(), key=key, wait=False)
+            customer = account_change().model_copy(update={"customer_id": key})
+            await agent.put(invoice_event(), key=key, wait=False)  # waits for its customer
+            await agent.put(customer, key=key, wait=False)
             await agent.put(invoice_event(), key=key, wait=False)  # redelivered
             await agent.put(Undecodable(raw=b"{}", reason="payload: missing"), key=key, wait=False)
             for _ in range(200):

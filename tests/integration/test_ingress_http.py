@@ -45,7 +45,11 @@ def test_signed_event_lands_once_and_the_rest_are_refused(web: str, stack: Stack
     ok = _post(f"{web}/webhooks/stripe", body, {"Stripe-Signature": header})
     assert ok.status_code == 200, ok.text
     assert ok.json()["topic"] == "billing.changes"
-    customer = orjson.dumps(stripe_event(stripe_fixture("customer"), "customer.created", "evt_http_cus"))
+    customer = orjson.dumps(
+        stripe_event(
+            {**stripe_fixture("customer"), "name": "Jenny Rosen"}, "customer.created", "evt_http_cus"
+        )
+    )
     r = _post(
         f"{web}/webhooks/stripe",
         customer,
@@ -87,10 +91,10 @@ def test_signed_event_lands_once_and_the_rest_are_refused(web: str, stack: Stack
 
     # And it flows on: the ingress is stage 1's front door.
     commands = stack.topic("erp.commands")
-    out = asyncio.run(consume_until(stack.bootstrap, [commands], lambda f: len(f[commands]) >= 1, timeout=60))
-    assert [orjson.loads(v)["idempotency_key"] for _, v, _ in out[commands]] == [
-        "post_invoice-stripe-in_1Pgc6tB7WZ01zgkWu9fdqL6I"
-    ]
+    out = asyncio.run(consume_until(stack.bootstrap, [commands], lambda f: len(f[commands]) >= 2, timeout=60))
+    keys = [orjson.loads(v)["idempotency_key"] for _, v, _ in out[commands]]
+    assert keys[0].startswith("upsert_customer-cust-stripe-cus_QXg1o8vcGmoR32-")
+    assert keys[1:] == ["post_invoice-stripe-in_1Pgc6tB7WZ01zgkWu9fdqL6I"]
 
 
 def test_relays_land_on_their_topics(web: str, stack: Stack) -> None:

@@ -55,15 +55,39 @@ def test_simulated_history_yields_exactly_the_ground_truths_invoices(stack: Stac
         )
     }
     expected_keys = {f"post_invoice-stripe-{i['invoice_id']}" for i in truth["invoices"]}
+    expected_payments = {f"apply_payment-stripe-{p['payment_id']}" for p in truth["payments"]}
+    expected_memos = {f"post_credit_memo-stripe-{m['credit_memo_id']}" for m in truth["credit_memos"]}
+    documents = len(expected_keys) + len(expected_payments) + len(expected_memos)
+
+    wanted = expected_keys | expected_payments | expected_memos
+    assert len(wanted) == documents
 
     def done(found: dict[str, list]) -> bool:  # type: ignore[type-arg]
-        return len(found[topics["erp.commands"]]) >= len(expected_keys)
+        seen = {orjson.loads(v)["idempotency_key"] for _, v, _ in found[topics["erp.commands"]]}
+        return wanted <= seen
 
     found = asyncio.run(consume_until(stack.bootstrap, list(topics.values()), done, timeout=240))
     for name, count in truth["messages"]["by_topic"].items():
         assert len(found[topics[name]]) == count, name  # what was produced is what the truth counts
 
-    commands = [orjson.loads(v) for _, v, _ in found[topics["erp.commands"]]]
+    everything = [orjson.loads(v) for _, v, _ in found[topics["erp.commands"]]]
+    by_type: dict[str, list] = {}  # type: ignore[type-arg]
+    for c in everything:
+        by_type.setdefault(c["command"], []).append(c)
+    assert {c["idempotency_key"] for c in by_type["apply_payment"]} == expected_payments
+    assert {c["idempotency_key"] for c in by_type["post_credit_memo"]} == expected_memos
+    # Each customer's last upsert carries what the sources say, merged by ownership.
+    last_upsert = {c["customer_id"]: c["document"] for c in by_type["upsert_customer"]}
+    assert {cid: (d["name"], d["country"], d["currency"]) for cid, d in last_upsert.items()} == {
+        f"cust-crm-{c['crm_account_id']}": (c["name"], c["country"], c["currency"])
+        for c in truth["customers"]
+    }
+    # Every document of a customer comes after that customer's first upsert (same partition, in order).
+    first_upsert = {}
+    for position, c in enumerate(everything):
+        first_upsert.setdefault(c["customer_id"], position)
+    assert all(everything[first_upsert[c["customer_id"]]]["command"] == "upsert_customer" for c in everything)
+    commands = by_type["post_invoice"]
     keys = [c["idempotency_key"] for c in commands]
     assert set(keys) == expected_keys  # none missing, none extra
     assert len(keys) == len(set(keys))  # and none twice, despite 10% duplicates and 10% reordering

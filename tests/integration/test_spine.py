@@ -35,6 +35,7 @@ def run(stack: Stack) -> dict[str, Any]:
     bad = stripe_event(bad_invoice, "invoice.finalized", "evt_fixture_raw")
     customer = stripe_fixture("customer")
     customer["metadata"] = {"crm_account_id": CRM_ACCOUNT}
+    customer["name"] = "Jenny Rosen"  # Stripe's example has none; the ERP needs a name
     records = [
         (FIXTURE_CUSTOMER, b'{"id": "evt_poison", "object": "ev', {}),  # truncated JSON
         # The invoice arrives before its customer (Stripe does not promise order): parked...
@@ -52,7 +53,7 @@ def run(stack: Stack) -> dict[str, Any]:
 
     def done(found: dict[str, list[Any]]) -> bool:
         return (
-            len(found[stack.topic("erp.commands")]) >= 1
+            len(found[stack.topic("erp.commands")]) >= 2
             and len(found[stack.topic("ledgerflow.exceptions")]) >= 1
             and len(found[stack.topic("ledgerflow.dlq")]) >= 1
             and len(found[stack.topic("ledgerflow.canonical")]) >= 4
@@ -69,6 +70,8 @@ def run(stack: Stack) -> dict[str, Any]:
         }
 
     out = asyncio.run(scenario())
+    out["upserts"] = [r for r in out["erp.commands"] if orjson.loads(r[1])["command"] == "upsert_customer"]
+    out["erp.commands"] = [r for r in out["erp.commands"] if orjson.loads(r[1])["command"] == "post_invoice"]
     out["worker"] = worker
     return out
 
@@ -86,6 +89,13 @@ def test_fixture_invoice_becomes_one_post_invoice(run: dict[str, Any]) -> None:
     assert key == command.customer_id == f"cust-crm-{CRM_ACCOUNT}"
     assert headers["x-correlation-id"] == "corr-fixture-1" == command.correlation_id
     assert headers["x-causation-id"] == "evt_fixture_good"
+
+
+def test_the_customer_is_upserted_before_its_invoice(run: dict[str, Any]) -> None:
+    [(key, value, _)] = run["upserts"]
+    upsert = orjson.loads(value)
+    assert key == f"cust-crm-{CRM_ACCOUNT}" and upsert["document"]["name"] == "Jenny Rosen"
+    assert upsert["subsidiary"] == "US01"
 
 
 def test_redelivered_event_is_canonicalised_but_not_posted_twice(run: dict[str, Any]) -> None:

@@ -71,7 +71,7 @@ def test_dev_runs_the_demo_scenario_end_to_end(kafka_bootstrap: str, tmp_path: P
     )
     out = _run("dev", "--events", "40", "--no-keep-running", cwd=tmp_path, env=env, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "post_invoice         40" in out.stdout
-    assert "distinct idempotency keys: 40" in out.stdout
+    assert "post_invoice         40 (40 distinct keys)" in out.stdout
+    assert "upsert_customer" in out.stdout
     assert "arithmetic_mismatch  1" in out.stdout and "unmapped_subsidiary  1" in out.stdout
     assert "not_json             1" in out.stdout
