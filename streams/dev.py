@@ -183,8 +183,8 @@ def run_dev(events: int, keep_running: bool) -> None:
         print(f"Everything the scenario implies arrived within {elapsed:.1f}s")
         print("\n".join(_summary(by_name)))
         print(
-            f"\nExpected: {scenario.expected_commands} invoice postings (after their customers), {scenario.expected_exceptions} exceptions, "
-            f"{scenario.expected_dlq} dead letter(s), {scenario.expected_parked} invoice parked until its "
+            f"\nExpected: {scenario.expected_commands} invoice postings (after their customers), "
+            f"{scenario.expected_exceptions} exceptions, {scenario.expected_dlq} dead letter(s), {scenario.expected_parked} invoice parked until its "
             f"customer arrives (raised as unknown_customer after LEDGERFLOW_PARK_TIMEOUT_S)."
         )
         print(f"Look at: the worker log {log}; topics on {bootstrap}; state in {DEV_ROOT}/worker.")
