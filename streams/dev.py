@@ -184,8 +184,9 @@ def run_dev(events: int, keep_running: bool) -> None:
         print("\n".join(_summary(by_name)))
         print(
             f"\nExpected: {scenario.expected_commands} invoice postings (after their customers), "
-            f"{scenario.expected_exceptions} exceptions, {scenario.expected_dlq} dead letter(s), {scenario.expected_parked} invoice parked until its "
-            f"customer arrives (raised as unknown_customer after LEDGERFLOW_PARK_TIMEOUT_S)."
+            f"{scenario.expected_exceptions} exceptions, {scenario.expected_dlq} dead letter(s), "
+            f"{scenario.expected_parked} invoice parked until its customer arrives "
+            "(raised as unknown_customer after LEDGERFLOW_PARK_TIMEOUT_S)."
         )
         print(f"Look at: the worker log {log}; topics on {bootstrap}; state in {DEV_ROOT}/worker.")
         if not done({prefix + k: v for k, v in by_name.items()}):
