@@ -88,6 +88,8 @@ def create_app(s: Settings) -> LedgerflowApp:
         producer_max_batch_size=1 << 20,
         producer_acks=-1,
         broker_commit_every=s.batch_size,
+        broker_session_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, s.session_timeout_s / 3),
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4096, s.batch_size * 4),
         stream_recovery_delay=0.2,

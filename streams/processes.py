@@ -13,13 +13,16 @@ class ProcessFailed(RuntimeError):
     """A child process exited, or did not get ready in time."""
 
 
-def wait_for_log(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> float:
-    """Seconds until `text` appears in `log`; raises if `proc` exits or time runs out."""
+def wait_for_log(
+    log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float, offset: int = 0
+) -> float:
+    """Seconds until `text` appears in `log` past byte `offset` (a restarted process appends to
+    its predecessor's log); raises if `proc` exits or time runs out."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if proc.poll() is not None:
             raise ProcessFailed(f"process exited with {proc.returncode}; see {log}")
-        if log.exists() and text in log.read_text(errors="replace"):
+        if log.exists() and text.encode() in log.read_bytes()[offset:]:
             return time.monotonic() - started
         time.sleep(0.1)
     raise ProcessFailed(f"{text!r} did not appear in {log} within {timeout}s")

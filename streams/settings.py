@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     crm_account_metadata_key: str = "crm_account_id"
     """LEDGERFLOW_CRM_ACCOUNT_METADATA_KEY: Stripe customer metadata key naming the CRM account."""
 
+    session_timeout_s: float = Field(default=10.0, gt=0)
+    """LEDGERFLOW_SESSION_TIMEOUT_S: how long the group waits for a silent worker before its
+    partitions move (Faust's default is 60 s; a crashed pod's partitions stall that long)."""
     park_timeout_s: float = Field(default=3600.0, gt=0)
     """LEDGERFLOW_PARK_TIMEOUT_S: how long a billing event may wait for its customer's identity
     before it is raised as an `unknown_customer` exception (it stays parked, and is released

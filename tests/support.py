@@ -82,9 +82,11 @@ class Worker:
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     ready_after: float = 0.0
+    log_offset: int = 0
 
     def start(self, timeout: float = 90.0) -> Worker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
@@ -101,7 +103,9 @@ class Worker:
     def wait_ready(self, timeout: float) -> None:
         assert self.proc is not None
         try:
-            self.ready_after = wait_for_log(self.log_path, "Worker ready", self.proc, timeout)
+            self.ready_after = wait_for_log(
+                self.log_path, "Worker ready", self.proc, timeout, self.log_offset
+            )
         except ProcessFailed as exc:
             raise RuntimeError(f"{exc}:\n{self.tail()}") from None
 
@@ -159,6 +163,12 @@ class Stack:
         worker = Worker(self.env(index), self.root / f"worker{index}.log").start()
         self.workers.append(worker)
         return worker
+
+    def start_worker_again(self, worker: Worker) -> Worker:
+        """A new process on the same data dir and port, as a restarted pod would be."""
+        again = Worker(worker.env, worker.log_path).start()
+        self.workers.append(again)
+        return again
 
     def stop(self) -> None:
         for worker in self.workers:
