@@ -66,6 +66,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POSTABLE = frozenset({InvoiceStatus.OPEN, InvoiceStatus.PAID, InvoiceStatus.UNCOLLECTIBLE})
+
+_I = InvoiceStatus
+# Which invoice status may follow which (Stripe's lifecycle). A snapshot of a lower lifecycle
+# rank is stale (late delivery) and ignored; one of equal or higher rank that is not listed here
+# is an illegal transition and becomes an exception.
+INVOICE_TRANSITIONS: dict[InvoiceStatus, frozenset[InvoiceStatus]] = {
+    _I.DRAFT: frozenset({_I.DRAFT, _I.OPEN, _I.PAID, _I.VOID, _I.UNCOLLECTIBLE}),
+    _I.OPEN: frozenset({_I.OPEN, _I.PAID, _I.VOID, _I.UNCOLLECTIBLE}),
+    _I.UNCOLLECTIBLE: frozenset({_I.UNCOLLECTIBLE, _I.PAID, _I.VOID}),
+    _I.PAID: frozenset({_I.PAID}),
+    _I.VOID: frozenset({_I.VOID}),
+}
 RETRY_VALIDATION = frozenset({InvoiceErpStatus.NOT_SENT, InvoiceErpStatus.HELD})
 SENT = frozenset({InvoiceErpStatus.PENDING, InvoiceErpStatus.POSTED})
 VOIDABLE = frozenset({InvoiceErpStatus.PENDING, InvoiceErpStatus.POSTED})
@@ -79,6 +91,7 @@ class Outcome(StrEnum):
     HELD = "held"
     WAITING = "waiting"  # for its contract
     IGNORED = "ignored"  # an entity stage 2 does not book yet
+    ILLEGAL = "illegal"  # a transition the lifecycle does not allow: an exception
 
 
 @dataclass
@@ -189,6 +202,32 @@ def decide_invoice(
     if row is not None and change.entity_version < row.version:
         # An older snapshot arriving late never overwrites a newer one.
         return InvoiceDecision(Outcome.STALE, row.model_copy(update={"seen_event_ids": seen}))
+
+    if row is not None and invoice.status not in INVOICE_TRANSITIONS[row.status]:
+        exc = BusinessException(
+            exception_id=h.stable_id(
+                "exception",
+                "invoice_transition",
+                change.customer_id,
+                invoice.invoice_id,
+                invoice.status.value,
+            ),
+            reason=ExceptionReason.ILLEGAL_TRANSITION,
+            message=f"invoice {invoice.invoice_id}: {row.status.value} → {invoice.status.value} "
+            "is not a legal transition",
+            fields=(
+                FieldError(
+                    field="status", problem=f"{row.status.value} cannot become {invoice.status.value}"
+                ),
+            ),
+            customer_id=change.customer_id,
+            entity_id=invoice.invoice_id,
+            correlation_id=change.correlation_id,
+            first_seen=now,
+            last_seen=now,
+            offending=offending,
+        )
+        return InvoiceDecision(Outcome.ILLEGAL, row.model_copy(update={"seen_event_ids": seen}), [], [exc])
 
     outcome = Outcome.APPLIED
     subsidiary = row.subsidiary if row else None

@@ -124,3 +124,26 @@ async def test_agent_posts_once_and_dead_letters_undecodable_values() -> None:
     assert [c.idempotency_key for c in sent_commands] == ["post_invoice-stripe-in_100"]
     assert dead == ["undecodable canonical event: payload: missing"]
     assert b"cust-stripe-cus_100" in store
+
+
+def _transition(current: InvoiceStatus, new: InvoiceStatus):  # type: ignore[no-untyped-def]
+    from agents.posting import INVOICE_TRANSITIONS
+
+    rank = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
+    first = decide_invoice(None, invoice_event(invoice(status=current), "evt_a"), MAPPINGS, T0)
+    second = decide_invoice(first.row, invoice_event(invoice(status=new), "evt_b"), MAPPINGS, T0)
+    return second, rank[new.value] < rank[current.value], new in INVOICE_TRANSITIONS[current]
+
+
+def test_every_invoice_transition_is_applied_ignored_as_stale_or_an_exception() -> None:
+    for current in InvoiceStatus:
+        for new in InvoiceStatus:
+            decision, stale, legal = _transition(current, new)
+            if stale:
+                assert decision.outcome is Outcome.STALE and decision.row.status is current, (current, new)
+            elif legal:
+                assert decision.outcome in (Outcome.APPLIED, Outcome.COMMANDED), (current, new)
+                assert decision.row.status is new
+            else:
+                assert decision.outcome is Outcome.ILLEGAL and decision.row.status is current, (current, new)
+                assert [e.reason for e in decision.exceptions] == [ExceptionReason.ILLEGAL_TRANSITION]
