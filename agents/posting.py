@@ -441,22 +441,39 @@ class CustomerBook:
                     progress = True
 
 
+def _against_invoice(
+    command: str, source_id: str, invoice: InvoiceRow, customer_id: str, correlation_id: str, now: datetime
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The envelope and document fields every command against a posted invoice shares: it
+    books to the entity that booked the invoice."""
+    external_id = to_external_id("stripe", source_id)
+    subsidiary = invoice.subsidiary or "unmapped"
+    envelope = {
+        "idempotency_key": posting_key(command, external_id),
+        "customer_id": customer_id,
+        "correlation_id": correlation_id,
+        "subsidiary": subsidiary,
+        "issued_at": now,
+    }
+    document = {
+        "external_id": external_id,
+        "customer_external_id": customer_id,
+        "invoice_external_id": to_external_id("stripe", invoice.invoice_id),
+        "subsidiary": subsidiary,
+    }
+    return envelope, document
+
+
 def payment_command(
     payment: Payment, customer_id: str, invoice: InvoiceRow, correlation_id: str, now: datetime
 ) -> ApplyPayment:
-    external_id = to_external_id("stripe", payment.payment_id)
-    subsidiary = invoice.subsidiary or "unmapped"
+    envelope, document = _against_invoice(
+        "apply_payment", payment.payment_id, invoice, customer_id, correlation_id, now
+    )
     return ApplyPayment(
-        idempotency_key=posting_key("apply_payment", external_id),
-        customer_id=customer_id,
-        correlation_id=correlation_id,
-        subsidiary=subsidiary,
-        issued_at=now,
+        **envelope,
         document=ErpPayment(
-            external_id=external_id,
-            customer_external_id=customer_id,
-            invoice_external_id=to_external_id("stripe", invoice.invoice_id),
-            subsidiary=subsidiary,
+            **document,
             currency=payment.currency,
             amount=payment.amount,
             tran_date=payment.received_at.date(),
@@ -468,19 +485,13 @@ def payment_command(
 def credit_memo_command(
     memo: CreditMemo, customer_id: str, invoice: InvoiceRow, correlation_id: str, now: datetime
 ) -> PostCreditMemo:
-    external_id = to_external_id("stripe", memo.credit_memo_id)
-    subsidiary = invoice.subsidiary or "unmapped"
+    envelope, document = _against_invoice(
+        "post_credit_memo", memo.credit_memo_id, invoice, customer_id, correlation_id, now
+    )
     return PostCreditMemo(
-        idempotency_key=posting_key("post_credit_memo", external_id),
-        customer_id=customer_id,
-        correlation_id=correlation_id,
-        subsidiary=subsidiary,
-        issued_at=now,
+        **envelope,
         document=ErpCreditMemo(
-            external_id=external_id,
-            customer_external_id=customer_id,
-            invoice_external_id=to_external_id("stripe", invoice.invoice_id),
-            subsidiary=subsidiary,
+            **document,
             currency=memo.currency,
             tran_date=memo.issued_at.date(),
             subtotal=memo.subtotal,

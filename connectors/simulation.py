@@ -313,31 +313,24 @@ class _Customer:
         inv_id = f"in_SIM{self.n:06d}M{month:02d}"
         number = f"SIM-{self.n:06d}-{month + 1:03d}"
         meta = {"contract_id": self.contract}
-        draft = invoice_object(
-            inv_id,
-            self.cus,
-            self.country,
-            self.lines(),
-            status="draft",
-            created=at,
-            number=None,
-            prorations=prorations,
-            subscription=self.sub,
-            metadata=meta,
-        )
+
+        def snapshot(status: str, number: str | None) -> dict[str, Any]:
+            return invoice_object(
+                inv_id,
+                self.cus,
+                self.country,
+                self.lines(),
+                status=status,
+                created=at,
+                number=number,
+                prorations=prorations,
+                subscription=self.sub,
+                metadata=meta,
+            )
+
+        draft = snapshot("draft", None)
         self.stripe("billing.changes", f"evt_{inv_id}_created", "invoice.created", draft, at)
-        opened = invoice_object(
-            inv_id,
-            self.cus,
-            self.country,
-            self.lines(),
-            status="open",
-            created=at,
-            number=number,
-            prorations=prorations,
-            subscription=self.sub,
-            metadata=meta,
-        )
+        opened = snapshot("open", number)
         self.stripe("billing.changes", f"evt_{inv_id}_fin", "invoice.finalized", opened, at + 3600)
         total, currency = opened["total"], self.currency
         row = {
@@ -373,18 +366,7 @@ class _Customer:
             payment_intent_object(pi, self.cus, currency, total, inv_id, True, paid_at),
             paid_at,
         )
-        paid = invoice_object(
-            inv_id,
-            self.cus,
-            self.country,
-            self.lines(),
-            status="paid",
-            created=at,
-            number=number,
-            prorations=prorations,
-            subscription=self.sub,
-            metadata=meta,
-        )
+        paid = snapshot("paid", number)
         self.stripe("billing.changes", f"evt_{inv_id}_paid", "invoice.paid", paid, paid_at + 1)
         row["status"] = "paid"
         truth["payments"].append(
