@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from agents.batching import acting_for, batches, group_by_key
 from agents.contracts import InvoiceGate, apply_contract_change, gate_invoice, overdue_gaps
 from agents.customers import decide_customer
+from agents.duplicates import fingerprints
 from agents.outbox import send_exception, send_to_dlq
 from agents.validation import Problem, ResolvedInvoice, validate_invoice
 from canonical import (
@@ -38,6 +39,7 @@ from canonical import (
     PaymentStatus,
     PostCreditMemo,
     PostInvoice,
+    UpsertCustomer,
     VoidInvoice,
     codec,
     to_external_id,
@@ -47,7 +49,7 @@ from streams.app import app
 from streams.mappings import Mappings, load_mappings
 from streams.schemas import Undecodable
 from streams.settings import settings
-from streams.topics import canonical_topic, erp_commands_topic
+from streams.topics import canonical_topic, customer_fingerprints_topic, erp_commands_topic
 from tables.contracts import ContractRow, CustomerContracts, contract_table
 from tables.customers import CustomerMaster, customer_table
 from tables.invoices import (
@@ -527,6 +529,12 @@ async def post_customer_changes(
         await erp_commands_topic.send(
             key=customer_id, value=command, headers=h.outgoing(command.correlation_id, causation)
         )
+        if isinstance(command, UpsertCustomer):
+            # Re-keyed by fingerprint, so customers that look alike meet in one partition.
+            for fp in fingerprints(command.document, customer_id, command.correlation_id):
+                await customer_fingerprints_topic.send(
+                    key=fp.fingerprint, value=fp, headers=h.outgoing(fp.correlation_id, causation)
+                )
     for exc, causation in book.exceptions:
         await send_exception(exc, causation)
     with acting_for(events[-1]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from canonical import AnyErpCommand, BusinessException, ChangeEvent, PostingResult
+from canonical.fingerprints import CustomerFingerprint
 from streams.app import app
 from streams.schemas import PydanticSchema, RawSchema
 from streams.settings import settings
@@ -23,6 +24,9 @@ ERP_RESULTS = "erp.results"
 CRM_WRITEBACK = "crm.writeback"
 EXCEPTIONS = "ledgerflow.exceptions"
 DLQ = "ledgerflow.dlq"
+# Internal (not part of the design's contract): customer fingerprints re-keyed for the
+# likely-duplicate check.
+CUSTOMER_FINGERPRINTS = "ledgerflow.customer-fingerprints"
 
 
 def _topic(name: str, schema: SchemaT) -> TopicT:
@@ -44,6 +48,7 @@ erp_results_topic = _topic(ERP_RESULTS, PydanticSchema(PostingResult))
 crm_writeback_topic = _topic(CRM_WRITEBACK, RawSchema())
 exceptions_topic = _topic(EXCEPTIONS, PydanticSchema(BusinessException))
 dlq_topic = _topic(DLQ, RawSchema())
+customer_fingerprints_topic = _topic(CUSTOMER_FINGERPRINTS, PydanticSchema(CustomerFingerprint))
 
 ALL_TOPICS = {
     CRM_CHANGES: crm_changes_topic,
@@ -56,6 +61,7 @@ ALL_TOPICS = {
     CRM_WRITEBACK: crm_writeback_topic,
     EXCEPTIONS: exceptions_topic,
     DLQ: dlq_topic,
+    CUSTOMER_FINGERPRINTS: customer_fingerprints_topic,
 }
 
 app.declared_topics.extend(ALL_TOPICS.values())

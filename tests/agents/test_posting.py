@@ -105,6 +105,7 @@ async def test_agent_posts_once_and_dead_letters_undecodable_values() -> None:
     store: dict[bytes, bytes] = {}
     with (
         mock.patch.object(posting.erp_commands_topic, "send", side_effect=fake_send),
+        mock.patch.object(posting.customer_fingerprints_topic, "send", side_effect=mock.AsyncMock()),
         mock.patch.object(posting, "send_to_dlq", side_effect=fake_dlq),
         mock.patch.object(posting, "invoice_table", store),
         mock.patch.object(posting, "contract_table", {}),

@@ -19,6 +19,14 @@ def test_crm_and_clm_changes_flow_to_canonical(stack: Stack) -> None:
         ("001A", cdc("Account", "CREATE", ["001A"], ACCOUNT, seq=1), {}),
         ("001A", cdc("Account", "UPDATE", ["001A"], {"Name": "Acme EU"}, changed=["Name"], seq=2), {}),
         ("001A", cdc("Account", "GAP_UPDATE", ["001A"], {}, seq=3), {}),
+        # Another account that looks like the same company: raised, never merged.
+        (
+            "001B",
+            cdc(
+                "Account", "CREATE", ["001B"], {**ACCOUNT, "Name": "ACME GmbH.", "Tax_Id__c": None}, tx="tx-b"
+            ),
+            {},
+        ),
         (
             "001A",
             cdc(
@@ -52,13 +60,22 @@ def test_crm_and_clm_changes_flow_to_canonical(stack: Stack) -> None:
 
     out = asyncio.run(run())
     canonical = [codec.loads(ChangeEvent, v) for _, v, _ in out["ledgerflow.canonical"]]
-    assert sorted(c.source_type for c in canonical) == ["Account.CREATE", "Account.UPDATE", "contract.signed"]
-    assert {k for k, _, _ in out["ledgerflow.canonical"]} == {"cust-crm-001A"}  # one customer, one partition
+    assert sorted(c.source_type for c in canonical) == [
+        "Account.CREATE",
+        "Account.CREATE",
+        "Account.UPDATE",
+        "contract.signed",
+    ]
+    assert {k for k, _, _ in out["ledgerflow.canonical"]} == {"cust-crm-001A", "cust-crm-001B"}
     contract = next(c for c in canonical if c.source_type == "contract.signed")
     assert contract.correlation_id == "deal-42"
 
-    [resync] = [codec.loads(BusinessException, v) for _, v, _ in out["ledgerflow.exceptions"]]
-    assert resync.reason is ExceptionReason.RESYNC_REQUIRED and resync.entity_id == "001A"
+    exceptions = {
+        e.reason: e for e in (codec.loads(BusinessException, v) for _, v, _ in out["ledgerflow.exceptions"])
+    }
+    assert set(exceptions) == {ExceptionReason.RESYNC_REQUIRED, ExceptionReason.LIKELY_DUPLICATE_CUSTOMER}
+    assert exceptions[ExceptionReason.RESYNC_REQUIRED].entity_id == "001A"
+    assert exceptions[ExceptionReason.LIKELY_DUPLICATE_CUSTOMER].entity_id == "name:DE:acme"
     [(_, raw, headers)] = out["ledgerflow.dlq"]
     assert raw == orjson.dumps({"event_type": "signed"})
     assert headers["x-dlq-reason"].startswith("schema_invalid") and headers["x-source-topic"].endswith(
