@@ -53,7 +53,7 @@ def test_crm_and_clm_changes_flow_to_canonical(stack: Stack) -> None:
         found = await consume_until(
             stack.bootstrap,
             topics,
-            lambda f: len(f[topics[0]]) >= 3 and len(f[topics[1]]) >= 1 and len(f[topics[2]]) >= 1,
+            lambda f: len(f[topics[0]]) >= 4 and len(f[topics[1]]) >= 2 and len(f[topics[2]]) >= 1,
             timeout=60,
         )
         return {t.removeprefix(stack.prefix): v for t, v in found.items()}
@@ -70,9 +70,8 @@ def test_crm_and_clm_changes_flow_to_canonical(stack: Stack) -> None:
     contract = next(c for c in canonical if c.source_type == "contract.signed")
     assert contract.correlation_id == "deal-42"
 
-    exceptions = {
-        e.reason: e for e in (codec.loads(BusinessException, v) for _, v, _ in out["ledgerflow.exceptions"])
-    }
+    raised = [codec.loads(BusinessException, v) for _, v, _ in out["ledgerflow.exceptions"]]
+    exceptions = {e.reason: e for e in raised}
     assert set(exceptions) == {ExceptionReason.RESYNC_REQUIRED, ExceptionReason.LIKELY_DUPLICATE_CUSTOMER}
     assert exceptions[ExceptionReason.RESYNC_REQUIRED].entity_id == "001A"
     assert exceptions[ExceptionReason.LIKELY_DUPLICATE_CUSTOMER].entity_id == "name:DE:acme"
