@@ -16,7 +16,7 @@ from connectors.errors import Rejection
 from connectors.salesforce import map_cdc_event
 from tests.connectors.clm.test_clm import clm
 from tests.connectors.salesforce.test_cdc import ACCOUNT, cdc
-from tests.connectors.stripe.test_fuzz import _paths, json_values
+from tests.connectors.stripe.test_fuzz import json_values, mangle
 
 ADAPTERS = [map_cdc_event, map_clm_event]
 
@@ -63,16 +63,5 @@ SEEDS = [
 def test_mangled_real_shaped_messages(seed: tuple[Any, bytes], data: st.DataObject) -> None:
     adapter, raw = seed
     message = json.loads(raw)
-    for _ in range(data.draw(st.integers(1, 4))):
-        paths = _paths(message)
-        if not paths:
-            break
-        path = data.draw(st.sampled_from(paths))
-        parent = message
-        for step in path[:-1]:
-            parent = parent[step]
-        if data.draw(st.booleans()) and isinstance(parent, dict):
-            parent.pop(path[-1], None)
-        else:
-            parent[path[-1]] = data.draw(json_values)
+    mangle(message, data)
     _check(adapter, json.dumps(message).encode())

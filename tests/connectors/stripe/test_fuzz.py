@@ -65,25 +65,29 @@ def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(EVENT_TYPES), st.data())
-def test_mangled_real_objects(kind: tuple[str, str], data: st.DataObject) -> None:
-    fixture, event_type = kind
-    event = stripe_event(stripe_fixture(fixture), event_type, "evt_fuzz")
-    event["data"]["object"]["customer"] = data.draw(st.sampled_from(["cus_1", None, 7, {"id": "cus_2"}]))
-    paths = _paths(event)
+def mangle(message: Any, data: st.DataObject) -> None:
+    """Delete or replace one to four values anywhere in a JSON document, in place."""
     for _ in range(data.draw(st.integers(1, 4))):
+        paths = _paths(message)
         if not paths:
             break
         path = data.draw(st.sampled_from(paths))
-        parent = event
+        parent = message
         for step in path[:-1]:
             parent = parent[step]
         if data.draw(st.booleans()) and isinstance(parent, dict):
             parent.pop(path[-1], None)
         else:
             parent[path[-1]] = data.draw(json_values)
-        paths = _paths(event)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(EVENT_TYPES), st.data())
+def test_mangled_real_objects(kind: tuple[str, str], data: st.DataObject) -> None:
+    fixture, event_type = kind
+    event = stripe_event(stripe_fixture(fixture), event_type, "evt_fuzz")
+    event["data"]["object"]["customer"] = data.draw(st.sampled_from(["cus_1", None, 7, {"id": "cus_2"}]))
+    mangle(event, data)
     result = _outcome(json.dumps(copy.deepcopy(event)).encode())
     if isinstance(result, list):
         for change in result:
