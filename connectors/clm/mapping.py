@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from canonical import ChangeEvent, Contract, ContractLine, ContractStatus, EntityType, Source
 from connectors.clm.schemas import ClmContractEvent, ClmEventType
-from connectors.errors import Rejection, RejectionReason
+from connectors.errors import RejectionReason, rejection_from
 from streams.headers import stable_id
 
 CustomerResolver = Callable[[Source, str], str]
@@ -21,10 +21,6 @@ STATUS = {
 }
 
 
-def _fields(exc: ValidationError) -> tuple[str, ...]:
-    return tuple(".".join(str(p) for p in e["loc"]) or "<root>" for e in exc.errors(include_input=False))
-
-
 def map_clm_event(
     raw: bytes, resolve_customer: CustomerResolver, correlation_id: str | None = None
 ) -> list[ChangeEvent]:
@@ -34,7 +30,7 @@ def map_clm_event(
     except ValidationError as exc:
         kinds = {e["type"] for e in exc.errors(include_input=False)}
         reason = RejectionReason.NOT_JSON if "json_invalid" in kinds else RejectionReason.SCHEMA_INVALID
-        return _raise(reason, exc)
+        raise rejection_from(exc, reason) from None
     try:
         contract = Contract(
             contract_id=event.contract_id,
@@ -56,7 +52,7 @@ def map_clm_event(
             ),
         )
     except ValidationError as exc:
-        return _raise(RejectionReason.INVALID_VALUE, exc)
+        raise rejection_from(exc, RejectionReason.INVALID_VALUE) from None
     return [
         ChangeEvent(
             event_id=event.event_id,
@@ -72,14 +68,3 @@ def map_clm_event(
             payload=contract,
         )
     ]
-
-
-def _raise(reason: RejectionReason, exc: ValidationError) -> list[ChangeEvent]:
-    fields = _fields(exc)
-    raise Rejection(
-        reason,
-        "; ".join(f"{f}: {e['msg']}" for f, e in zip(fields, exc.errors(include_input=False), strict=True))[
-            :400
-        ],
-        fields,
-    )

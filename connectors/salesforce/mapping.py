@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from canonical import ChangeEvent, Contract, ContractStatus, Customer, EntityType, Source
 from canonical.events import Entity
 from canonical.money import UnknownCurrencyError, currency_exponent
-from connectors.errors import Rejection, RejectionReason
+from connectors.errors import Rejection, RejectionReason, rejection_from
 from connectors.salesforce.schemas import ChangeEventHeader, payload_of
 from streams.headers import stable_id
 
@@ -188,10 +188,9 @@ def map_cdc_event(
     try:
         header = ChangeEventHeader.model_validate(payload.get("ChangeEventHeader"))
     except ValidationError as exc:
-        fields = tuple(
-            "ChangeEventHeader." + ".".join(str(p) for p in e["loc"]) for e in exc.errors(include_input=False)
-        )
-        raise Rejection(RejectionReason.SCHEMA_INVALID, "invalid ChangeEventHeader", fields) from None
+        raise rejection_from(
+            exc, RejectionReason.SCHEMA_INVALID, "ChangeEventHeader", "invalid ChangeEventHeader"
+        ) from None
     if header.changeType.startswith("GAP_"):
         raise ResyncRequired(header)
     if _is_echo(header, writeback_client):
@@ -228,8 +227,9 @@ def map_cdc_event(
                 if contract is not None:
                     out.append((EntityType.CONTRACT, record_id, contract.crm_account_id, contract, None))
     except ValidationError as exc:
-        fields = tuple(".".join(str(p) for p in e["loc"]) for e in exc.errors(include_input=False))
-        raise Rejection(RejectionReason.SCHEMA_INVALID, f"{header.entityName} does not map", fields) from None
+        raise rejection_from(
+            exc, RejectionReason.SCHEMA_INVALID, detail=f"{header.entityName} does not map"
+        ) from None
     occurred = datetime.fromtimestamp(header.commitTimestamp / 1000, UTC)
     return [
         ChangeEvent(

@@ -32,7 +32,7 @@ from canonical import (
 )
 from canonical.events import Entity
 from canonical.money import UnknownCurrencyError, currency_exponent
-from connectors.errors import Rejection, RejectionReason
+from connectors.errors import Rejection, RejectionReason, rejection_from
 from connectors.stripe.schemas import (
     StripeCharge,
     StripeCreditNote,
@@ -79,15 +79,7 @@ def _ts(seconds: int) -> datetime:
 
 
 def _schema_rejection(exc: ValidationError, prefix: str) -> Rejection:
-    fields = tuple(
-        ".".join([prefix, *(str(p) for p in err["loc"])]).strip(".")
-        for err in exc.errors(include_input=False, include_url=False)
-    )
-    detail = "; ".join(
-        f"{field}: {err['msg']}"
-        for field, err in zip(fields, exc.errors(include_input=False, include_url=False), strict=True)
-    )
-    return Rejection(RejectionReason.SCHEMA_INVALID, detail[:400], fields)
+    return rejection_from(exc, RejectionReason.SCHEMA_INVALID, prefix)
 
 
 def decode_event(raw: bytes) -> StripeEvent:
