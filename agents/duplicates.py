@@ -8,15 +8,14 @@ import unicodedata
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from agents.batching import acting_for, batches
-from agents.outbox import send_exception
+from agents.batching import batches
+from agents.outbox import Outbox, send_exception
 from canonical import BusinessException, Customer, ExceptionReason, FieldError, Severity
 from canonical.fingerprints import CustomerFingerprint, FingerprintKind
 from streams.app import app
 from streams.headers import stable_id
 from streams.topics import customer_fingerprints_topic
 from tables.fingerprints import FingerprintRow, fingerprint_table
-from tables.rows import get_row, put_row
 
 if TYPE_CHECKING:
     from faust.types import StreamT
@@ -106,14 +105,15 @@ async def detect_duplicate_customers(stream: StreamT[Any]) -> None:
     """`ledgerflow.customer-fingerprints` (keyed by fingerprint) → likely-duplicate exceptions."""
     async for events in batches(stream):
         now = datetime.now(UTC)
+        outbox = Outbox()
         for event in events:
             fp = event.value
             if not isinstance(fp, CustomerFingerprint):
                 continue  # an undecodable internal message: nothing to check, nothing to lose
-            with acting_for(event):
-                row, exc = record_fingerprint(
-                    get_row(fingerprint_table, fp.fingerprint, FingerprintRow), fp, now
-                )
-                put_row(fingerprint_table, fp.fingerprint, row)
+            row, exc = record_fingerprint(
+                outbox.get(fingerprint_table, fp.fingerprint, FingerprintRow, event), fp, now
+            )
+            outbox.put(fingerprint_table, fp.fingerprint, row, event)
             if exc is not None:
-                await send_exception(exc, f"fingerprint:{fp.fingerprint}")
+                await send_exception(outbox, exc, f"fingerprint:{fp.fingerprint}")
+        await outbox.commit()

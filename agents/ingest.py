@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from agents.batching import acting_for, batches
+from agents.batching import batches
 from agents.identity import IdentityDecision, overdue_parked, provisional_customer_id, resolve_billing_change
-from agents.outbox import send_exception, send_to_dlq
+from agents.outbox import Outbox, send_exception, send_to_dlq
 from canonical import BusinessException, ChangeEvent, ExceptionReason, FieldError, MessageRef, Severity, codec
 from connectors.clm import map_clm_event
 from connectors.errors import Rejection
@@ -19,14 +19,12 @@ from streams import headers as h
 from streams.app import app
 from streams.settings import settings
 from streams.topics import (
-    billing_changes_topic,
     canonical_topic,
     clm_changes_topic,
     crm_changes_topic,
-    payments_changes_topic,
+    stripe_changes_topic,
 )
 from tables.identity import BillingIdentity, ParkedChanges, billing_identity_table, parked_billing_table
-from tables.rows import get_row, put_row
 
 if TYPE_CHECKING:
     from faust.types import EventT, StreamT
@@ -61,81 +59,77 @@ def resync_exception(resync: ResyncRequired, event: EventT, now: datetime) -> Bu
     )
 
 
-def link_billing_identities(event: EventT, changes: list[ChangeEvent], now: datetime) -> IdentityDecision:
+def link_billing_identities(
+    outbox: Outbox, event: EventT, changes: list[ChangeEvent], now: datetime
+) -> IdentityDecision:
     """Stripe events name a Stripe customer: resolve each to its canonical customer through
-    the identity table, parking what arrives before the customer itself."""
+    the identity table, parking what arrives before the customer itself. The rows are staged:
+    a released parked event must be delivered before its parking row is deleted."""
     msg = event.message
     source = f"{msg.topic}/{msg.partition}/{msg.offset}"
     out = IdentityDecision()
-    with acting_for(event):
-        for change in changes:
-            key = change.customer_ref
-            decision = resolve_billing_change(
-                change,
-                get_row(billing_identity_table, key, BillingIdentity),
-                get_row(parked_billing_table, key, ParkedChanges),
-                now,
-                source,
-            )
-            if decision.identity is not None:
-                put_row(billing_identity_table, key, decision.identity)
-            if decision.parked is not None:
-                if decision.parked.changes:
-                    put_row(parked_billing_table, key, decision.parked)
-                else:
-                    parked_billing_table.pop(key.encode(), None)
-            out.send += decision.send
-            out.exceptions += decision.exceptions
+    for change in changes:
+        key = change.customer_ref
+        decision = resolve_billing_change(
+            change,
+            outbox.get(billing_identity_table, key, BillingIdentity, event),
+            outbox.get(parked_billing_table, key, ParkedChanges, event),
+            now,
+            source,
+        )
+        if decision.identity is not None:
+            outbox.put(billing_identity_table, key, decision.identity, event)
+        if decision.parked is not None:
+            outbox.put(parked_billing_table, key, decision.parked if decision.parked.changes else None, event)
+        out.send += decision.send
+        out.exceptions += decision.exceptions
     return out
 
 
-async def ingest_event(event: EventT, adapter: Adapter, link_billing: bool = False) -> int:
+async def ingest_event(outbox: Outbox, event: EventT, adapter: Adapter, link_billing: bool = False) -> int:
     """Map one source message and send what it means; bad input goes to the DLQ, a GAP_* to
     the exceptions. Returns how many canonical events were sent."""
     raw = event.value
     if not isinstance(raw, bytes | bytearray):
-        await send_to_dlq(event, "not_json: empty message value")
+        await send_to_dlq(outbox, event, "not_json: empty message value")
         return 0
     try:
         changes = adapter(bytes(raw), provisional_customer_id, h.header(event.headers, h.CORRELATION_ID))
     except ResyncRequired as resync:
         exc = resync_exception(resync, event, datetime.now(UTC))
-        await send_exception(exc, f"{event.message.topic}/{event.message.partition}/{event.message.offset}")
+        await send_exception(
+            outbox, exc, f"{event.message.topic}/{event.message.partition}/{event.message.offset}"
+        )
         return 0
     except Rejection as rejection:
-        await send_to_dlq(event, rejection.header_value)
+        await send_to_dlq(outbox, event, rejection.header_value)
         return 0
     if link_billing:
-        linked = link_billing_identities(event, changes, datetime.now(UTC))
+        linked = link_billing_identities(outbox, event, changes, datetime.now(UTC))
         changes = linked.send
         for exc in linked.exceptions:
             await send_exception(
-                exc, f"{event.message.topic}/{event.message.partition}/{event.message.offset}"
+                outbox, exc, f"{event.message.topic}/{event.message.partition}/{event.message.offset}"
             )
     for change in changes:
-        await canonical_topic.send(
-            key=change.customer_id,
-            value=change,
-            headers=h.outgoing(change.correlation_id, change.event_id),
+        await outbox.send(
+            canonical_topic, change.customer_id, change, h.outgoing(change.correlation_id, change.event_id)
         )
     return len(changes)
 
 
 async def _ingest(stream: StreamT[Any], adapter: Adapter, link_billing: bool = False) -> None:
     async for events in batches(stream):
+        outbox = Outbox()
         for event in events:
-            await ingest_event(event, adapter, link_billing)
+            await ingest_event(outbox, event, adapter, link_billing)
+        await outbox.commit()
 
 
-@app.agent(billing_changes_topic)
-async def ingest_billing_changes(stream: StreamT[Any]) -> None:
-    """Stripe billing Events (`billing.changes`) → `ledgerflow.canonical`."""
-    await _ingest(stream, stripe_adapter, link_billing=True)
-
-
-@app.agent(payments_changes_topic)
-async def ingest_payment_changes(stream: StreamT[Any]) -> None:
-    """Stripe payment Events (`payments.changes`: intents, refunds, disputes) → `ledgerflow.canonical`."""
+@app.agent(stripe_changes_topic)
+async def ingest_stripe_changes(stream: StreamT[Any]) -> None:
+    """Stripe billing and payment Events (`billing.changes`, `payments.changes`: invoices,
+    intents, refunds, disputes …) → `ledgerflow.canonical`."""
     await _ingest(stream, stripe_adapter, link_billing=True)
 
 
@@ -159,8 +153,12 @@ async def raise_overdue_parked_events() -> None:
     """Billing events still waiting for their customer after LEDGERFLOW_PARK_TIMEOUT_S become
     an `unknown_customer` exception (once per worker process; they stay parked)."""
     now = datetime.now(UTC)
+    outbox = Outbox()
+    raised = []
     for _key, raw in list(parked_billing_table.items()):
         exc = overdue_parked(codec.loads(ParkedChanges, raw), now, settings.park_timeout_s)
         if exc is not None and exc.exception_id not in _raised_overdue:
-            await send_exception(exc, "timer:parked-billing")
-            _raised_overdue.add(exc.exception_id)
+            await send_exception(outbox, exc, "timer:parked-billing")
+            raised.append(exc.exception_id)
+    await outbox.commit()
+    _raised_overdue.update(raised)

@@ -1,21 +1,79 @@
-"""Sending what an agent decided: the DLQ for bad input, exceptions for business failures."""
+"""What a batch decided, delivered in the right order: its messages first, then its state.
+
+Faust writes a table row to RocksDB at once, while a send made from inside an agent is, by
+default, *attached* to the current event and published only at the next offset commit. A
+worker killed in between restarts with state saying "sent" for a message that never left, and
+the replayed event is then a duplicate to that state: the message is lost. So every batch
+collects its sends and its row writes in an `Outbox`; `commit()` sends everything, waits for
+the broker to acknowledge it, and only then writes the rows. A crash before the rows are
+written re-sends on restart, with the same idempotency keys, instead of losing.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-from canonical import BusinessException
+from pydantic import BaseModel
+
+from agents.batching import acting_for
+from canonical import BusinessException, codec
 from streams import headers as h
 from streams.topics import dlq_topic, exceptions_topic
 
 if TYPE_CHECKING:
-    from faust.types import EventT
+    from collections.abc import Awaitable, MutableMapping
+
+    from faust.types import EventT, TopicT
 
 log = logging.getLogger(__name__)
 
+R = TypeVar("R", bound=BaseModel)
+Rows: TypeAlias = "MutableMapping[bytes, bytes]"
 
-async def send_to_dlq(event: EventT, reason: str) -> None:
+
+class Outbox:
+    """One batch's sends and table writes; reads through it see the batch's own writes."""
+
+    def __init__(self) -> None:
+        self._delivering: list[Awaitable[Any]] = []
+        self._writes: dict[tuple[int, bytes], tuple[MutableMapping[bytes, bytes], EventT, bytes | None]] = {}
+
+    async def send(self, topic: TopicT, key: Any, value: Any, headers: dict[str, bytes]) -> None:
+        # force=True publishes now instead of attaching to the current event: an attached send
+        # is published at the next commit, after this batch's rows are written (the crash gap
+        # above), and awaiting it from inside the batch would wait for that commit forever.
+        fut = await topic.send(key=key, value=value, headers=headers, force=True)
+        self._delivering.append(fut)
+
+    def get(self, table: Rows, key: str, row_type: type[R], event: EventT) -> R | None:
+        staged = self._writes.get((id(table), key.encode()))
+        if staged is not None:
+            raw = staged[2]
+        else:
+            with acting_for(event):  # the store of the partition this event came from
+                raw = table.get(key.encode())
+        return None if raw is None else codec.loads(row_type, raw)
+
+    def put(self, table: Rows, key: str, row: BaseModel | None, event: EventT) -> None:
+        """Stage a row (None deletes it), written by `commit` as if while handling `event`."""
+        self._writes[(id(table), key.encode())] = (table, event, None if row is None else codec.dumps(row))
+
+    async def commit(self) -> None:
+        """Deliver every send (raises if the broker refuses), then write the rows."""
+        delivering, self._delivering = self._delivering, []
+        await asyncio.gather(*delivering)
+        writes, self._writes = self._writes, {}
+        for (_, key), (table, event, raw) in writes.items():
+            with acting_for(event):
+                if raw is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = raw
+
+
+async def send_to_dlq(outbox: Outbox, event: EventT, reason: str) -> None:
     """The message exactly as it came, with why and where it came from."""
     msg = event.message
     correlation = h.correlation_of(event.headers, msg.topic, str(msg.partition), str(msg.offset))
@@ -24,10 +82,11 @@ async def send_to_dlq(event: EventT, reason: str) -> None:
         "dead-lettered message",
         extra={"correlation_id": correlation, "source": causation, "reason": reason},
     )
-    await dlq_topic.send(
-        key=event.key,
-        value=msg.value,
-        headers=h.outgoing(
+    await outbox.send(
+        dlq_topic,
+        event.key,
+        msg.value,
+        h.outgoing(
             correlation,
             causation,
             **{
@@ -40,7 +99,7 @@ async def send_to_dlq(event: EventT, reason: str) -> None:
     )
 
 
-async def send_exception(exc: BusinessException, causation_id: str) -> None:
+async def send_exception(outbox: Outbox, exc: BusinessException, causation_id: str) -> None:
     log.info(
         "business exception raised",
         extra={
@@ -50,8 +109,6 @@ async def send_exception(exc: BusinessException, causation_id: str) -> None:
             "exception_id": exc.exception_id,
         },
     )
-    await exceptions_topic.send(
-        key=exc.customer_id or exc.entity_id,
-        value=exc,
-        headers=h.outgoing(exc.correlation_id, causation_id),
+    await outbox.send(
+        exceptions_topic, exc.customer_id or exc.entity_id, exc, h.outgoing(exc.correlation_id, causation_id)
     )

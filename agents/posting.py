@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from agents.batching import acting_for, batches, group_by_key
+from agents.batching import batches, group_by_key
 from agents.contracts import InvoiceGate, apply_contract_change, gate_invoice, overdue_gaps
 from agents.customers import decide_customer
 from agents.duplicates import fingerprints
-from agents.outbox import send_exception, send_to_dlq
+from agents.outbox import Outbox, send_exception, send_to_dlq
 from agents.validation import Problem, ResolvedInvoice, validate_invoice
 from canonical import (
     ApplyPayment,
@@ -60,7 +60,6 @@ from tables.invoices import (
     WaitingChange,
     invoice_table,
 )
-from tables.rows import get_row, put_row
 
 if TYPE_CHECKING:
     from faust.types import EventT, StreamT
@@ -504,51 +503,47 @@ def credit_memo_command(
 
 
 async def post_customer_changes(
-    customer_id: str, events: list[EventT], mappings: Mappings, now: datetime
+    outbox: Outbox, customer_id: str, events: list[EventT], mappings: Mappings, now: datetime
 ) -> dict[str, int]:
-    """One customer's events of a batch, in order: read its rows once, write them once."""
+    """One customer's events of a batch, in order: read its rows once, stage them once."""
     counts: dict[str, int] = {}
-    with acting_for(events[0]):
-        docs = get_row(invoice_table, customer_id, CustomerInvoices) or CustomerInvoices(
-            customer_id=customer_id
-        )
-        contracts = get_row(contract_table, customer_id, CustomerContracts) or CustomerContracts(
-            customer_id=customer_id
-        )
-        master = get_row(customer_table, customer_id, CustomerMaster)
+    first, last = events[0], events[-1]
+    docs = outbox.get(invoice_table, customer_id, CustomerInvoices, first) or CustomerInvoices(
+        customer_id=customer_id
+    )
+    contracts = outbox.get(contract_table, customer_id, CustomerContracts, first) or CustomerContracts(
+        customer_id=customer_id
+    )
+    master = outbox.get(customer_table, customer_id, CustomerMaster, first)
     book = CustomerBook(customer_id, docs, dict(contracts.contracts), master, mappings)
     for event in events:
         change = event.value
         if not isinstance(change, ChangeEvent):
             reason = change.reason if isinstance(change, Undecodable) else type(change).__name__
-            await send_to_dlq(event, f"undecodable canonical event: {reason}")
+            await send_to_dlq(outbox, event, f"undecodable canonical event: {reason}")
             continue
         outcome = book.apply(change, now, _ref(event, change))
         counts[outcome] = counts.get(outcome, 0) + 1
     for command, causation in book.commands:
-        await erp_commands_topic.send(
-            key=customer_id, value=command, headers=h.outgoing(command.correlation_id, causation)
+        await outbox.send(
+            erp_commands_topic, customer_id, command, h.outgoing(command.correlation_id, causation)
         )
         if isinstance(command, UpsertCustomer):
             # Re-keyed by fingerprint, so customers that look alike meet in one partition.
             for fp in fingerprints(command.document, customer_id, command.correlation_id):
-                await customer_fingerprints_topic.send(
-                    key=fp.fingerprint, value=fp, headers=h.outgoing(fp.correlation_id, causation)
+                await outbox.send(
+                    customer_fingerprints_topic, fp.fingerprint, fp, h.outgoing(fp.correlation_id, causation)
                 )
     for exc, causation in book.exceptions:
-        await send_exception(exc, causation)
-    with acting_for(events[-1]):
-        state = book.state()
-        if state != docs:
-            put_row(invoice_table, customer_id, state)
-        if book.contracts != contracts.contracts:
-            put_row(
-                contract_table,
-                customer_id,
-                CustomerContracts(customer_id=customer_id, contracts=book.contracts),
-            )
-        if book.master is not None and book.master != master:
-            put_row(customer_table, customer_id, book.master)
+        await send_exception(outbox, exc, causation)
+    state = book.state()
+    if state != docs:
+        outbox.put(invoice_table, customer_id, state, last)
+    if book.contracts != contracts.contracts:
+        rows = CustomerContracts(customer_id=customer_id, contracts=book.contracts)
+        outbox.put(contract_table, customer_id, rows, last)
+    if book.master is not None and book.master != master:
+        outbox.put(customer_table, customer_id, book.master, last)
     return counts
 
 
@@ -560,19 +555,21 @@ async def build_posting_commands(stream: StreamT[Any]) -> None:
     mappings = load_mappings(settings.mappings)
     async for events in batches(stream):
         now = datetime.now(UTC)
+        outbox = Outbox()
         for customer_id, customer_events in group_by_key(events).items():
             if customer_id is None:
                 for event in customer_events:
-                    await send_to_dlq(event, "canonical event without a customer key")
+                    await send_to_dlq(outbox, event, "canonical event without a customer key")
                 continue
             try:
-                await post_customer_changes(customer_id, customer_events, mappings, now)
+                await post_customer_changes(outbox, customer_id, customer_events, mappings, now)
             except Exception as exc:
                 # A bug must not stop the partition: the events go to the DLQ with the error
                 # type, to be replayed after a fix.
                 log.exception("posting failed", extra={"customer_id": customer_id})
                 for event in customer_events:
-                    await send_to_dlq(event, f"internal_error: {type(exc).__name__}")
+                    await send_to_dlq(outbox, event, f"internal_error: {type(exc).__name__}")
+        await outbox.commit()
 
 
 _raised_overdue: set[str] = set()
@@ -628,7 +625,9 @@ async def raise_overdue_waits() -> None:
             found += overdue_gaps(row, now, settings.park_timeout_s)
     for _key, raw in list(invoice_table.items()):
         found += overdue_waiting_invoices(codec.loads(CustomerInvoices, raw), now, settings.park_timeout_s)
-    for exc in found:
-        if exc.exception_id not in _raised_overdue:
-            await send_exception(exc, "timer:overdue-waits")
-            _raised_overdue.add(exc.exception_id)
+    outbox = Outbox()
+    fresh = [exc for exc in found if exc.exception_id not in _raised_overdue]
+    for exc in fresh:
+        await send_exception(outbox, exc, "timer:overdue-waits")
+    await outbox.commit()
+    _raised_overdue.update(exc.exception_id for exc in fresh)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +40,31 @@ def _broker_credentials(s: Settings) -> Any:
     )
 
 
+def _await_chain(task: asyncio.Task[Any]) -> list[str]:
+    """file:line of every coroutine a task is suspended in, outermost first, and what the
+    innermost one waits for."""
+    frames: list[str] = []
+    coro: Any = task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        frame = frame or getattr(coro, "gi_frame", None)
+        if frame is None:
+            frames.append(f"waits for {coro!r:.300}")
+            break
+        frames.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = (
+            getattr(coro, "cr_await", None)
+            or getattr(coro, "ag_await", None)
+            or getattr(coro, "gi_yieldfrom", None)
+        )
+    return frames
+
+
+def _log_task_stacks() -> None:
+    for task in asyncio.all_tasks():
+        logging.getLogger(__name__).warning("task %s\n  %s", task.get_name(), "\n  ".join(_await_chain(task)))
+
+
 class LedgerflowApp(faust.App):
     """The Faust app, plus: every design topic exists before any agent runs.
 
@@ -50,6 +78,9 @@ class LedgerflowApp(faust.App):
 
     async def on_start(self) -> None:
         await super().on_start()
+        # `kill -USR1 <pid>` logs every asyncio task's stack: a stalled worker is otherwise
+        # idle in the event loop and says nothing about what it waits for.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _log_task_stacks)
         if not self.declared_topics:
             return
         # The plain producer, not the transaction manager: no partition is assigned yet.

@@ -65,3 +65,10 @@ ALL_TOPICS = {
 }
 
 app.declared_topics.extend(ALL_TOPICS.values())
+
+# Stripe's two streams, read by ONE agent: both resolve customers through the same identity
+# and parking tables (keyed by Stripe customer id), and two agents staging writes to one row
+# would overwrite each other's (a payment parked after its customer was linked stays parked).
+stripe_changes_topic = app.topic(
+    settings.topic(BILLING_CHANGES), settings.topic(PAYMENTS_CHANGES), schema=RawSchema()
+)

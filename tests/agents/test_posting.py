@@ -95,17 +95,24 @@ async def test_agent_posts_once_and_dead_letters_undecodable_values() -> None:
     sent_commands: list[PostInvoice] = []
     dead: list[str] = []
 
-    async def fake_send(*, key: str, value: PostInvoice, headers: dict[str, bytes]) -> None:
+    def delivered() -> asyncio.Future[None]:
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    async def fake_send(*, key: str, value: PostInvoice, headers: dict[str, bytes], force: bool) -> object:
+        assert force, "sends must not be attached to the event (published only at commit)"
         if isinstance(value, PostInvoice):
             sent_commands.append(value)
+        return delivered()
 
-    async def fake_dlq(event: object, reason: str) -> None:
+    async def fake_dlq(outbox: object, event: object, reason: str) -> None:
         dead.append(reason)
 
     store: dict[bytes, bytes] = {}
     with (
         mock.patch.object(posting.erp_commands_topic, "send", side_effect=fake_send),
-        mock.patch.object(posting.customer_fingerprints_topic, "send", side_effect=mock.AsyncMock()),
+        mock.patch.object(posting.customer_fingerprints_topic, "send", side_effect=fake_send),
         mock.patch.object(posting, "send_to_dlq", side_effect=fake_dlq),
         mock.patch.object(posting, "invoice_table", store),
         mock.patch.object(posting, "contract_table", {}),

@@ -12,17 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-import pytest
 
 from tests.support import REPO, Stack, consume_until
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap: Faust writes RocksDB at once and commits offsets before the batch's sends are "
-    "delivered, so a kill -9 can lose a command whose state was already written (seen once: 1 of 4,687); "
-    "delivering outputs before writing state is the fix, see the issue #4 note",
-)
 def test_kill_9_mid_stream_loses_nothing(stack: Stack, tmp_path: Path) -> None:
     truth_path = tmp_path / "truth.json"
     worker = stack.start_worker()
