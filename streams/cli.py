@@ -11,6 +11,7 @@ import click
 from faust.cli.faust import cli
 
 from streams.local_kafka import LocalKafka, LocalKafkaError, cache_root
+from streams.replay import replay_command
 
 
 @click.command("kafka")
@@ -127,7 +128,7 @@ def simulate_command(
     run_simulation(settings, customers, months, seed, duplicate_rate, reorder_rate, truth_path, via_webhooks)
 
 
-for command in (kafka_command, schemas_command, dev_command, simulate_command):
+for command in (kafka_command, schemas_command, dev_command, simulate_command, replay_command):
     cli.add_command(command)
 
 cli.help = """ledgerflow keeps CRM, contract, billing and payment platforms in step with the ERP.
@@ -137,6 +138,7 @@ Start here:
   ledgerflow dev       the whole stack on this machine (Kafka, a worker, a scenario)
   ledgerflow worker    a Faust worker (the stream agents and the web server)
   ledgerflow simulate  a quote-to-cash history into the source topics, with its ground truth
+  ledgerflow replay    re-drive DLQ entries or open exceptions after a fix (--dry-run first)
   ledgerflow kafka     a local Apache Kafka (KRaft) in the foreground
   ledgerflow schemas   the JSON Schemas of the canonical model
 

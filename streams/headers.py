@@ -12,6 +12,9 @@ DLQ_REASON = "x-dlq-reason"
 SOURCE_TOPIC = "x-source-topic"
 SOURCE_PARTITION = "x-source-partition"
 SOURCE_OFFSET = "x-source-offset"
+REPLAY_OF = "x-replay-of"
+"""On a re-driven message: the DLQ entry or exception it replays (stage 2 then re-decides a
+document it has seen, instead of dropping it as a duplicate)."""
 
 _NAMESPACE = uuid.UUID("6f1c8a9e-2b0d-4c1e-9a57-5e3f3d0b7a11")
 
