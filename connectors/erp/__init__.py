@@ -1,0 +1,52 @@
+"""The ERP side of the sink: typed errors, command → record mapping, clients, retries, sandbox."""
+
+from connectors.erp.auth import ClientCredentialsToken, StaticToken, TokenProvider
+from connectors.erp.client import CreateOnlyClient, ErpClient, ErpMode, NetSuiteClient, make_client
+from connectors.erp.errors import (
+    ErpAuthError,
+    ErpError,
+    ErpPermanentError,
+    ErpTransientError,
+    ErpUncertainError,
+    classify,
+)
+from connectors.erp.mapping import to_major_units, to_minor_units, to_record
+from connectors.erp.resilience import (
+    BreakerState,
+    CircuitBreaker,
+    RetriesExhausted,
+    RetryEvent,
+    RetryPolicy,
+    call_with_retries,
+)
+from connectors.erp.schemas import ErpDocument, ErpReceipt, ErpRecord, RecordType
+
+__all__ = [
+    "BreakerState",
+    "CircuitBreaker",
+    "ClientCredentialsToken",
+    "CreateOnlyClient",
+    "ErpAuthError",
+    "ErpClient",
+    "ErpDocument",
+    "ErpError",
+    "ErpMode",
+    "ErpPermanentError",
+    "ErpReceipt",
+    "ErpRecord",
+    "ErpTransientError",
+    "ErpUncertainError",
+    "NetSuiteClient",
+    "RecordType",
+    "RetriesExhausted",
+    "RetryEvent",
+    "RetryPolicy",
+    "StaticToken",
+    "TokenProvider",
+    "call_with_retries",
+    "classify",
+    "make_client",
+    "to_major_units",
+    "to_minor_units",
+    "to_record",
+]

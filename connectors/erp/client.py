@@ -1,0 +1,433 @@
+"""Async HTTP clients for the two ERP API shapes the sink can post to.
+
+`NetSuiteClient` speaks NetSuite's REST record API, where `PUT …/eid:{externalId}` is an
+upsert, so a retry can never duplicate. `CreateOnlyClient` speaks a create-only OData API
+(Business Central, SAP): a second `POST` makes a second document, so the sink's posting
+ledger keeps idempotency; the client adds only `deliver_once`, which looks before it creates
+when told the previous attempt's outcome is unknown.
+
+Both send `Authorization: Bearer …` (from a `TokenProvider`, refreshed once on a 401) and the
+command's correlation id as `x-correlation-id`, and raise only `connectors.erp.errors` types.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Literal, Protocol, Self, runtime_checkable
+
+import httpx
+import orjson
+
+from canonical.commands import ErpCommand
+from connectors.erp.auth import TokenProvider
+from connectors.erp.errors import ErpPermanentError, ErpTransientError, classify, from_transport_error
+from connectors.erp.mapping import to_record
+from connectors.erp.schemas import (
+    DRAFT,
+    DRAFT_RECORD_TYPES,
+    VOIDED,
+    ErpDocument,
+    ErpReceipt,
+    ErpRecord,
+    RecordType,
+    document_from,
+)
+from streams.headers import CORRELATION_ID
+
+log = logging.getLogger(__name__)
+
+NETSUITE_RECORD_PATH = "/services/rest/record/v1"
+CREATE_ONLY_PATH = "/api/v1"
+ErpMode = Literal["netsuite", "create-only"]
+# Alias so the `list` methods below do not shadow the builtin in annotations.
+Documents = list[ErpDocument]
+
+MASTER_RECORD_TYPES = frozenset({RecordType.CUSTOMER, RecordType.SALES_ORDER})
+"""Records that are updated in place when they change, in either API shape."""
+
+
+@runtime_checkable
+class ErpClient(Protocol):
+    """What the sink needs from an ERP, whichever API shape it speaks."""
+
+    async def deliver(self, command: ErpCommand, uncertain: bool = False) -> ErpReceipt:
+        """Write the command's record; `uncertain` says an earlier attempt may have written."""
+        ...
+
+    async def get(
+        self, record_type: RecordType | str, external_id: str, correlation_id: str | None = None
+    ) -> ErpDocument | None: ...
+
+    async def list(self, record_type: RecordType | str, correlation_id: str | None = None) -> Documents: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _HttpErpClient:
+    """Transport shared by both shapes: auth, correlation header, error typing, logging."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token_provider: TokenProvider,
+        timeout: float | httpx.Timeout = 10.0,
+        http: httpx.AsyncClient | None = None,
+        *,
+        page_size: int = 100,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._tokens = token_provider
+        self._timeout = timeout
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(timeout=timeout)
+        self.page_size = page_size
+        self.requests = 0
+        """HTTP requests sent, 401 retries included (observable for tests and metrics)."""
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        correlation_id: str | None,
+        *,
+        body: dict[str, Any] | None = None,
+        params: dict[str, str | int] | None = None,
+        none_if_404: bool = False,
+    ) -> httpx.Response | None:
+        headers = {"accept": "application/json"}
+        if correlation_id:
+            headers[CORRELATION_ID] = correlation_id
+        content = orjson.dumps(body) if body is not None else None
+        if content is not None:
+            headers["content-type"] = "application/json"
+        log_extra: dict[str, Any] = {"correlation_id": correlation_id, "method": method, "url": url}
+        for attempt in (1, 2):
+            token = await self._tokens.token()
+            started = time.perf_counter()
+            self.requests += 1
+            try:
+                response = await self._http.request(
+                    method,
+                    url,
+                    content=content,
+                    params=params,
+                    headers={**headers, "authorization": f"Bearer {token}"},
+                    timeout=self._timeout,
+                )
+            except httpx.TransportError as exc:
+                lost = from_transport_error(exc, request_sent=method != "GET")
+                log.warning("erp call got no answer", extra={**log_extra, "code": lost.code})
+                raise lost from exc
+            elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+            log.debug(
+                "erp call", extra={**log_extra, "status": response.status_code, "elapsed_ms": elapsed_ms}
+            )
+            if response.status_code == 401 and attempt == 1:
+                # The token expired or was revoked before we knew: fetch a new one, try once more.
+                log.info("erp refused the token; refreshing it", extra=log_extra)
+                self._tokens.invalidate()
+                continue
+            if none_if_404 and response.status_code == 404:
+                return None
+            error = classify(response)
+            if error is not None:
+                log.warning(
+                    "erp call failed",
+                    extra={**log_extra, "status": response.status_code, "code": error.code},
+                )
+                raise error
+            return response
+        raise AssertionError("unreachable: the second attempt always returns or raises")
+
+    async def _require(
+        self,
+        method: str,
+        url: str,
+        correlation_id: str | None,
+        *,
+        body: dict[str, Any] | None = None,
+        params: dict[str, str | int] | None = None,
+    ) -> httpx.Response:
+        response = await self._call(method, url, correlation_id, body=body, params=params)
+        assert response is not None  # only none_if_404 calls answer None
+        return response
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        # A 2xx with a broken body (a proxy page): the write may or may not have happened.
+        raise ErpTransientError(
+            "INVALID_RESPONSE", f"ERP answered {response.status_code} without JSON"
+        ) from exc
+
+
+def _receipt(document: ErpDocument, external_id: str, created: bool) -> ErpReceipt:
+    return ErpReceipt(
+        record_type=document.record_type,
+        external_id=document.external_id or external_id,
+        erp_internal_id=document.erp_internal_id,
+        document_number=document.document_number,
+        created=created,
+    )
+
+
+class NetSuiteClient(_HttpErpClient):
+    """NetSuite's REST record API: upsert by external id, read by external id, page lists."""
+
+    def _url(self, record_type: RecordType | str, key: str | None = None) -> str:
+        url = f"{self.base_url}{NETSUITE_RECORD_PATH}/{RecordType(record_type).value}"
+        return f"{url}/{key}" if key is not None else url
+
+    async def deliver(self, command: ErpCommand, uncertain: bool = False) -> ErpReceipt:
+        """`PUT …/{recordType}/eid:{externalId}` (upsert), then `GET` it for the document number.
+
+        `uncertain` changes nothing here: the upsert is idempotent by external id. A void is a
+        `PATCH` of the existing invoice (status voided), so it can never create one."""
+        record = to_record(command)
+        url = self._url(record.record_type, f"eid:{record.external_id}")
+        method = "PATCH" if record.action == "void" else "PUT"
+        response = await self._require(method, url, command.correlation_id, body=record.body)
+        document = await self.get(record.record_type, record.external_id, command.correlation_id)
+        if document is None:
+            # Written (2xx) but not readable: retrying the upsert is safe and will read again.
+            raise ErpTransientError(
+                "READ_AFTER_WRITE", f"{record.record_type} {record.external_id} not found"
+            )
+        location_id = _id_from_location(response.headers.get("location"))
+        if location_id is not None and location_id != document.erp_internal_id:
+            log.warning(
+                "erp Location and record id differ",
+                extra={"correlation_id": command.correlation_id, "location_id": location_id},
+            )
+        # NetSuite does not say whether an upsert created or updated; a record whose creation
+        # is also its last modification was created by this call.
+        created = record.action == "upsert" and _created_now(document.body)
+        return _receipt(document, record.external_id, created)
+
+    async def get(
+        self, record_type: RecordType | str, external_id: str, correlation_id: str | None = None
+    ) -> ErpDocument | None:
+        """The record with this external id, or None (404)."""
+        response = await self._call(
+            "GET", self._url(record_type, f"eid:{external_id}"), correlation_id, none_if_404=True
+        )
+        return document_from(record_type, _json(response)) if response is not None else None
+
+    async def get_by_id(
+        self, record_type: RecordType | str, internal_id: str, correlation_id: str | None = None
+    ) -> ErpDocument | None:
+        """The record with this internal id, or None (404)."""
+        response = await self._call(
+            "GET", self._url(record_type, internal_id), correlation_id, none_if_404=True
+        )
+        return document_from(record_type, _json(response)) if response is not None else None
+
+    async def list(self, record_type: RecordType | str, correlation_id: str | None = None) -> Documents:
+        """Every record of a type, paging `?limit=&offset=` until `hasMore` is false.
+
+        NetSuite's collection items carry only `id` and `links`, so each is read by id; the
+        sandbox returns full records in `items` (a convenience that saves that read)."""
+        documents: Documents = []
+        offset = 0
+        while True:
+            response = await self._require(
+                "GET",
+                self._url(record_type),
+                correlation_id,
+                params={"limit": self.page_size, "offset": offset},
+            )
+            page = _json(response)
+            items = page.get("items") or []
+            for item in items:
+                if "externalId" in item or "tranId" in item or "entityId" in item:
+                    documents.append(document_from(record_type, item))
+                    continue
+                document = await self.get_by_id(record_type, str(item["id"]), correlation_id)
+                if document is not None:  # deleted between the page and the read
+                    documents.append(document)
+            if not page.get("hasMore") or not items:
+                return documents
+            offset += len(items)
+
+
+def _id_from_location(location: str | None) -> str | None:
+    # NetSuite answers an upsert with `Location: …/record/v1/invoice/1234`.
+    if not location:
+        return None
+    return location.rstrip("/").rsplit("/", 1)[-1] or None
+
+
+def _created_now(body: dict[str, Any]) -> bool:
+    created = body.get("createdDate")
+    return created is not None and created == body.get("lastModifiedDate")
+
+
+def _odata_literal(value: str) -> str:
+    # OData string literals double their single quotes.
+    return "'" + value.replace("'", "''") + "'"
+
+
+class CreateOnlyClient(_HttpErpClient):
+    """A create-only OData API (Business Central, SAP): `POST` creates a new document every
+    time, invoices and credit memos are created as drafts and booked by a `post` action.
+
+    Customers and sales orders are master data: they are looked up and updated in place
+    (`PATCH`) when they exist, so a changed customer is not created twice."""
+
+    def _set_url(self, record_type: RecordType | str) -> str:
+        return f"{self.base_url}{CREATE_ONLY_PATH}/{RecordType(record_type).value}"
+
+    def _entity_url(self, record_type: RecordType | str, internal_id: str) -> str:
+        return f"{self._set_url(record_type)}({internal_id})"
+
+    async def deliver(self, command: ErpCommand, uncertain: bool = False) -> ErpReceipt:
+        """`deliver_once`, looking the document up first when `uncertain`."""
+        return await self.deliver_once(command, looked_up_first=uncertain)
+
+    async def deliver_once(self, command: ErpCommand, looked_up_first: bool) -> ErpReceipt:
+        """Create the command's document, unless `looked_up_first` (the previous attempt's
+        outcome is unknown) and `find` shows it exists: then its receipt is returned, and a
+        draft the earlier attempt created but did not post is posted now."""
+        record = to_record(command)
+        correlation_id = command.correlation_id
+        if record.action == "void":
+            return await self.void(record.record_type, record.external_id, correlation_id)
+        if record.record_type in MASTER_RECORD_TYPES:
+            return await self._upsert_master(record, correlation_id)
+        if looked_up_first:
+            existing = await self.find(record.record_type, record.external_id, correlation_id)
+            if existing:
+                return await self._settle(record, existing, correlation_id)
+        return await self._create(record, correlation_id)
+
+    async def create(self, command: ErpCommand) -> ErpReceipt:
+        """Create (and post) the command's document without looking first."""
+        return await self.deliver_once(command, looked_up_first=False)
+
+    async def find(
+        self, record_type: RecordType | str, external_ref: str, correlation_id: str | None = None
+    ) -> Documents:
+        """Every document whose `externalReference` is `external_ref` (several if duplicated)."""
+        return await self._collect(
+            record_type, correlation_id, {"$filter": f"externalReference eq {_odata_literal(external_ref)}"}
+        )
+
+    async def get(
+        self, record_type: RecordType | str, external_id: str, correlation_id: str | None = None
+    ) -> ErpDocument | None:
+        """The document for this external reference: a booked one before a draft; None if none."""
+        documents = await self.find(record_type, external_id, correlation_id)
+        booked = [d for d in documents if d.status != DRAFT]
+        candidates = booked or documents
+        return candidates[0] if candidates else None
+
+    async def void(
+        self, record_type: RecordType | str, external_ref: str, correlation_id: str | None
+    ) -> ErpReceipt:
+        """`POST …/{recordType}({id})/Microsoft.NAV.cancel` on every not-yet-voided document
+        with this reference; voiding a voided document again is a no-op."""
+        documents = await self.find(record_type, external_ref, correlation_id)
+        if not documents:
+            raise ErpPermanentError(
+                "INVALID_KEY_OR_REF", f"no {record_type} with externalReference {external_ref!r} to void", 404
+            )
+        live = [d for d in documents if d.status != VOIDED]
+        for document in live:
+            await self._require(
+                "POST",
+                f"{self._entity_url(record_type, document.erp_internal_id)}/Microsoft.NAV.cancel",
+                correlation_id,
+            )
+        return _receipt((live or documents)[0], external_ref, created=False)
+
+    async def list(self, record_type: RecordType | str, correlation_id: str | None = None) -> Documents:
+        """Every document of a type, following `@odata.nextLink`."""
+        return await self._collect(record_type, correlation_id, {})
+
+    async def _collect(
+        self, record_type: RecordType | str, correlation_id: str | None, params: dict[str, str | int]
+    ) -> Documents:
+        documents: Documents = []
+        url: str | None = self._set_url(record_type)
+        query: dict[str, str | int] | None = {**params, "$top": self.page_size}
+        while url is not None:
+            page = _json(await self._require("GET", url, correlation_id, params=query))
+            documents.extend(document_from(record_type, item) for item in page.get("value") or [])
+            # The next link carries the whole query already.
+            url, query = page.get("@odata.nextLink"), None
+        return documents
+
+    async def _create(self, record: ErpRecord, correlation_id: str) -> ErpReceipt:
+        body = {k: v for k, v in record.body.items() if k != "externalId"}
+        body["externalReference"] = record.external_id
+        response = await self._require("POST", self._set_url(record.record_type), correlation_id, body=body)
+        document = document_from(record.record_type, _json(response))
+        if record.record_type in DRAFT_RECORD_TYPES:
+            document = await self._post(document, correlation_id)
+        return _receipt(document, record.external_id, created=True)
+
+    async def _post(self, draft: ErpDocument, correlation_id: str) -> ErpDocument:
+        """Book a draft: the ERP assigns its document number."""
+        url = self._entity_url(draft.record_type, draft.erp_internal_id)
+        response = await self._require("POST", f"{url}/Microsoft.NAV.post", correlation_id)
+        if response.status_code != 204 and response.content:
+            return document_from(draft.record_type, _json(response))
+        # Business Central answers a bound action with 204: read the posted document.
+        return document_from(draft.record_type, _json(await self._require("GET", url, correlation_id)))
+
+    async def _settle(self, record: ErpRecord, existing: Documents, correlation_id: str) -> ErpReceipt:
+        if len(existing) > 1:
+            log.warning(
+                "duplicate documents in the erp",
+                extra={
+                    "correlation_id": correlation_id,
+                    "record_type": record.record_type.value,
+                    "external_id": record.external_id,
+                    "count": len(existing),
+                },
+            )
+        booked = [d for d in existing if d.status != DRAFT]
+        if booked:
+            return _receipt(booked[0], record.external_id, created=False)
+        log.info(
+            "posting a draft an earlier attempt left behind",
+            extra={"correlation_id": correlation_id, "external_id": record.external_id},
+        )
+        return _receipt(await self._post(existing[0], correlation_id), record.external_id, created=False)
+
+    async def _upsert_master(self, record: ErpRecord, correlation_id: str) -> ErpReceipt:
+        existing = await self.find(record.record_type, record.external_id, correlation_id)
+        if not existing:
+            return await self._create(record, correlation_id)
+        body = {k: v for k, v in record.body.items() if k != "externalId"}
+        url = self._entity_url(record.record_type, existing[0].erp_internal_id)
+        response = await self._require("PATCH", url, correlation_id, body=body)
+        return _receipt(document_from(record.record_type, _json(response)), record.external_id, created=False)
+
+
+def make_client(
+    mode: ErpMode,
+    base_url: str,
+    token_provider: TokenProvider,
+    timeout: float | httpx.Timeout = 10.0,
+    http: httpx.AsyncClient | None = None,
+) -> NetSuiteClient | CreateOnlyClient:
+    """The client for `LEDGERFLOW_ERP_MODE`: "netsuite" or "create-only"."""
+    if mode == "netsuite":
+        return NetSuiteClient(base_url, token_provider, timeout, http)
+    if mode == "create-only":
+        return CreateOnlyClient(base_url, token_provider, timeout, http)
+    raise ValueError(f"unknown ERP mode {mode!r}; expected 'netsuite' or 'create-only'")

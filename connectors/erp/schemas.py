@@ -1,0 +1,132 @@
+"""The ERP's own shapes: record types, the records ledgerflow sends, what the ERP answers."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RecordType(StrEnum):
+    """NetSuite record type names; the create-only API uses the same names as entity sets."""
+
+    CUSTOMER = "customer"
+    SALES_ORDER = "salesOrder"
+    INVOICE = "invoice"
+    CUSTOMER_PAYMENT = "customerPayment"
+    CREDIT_MEMO = "creditMemo"
+
+
+POSTING_RECORD_TYPES = frozenset({RecordType.INVOICE, RecordType.CUSTOMER_PAYMENT, RecordType.CREDIT_MEMO})
+"""Records that hit the general ledger, so a closed accounting period refuses them."""
+
+DRAFT_RECORD_TYPES = frozenset({RecordType.INVOICE, RecordType.CREDIT_MEMO})
+"""Records a create-only ERP creates as drafts that a `post` action then books and numbers."""
+
+VOIDED = "voided"
+DRAFT = "draft"
+
+
+class _ErpModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ErpRecord(_ErpModel):
+    """One record as the ERP is sent it: what `mapping.to_record` makes of a command.
+
+    `action` "upsert" creates or updates the record by external id; "void" updates an existing
+    invoice's status to voided and must never create one."""
+
+    record_type: RecordType
+    external_id: str = Field(min_length=1)
+    body: dict[str, Any]
+    action: Literal["upsert", "void"] = "upsert"
+
+
+class ErpReceipt(_ErpModel):
+    """What the ERP confirmed for one delivered command.
+
+    `created` is True when this delivery made a new record, False when the record already
+    existed (an update, a replay, or a document an uncertain earlier attempt had created)."""
+
+    record_type: RecordType
+    external_id: str
+    erp_internal_id: str
+    document_number: str | None = None
+    created: bool
+
+
+class ErpDocument(_ErpModel):
+    """A record read back from the ERP. Amounts are integer minor units of `currency`; `total`
+    is the document total, or the amount of a payment."""
+
+    record_type: RecordType
+    external_id: str | None
+    erp_internal_id: str
+    document_number: str | None = None
+    status: str | None = None
+    currency: str | None = None
+    total: int | None = None
+    body: dict[str, Any]
+
+
+def _ref_value(value: Any, *keys: str) -> str | None:
+    # NetSuite returns references and list values as objects ({"id": …, "refName": …});
+    # the sandbox and the create-only API return plain strings. Accept both.
+    if isinstance(value, dict):
+        for key in keys:
+            if value.get(key) not in (None, ""):
+                return str(value[key])
+        return None
+    return str(value) if value not in (None, "") else None
+
+
+def document_from(record_type: RecordType | str, payload: dict[str, Any]) -> ErpDocument:
+    """Read either API shape (NetSuite record or create-only entity) into an `ErpDocument`."""
+    total = payload.get("total")
+    if not _is_minor_units(total):
+        total = payload.get("amount")
+    return ErpDocument(
+        record_type=RecordType(record_type),
+        external_id=_ref_value(payload.get("externalId") or payload.get("externalReference")),
+        erp_internal_id=str(payload["id"]),
+        document_number=_ref_value(payload.get("tranId") or payload.get("entityId") or payload.get("number")),
+        status=_ref_value(payload.get("status"), "id", "refName"),
+        currency=_ref_value(payload.get("currency"), "refName", "id"),
+        # A float is never taken for minor units: a real NetSuite answers in major units and
+        # its adapter converts at its edge (see mapping.to_minor_units).
+        total=total if _is_minor_units(total) else None,
+        body=payload,
+    )
+
+
+def _is_minor_units(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def netsuite_error_body(status: int, code: str, detail: str, title: str | None = None) -> dict[str, Any]:
+    """A NetSuite REST error body (RFC 9457 problem details with `o:errorDetails`)."""
+    return {
+        "type": f"https://www.rfc-editor.org/rfc/rfc9110.html#status.{status}",
+        "title": title or _TITLES.get(status, "Error"),
+        "status": status,
+        "o:errorDetails": [{"detail": detail, "o:errorCode": code}],
+    }
+
+
+def odata_error_body(code: str, message: str) -> dict[str, Any]:
+    """An OData error body, as Business Central and SAP answer."""
+    return {"error": {"code": code, "message": message}}
+
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}

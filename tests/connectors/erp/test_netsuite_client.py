@@ -1,0 +1,311 @@
+"""NetSuiteClient against the sandbox over real HTTP: upserts, reads, paging, refusals, faults."""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+from pathlib import Path
+
+import httpx
+import pytest
+
+from connectors.erp import (
+    ErpAuthError,
+    ErpPermanentError,
+    ErpTransientError,
+    ErpUncertainError,
+    NetSuiteClient,
+    RecordType,
+    RetryPolicy,
+    StaticToken,
+    call_with_retries,
+)
+from connectors.erp.sandbox import DEFAULT_TOKEN, SandboxServer
+from tests.connectors.erp.builders import (
+    apply_payment,
+    post_credit_memo,
+    post_invoice,
+    upsert_contract,
+    upsert_customer,
+    void_invoice,
+)
+from tests.connectors.erp.support import (
+    CLIENT_TIMEOUT_S,
+    HANG_S,
+    documents,
+    no_sleep,
+    requests_log,
+    sandbox_config,
+    set_faults,
+)
+
+
+async def test_upserting_twice_makes_one_document_written_twice(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient
+) -> None:
+    first = await netsuite.deliver(upsert_customer(name="Acme Corp"))
+    second = await netsuite.deliver(upsert_customer(name="Acme Corporation"))
+    assert first.created is True and second.created is False
+    assert first.erp_internal_id == second.erp_internal_id
+    assert first.document_number == second.document_number == "CUST000001"
+    state = await documents(admin)
+    assert state["by_external_id"]["customer"]["cust-1"] == {"documents": 1, "writes": 2}
+    assert state["duplicates"] == []
+    [doc] = state["documents"]
+    assert doc["body"]["companyName"] == "Acme Corporation"
+
+
+async def test_an_invoice_is_numbered_and_read_back_in_minor_units(netsuite: NetSuiteClient) -> None:
+    await netsuite.deliver(upsert_customer())
+    receipt = await netsuite.deliver(post_invoice())
+    assert (receipt.record_type, receipt.external_id) == (RecordType.INVOICE, "stripe-in_1")
+    assert receipt.document_number == "INV000001" and receipt.created
+    document = await netsuite.get(RecordType.INVOICE, "stripe-in_1")
+    assert document is not None
+    assert (document.erp_internal_id, document.document_number) == (receipt.erp_internal_id, "INV000001")
+    assert (document.status, document.currency, document.total) == ("open", "USD", 10720)
+    assert document.body["customer"] == {"externalId": "cust-1"}
+    assert await netsuite.get(RecordType.INVOICE, "stripe-in_404") is None
+
+
+async def test_every_request_carries_the_commands_correlation_id(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient
+) -> None:
+    await netsuite.deliver(upsert_customer(correlation_id="corr-cust"))
+    await netsuite.deliver(post_invoice(correlation_id="corr-inv"))
+    log = await requests_log(admin)
+    assert [(e["method"], e["correlation_id"], e["status"]) for e in log] == [
+        ("PUT", "corr-cust", 204),
+        ("GET", "corr-cust", 200),
+        ("PUT", "corr-inv", 204),
+        ("GET", "corr-inv", 200),
+    ]
+    assert log[2]["path"] == "/services/rest/record/v1/invoice/eid:stripe-in_1"
+    assert [e["seq"] for e in log] == sorted(e["seq"] for e in log)
+    assert len(await requests_log(admin, correlation_id="corr-inv")) == 2
+
+
+async def test_payments_credit_memos_and_contracts_are_booked(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient
+) -> None:
+    await netsuite.deliver(upsert_customer())
+    await netsuite.deliver(post_invoice())
+    payment = await netsuite.deliver(apply_payment(amount=5000))
+    memo = await netsuite.deliver(post_credit_memo())
+    # The contract started in 2019, a closed period: a sales order posts nothing, so it is accepted.
+    order = await netsuite.deliver(upsert_contract())
+    assert (payment.document_number, memo.document_number, order.document_number) == (
+        "PYMT000001",
+        "CM000001",
+        "SO000001",
+    )
+    paid = await netsuite.get(RecordType.CUSTOMER_PAYMENT, "stripe-pi_1")
+    assert paid is not None and paid.total == 5000 and paid.body["invoice"] == {"externalId": "stripe-in_1"}
+    assert len((await documents(admin))["documents"]) == 5
+
+
+async def test_void_updates_the_invoice_and_a_replayed_post_does_not_undo_it(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient
+) -> None:
+    await netsuite.deliver(upsert_customer())
+    posted = await netsuite.deliver(post_invoice())
+    voided = await netsuite.deliver(void_invoice())
+    assert voided.erp_internal_id == posted.erp_internal_id and voided.created is False
+    await netsuite.deliver(post_invoice())  # a late duplicate of the original command
+    document = await netsuite.get(RecordType.INVOICE, "stripe-in_1")
+    assert document is not None and document.status == "voided"
+    assert document.body["voidReason"] == "customer cancelled"
+    assert (await documents(admin))["by_external_id"]["invoice"]["stripe-in_1"] == {
+        "documents": 1,
+        "writes": 3,
+    }
+    with pytest.raises(ErpPermanentError) as raised:
+        await netsuite.deliver(apply_payment())
+    assert raised.value.code == "USER_ERROR" and "voided" in raised.value.message
+
+
+async def test_voiding_an_unknown_invoice_never_creates_one(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient
+) -> None:
+    await netsuite.deliver(upsert_customer())
+    with pytest.raises(ErpPermanentError) as raised:
+        await netsuite.deliver(void_invoice("stripe-in_never"))
+    assert (raised.value.code, raised.value.status) == ("NONEXISTENT_ID", 404)
+    assert "invoice" not in (await documents(admin))["by_external_id"]
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "words"),
+    [
+        (
+            post_invoice(customer_id="cust-unknown"),
+            "INVALID_KEY_OR_REF",
+            "Invalid customer reference key cust-unknown",
+        ),
+        (post_invoice(subsidiary="XX99"), "INVALID_KEY_OR_REF", "Invalid subsidiary reference key XX99"),
+        (
+            post_invoice(currency="JPY"),
+            "INVALID_KEY_OR_REF",
+            "currency JPY is not enabled for subsidiary US01",
+        ),
+        (post_invoice(tran_date=date(2020, 6, 30)), "USER_ERROR", "2020-01-01 to 2020-12-31 is closed"),
+        (
+            apply_payment(invoice_external_id="stripe-in_missing"),
+            "INVALID_KEY_OR_REF",
+            "Invalid invoice reference key",
+        ),
+        (
+            post_credit_memo(invoice_external_id="stripe-in_missing"),
+            "INVALID_KEY_OR_REF",
+            "stripe-in_missing",
+        ),
+    ],
+    ids=[
+        "unknown-customer",
+        "unknown-subsidiary",
+        "currency-not-enabled",
+        "closed-period",
+        "payment",
+        "credit-memo",
+    ],
+)
+async def test_validation_errors_are_permanent_with_the_erps_code_and_message(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient, command: object, code: str, words: str
+) -> None:
+    await netsuite.deliver(upsert_customer())
+    with pytest.raises(ErpPermanentError) as raised:
+        await netsuite.deliver(command)  # type: ignore[arg-type]
+    assert (raised.value.code, raised.value.status) == (code, 400)
+    assert words in raised.value.message
+    assert set((await documents(admin))["by_external_id"]) == {"customer"}
+
+
+async def test_a_period_closed_at_runtime_refuses_postings(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient
+) -> None:
+    await netsuite.deliver(upsert_customer())
+    closed = await admin.post(
+        "/admin/periods/close", json={"subsidiary": "US01", "start": "2026-02-01", "end": "2026-03-31"}
+    )
+    assert closed.status_code == 200
+    assert {"subsidiary": "US01", "start": "2026-02-01", "end": "2026-03-31"} in closed.json()[
+        "closed_periods"
+    ]
+    with pytest.raises(ErpPermanentError) as raised:
+        await netsuite.deliver(post_invoice())
+    assert raised.value.code == "USER_ERROR"
+    assert "2026-02-01 to 2026-03-31 is closed for subsidiary US01" in raised.value.message
+    # Another subsidiary's books are still open.
+    await netsuite.deliver(upsert_customer("cust-uk", subsidiary="UK01", currency="GBP"))
+    receipt = await netsuite.deliver(
+        post_invoice("stripe-in_uk", customer_id="cust-uk", subsidiary="UK01", currency="GBP")
+    )
+    assert receipt.document_number == "INV000001"
+
+
+async def test_list_pages_through_the_collection(sandbox: SandboxServer, admin: httpx.AsyncClient) -> None:
+    client = NetSuiteClient(sandbox.url, StaticToken(DEFAULT_TOKEN), timeout=CLIENT_TIMEOUT_S)
+    client.page_size = 3
+    for n in range(7):
+        await client.deliver(upsert_customer(f"cust-{n}"))
+    listed = await client.list(RecordType.CUSTOMER, correlation_id="corr-list")
+    nothing = await client.list(RecordType.INVOICE)
+    await client.aclose()
+    assert [d.external_id for d in listed] == [f"cust-{n}" for n in range(7)]
+    assert [d.document_number for d in listed] == [f"CUST{n:06d}" for n in range(1, 8)]
+    assert nothing == []
+    pages = [e["query"] for e in await requests_log(admin, correlation_id="corr-list")]
+    assert pages == ["limit=3&offset=0", "limit=3&offset=3", "limit=3&offset=6"]
+
+
+async def test_a_429_burst_is_transient_with_the_erps_retry_after(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient
+) -> None:
+    await set_faults(admin, burst_429=2, retry_after_s=2.5)
+    with pytest.raises(ErpTransientError) as raised:
+        await netsuite.deliver(upsert_customer())
+    assert (raised.value.code, raised.value.status, raised.value.retry_after) == (
+        "SSS_REQUEST_LIMIT_EXCEEDED",
+        429,
+        2.5,
+    )
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    receipt, attempts = await call_with_retries(
+        lambda uncertain: netsuite.deliver(upsert_customer(), uncertain),
+        RetryPolicy(max_attempts=4),
+        sleep=sleep,
+    )
+    assert attempts == 2 and receipt.created
+    assert len(waits) == 1 and waits[0] >= 2.5
+    assert (await set_faults(admin))["burst_429"] == 0
+
+
+async def test_maintenance_and_server_errors_are_transient_and_write_nothing(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient
+) -> None:
+    await set_faults(admin, maintenance=True, retry_after_s=30)
+    with pytest.raises(ErpTransientError) as raised:
+        await netsuite.deliver(upsert_customer())
+    assert (raised.value.status, raised.value.retry_after) == (503, 30.0)
+    await set_faults(admin, maintenance=False, burst_500=1)
+    with pytest.raises(ErpTransientError) as raised:
+        await netsuite.deliver(upsert_customer())
+    assert (raised.value.code, raised.value.status) == ("UNEXPECTED_ERROR", 500)
+    assert (await documents(admin))["documents"] == []
+    assert [e["fault"] for e in await requests_log(admin)] == ["maintenance", "error"]
+
+
+async def test_a_committed_write_whose_answer_is_lost_is_uncertain_and_the_retry_upserts(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient
+) -> None:
+    await set_faults(admin, burst_timeout=1, hang_s=HANG_S)
+    started = time.monotonic()
+    with pytest.raises(ErpUncertainError):
+        await netsuite.deliver(upsert_customer())
+    assert time.monotonic() - started < HANG_S  # the client gave up at its own timeout
+    assert (await documents(admin))["by_external_id"]["customer"]["cust-1"] == {"documents": 1, "writes": 1}
+    await set_faults(admin, burst_timeout=1, timeout_mode="drop")
+    receipt, attempts = await call_with_retries(
+        lambda uncertain: netsuite.deliver(upsert_customer(), uncertain), RetryPolicy(), sleep=no_sleep
+    )
+    assert attempts == 2 and receipt.created is False
+    assert (await documents(admin))["by_external_id"]["customer"]["cust-1"] == {"documents": 1, "writes": 3}
+
+
+async def test_a_wrong_token_is_an_auth_error_after_one_retry(
+    sandbox: SandboxServer, admin: httpx.AsyncClient
+) -> None:
+    client = NetSuiteClient(sandbox.url, StaticToken("wrong"), timeout=CLIENT_TIMEOUT_S)
+    with pytest.raises(ErpAuthError) as raised:
+        await client.deliver(upsert_customer())
+    await client.aclose()
+    assert (raised.value.code, raised.value.status) == ("INVALID_LOGIN", 401)
+    assert client.requests == 2
+    assert [e["status"] for e in await requests_log(admin)] == [401, 401]
+
+
+async def test_documents_survive_a_restart_on_the_same_file(tmp_path: Path) -> None:
+    config = sandbox_config(tmp_path / "erp.sqlite3")
+    async with SandboxServer(config) as first:
+        client = NetSuiteClient(first.url, StaticToken(DEFAULT_TOKEN))
+        await client.deliver(upsert_customer())
+        before = await client.deliver(post_invoice())
+        await client.aclose()
+    async with SandboxServer(config) as second:
+        client = NetSuiteClient(second.url, StaticToken(DEFAULT_TOKEN))
+        after = await client.get(RecordType.INVOICE, "stripe-in_1")
+        again = await client.deliver(post_invoice())
+        other = await client.deliver(post_invoice("stripe-in_2"))
+        await client.aclose()
+    assert after is not None
+    assert (after.erp_internal_id, after.document_number, after.total) == (
+        before.erp_internal_id,
+        "INV000001",
+        10720,
+    )
+    assert again.created is False and again.erp_internal_id == before.erp_internal_id
+    assert other.document_number == "INV000002"
