@@ -106,6 +106,7 @@ def decide_customer(
         versions=versions,
         upserted_digest=master.upserted_digest if master else None,
         subsidiary=master.subsidiary if master else None,
+        erp_internal_id=master.erp_internal_id if master else None,
         seen_event_ids=seen,
     )
     subsidiary = mappings.subsidiary_for(record.country, record.currency or "")

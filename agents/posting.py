@@ -38,6 +38,8 @@ from canonical import (
     Payment,
     PaymentStatus,
     PostCreditMemo,
+    PostingOutcome,
+    PostingResult,
     PostInvoice,
     UpsertCustomer,
     VoidInvoice,
@@ -49,7 +51,7 @@ from streams.app import app
 from streams.mappings import Mappings, load_mappings
 from streams.schemas import Undecodable
 from streams.settings import settings
-from streams.topics import canonical_topic, customer_fingerprints_topic, erp_commands_topic
+from streams.topics import core_inputs_topic, customer_fingerprints_topic, erp_commands_topic
 from tables.contracts import ContractRow, CustomerContracts, contract_table
 from tables.customers import CustomerMaster, customer_table
 from tables.invoices import (
@@ -80,7 +82,7 @@ INVOICE_TRANSITIONS: dict[InvoiceStatus, frozenset[InvoiceStatus]] = {
     _I.VOID: frozenset({_I.VOID}),
 }
 RETRY_VALIDATION = frozenset({InvoiceErpStatus.NOT_SENT, InvoiceErpStatus.HELD})
-SENT = frozenset({InvoiceErpStatus.PENDING, InvoiceErpStatus.POSTED})
+CONFIRMED = frozenset({InvoiceErpStatus.POSTED, InvoiceErpStatus.VOID_PENDING, InvoiceErpStatus.VOIDED})
 VOIDABLE = frozenset({InvoiceErpStatus.PENDING, InvoiceErpStatus.POSTED})
 
 
@@ -192,12 +194,14 @@ def decide_invoice(
     now: datetime,
     offending: MessageRef | None = None,
     contract: ContractRow | None = None,
+    replay: bool = False,
 ) -> InvoiceDecision:
     """Apply one invoice snapshot to its row: dedup, ordering, contract gate, validation,
-    commands. `contract` is the row of the contract the invoice names, if known."""
+    commands. `contract` is the row of the contract the invoice names, if known; `replay`
+    says an operator re-drove this event after a fix, so having seen it is no reason to skip."""
     invoice = change.payload
     assert isinstance(invoice, Invoice)
-    if row is not None and change.event_id in row.seen_event_ids:
+    if row is not None and change.event_id in row.seen_event_ids and not replay:
         return InvoiceDecision(Outcome.DUPLICATE, row)
     seen = ((row.seen_event_ids if row else ()) + (change.event_id,))[-SEEN_EVENT_IDS_KEPT:]
     if row is not None and change.entity_version < row.version:
@@ -290,11 +294,30 @@ def decide_invoice(
         erp_status=erp_status,
         idempotency_key=key,
         document_number=row.document_number if row else None,
+        erp_internal_id=row.erp_internal_id if row else None,
         subsidiary=subsidiary,
         exception_ids=exception_ids,
         seen_event_ids=seen,
     )
     return InvoiceDecision(outcome, new_row, commands, exceptions)
+
+
+def _confirmed(row: InvoiceRow, result: PostingResult) -> InvoiceRow:
+    """An invoice row after the ERP's answer to its PostInvoice or VoidInvoice."""
+    if result.outcome is not PostingOutcome.POSTED:
+        return row.model_copy(update={"erp_status": InvoiceErpStatus.FAILED})
+    status = InvoiceErpStatus.VOIDED if result.command == "void_invoice" else InvoiceErpStatus.POSTED
+    if row.erp_status is InvoiceErpStatus.VOID_PENDING and result.command == "post_invoice":
+        status = (
+            InvoiceErpStatus.VOID_PENDING
+        )  # a late confirmation of the post: the void is still on its way
+    return row.model_copy(
+        update={
+            "erp_status": status,
+            "document_number": result.document_number or row.document_number,
+            "erp_internal_id": result.erp_internal_id or row.erp_internal_id,
+        }
+    )
 
 
 def _subsidiary_of(invoice: Invoice, mappings: Mappings) -> str:
@@ -333,6 +356,7 @@ class CustomerBook:
         self.waiting = list(self.docs.waiting)
         self.payments = dict(self.docs.payments)
         self.credit_memos = dict(self.docs.credit_memos)
+        self.confirmed = dict(self.docs.confirmed)
 
     def state(self) -> CustomerInvoices:
         return CustomerInvoices(
@@ -341,9 +365,12 @@ class CustomerBook:
             waiting=tuple(self.waiting),
             payments=self.payments,
             credit_memos=self.credit_memos,
+            confirmed=self.confirmed,
         )
 
-    def apply(self, change: ChangeEvent, now: datetime, offending: MessageRef | None = None) -> str:
+    def apply(
+        self, change: ChangeEvent, now: datetime, offending: MessageRef | None = None, replay: bool = False
+    ) -> str:
         payload = change.payload
         if isinstance(payload, Customer):
             customer = decide_customer(self.master, change, self.mappings, now)
@@ -358,7 +385,7 @@ class CustomerBook:
             self.exceptions += [(e, change.event_id) for e in decision.exceptions]
             outcome = decision.outcome.value
         elif isinstance(payload, Invoice | Payment | CreditMemo):
-            outcome = self._document(change, now, offending).value
+            outcome = self._document(change, now, offending, replay).value
         else:
             return Outcome.IGNORED.value  # subscriptions and refunds book nothing yet
         self._retry_waiting(now)
@@ -371,8 +398,8 @@ class CustomerBook:
             row = self.invoices.get(doc.invoice_id)
             if doc.status not in POSTABLE or (row is not None and row.erp_status not in RETRY_VALIDATION):
                 return None
-            if self.master is None or self.master.upserted_digest is None:
-                return "customer"  # no invoice before its customer exists in the ERP
+            if self.master is None or self.master.erp_internal_id is None:
+                return "customer"  # no invoice before the ERP confirmed its customer exists
             contract = self.contracts.get(doc.contract_id) if doc.contract_id else None
             if doc.contract_id and gate_invoice(doc, contract) is InvoiceGate.WAIT:
                 return f"contract:{doc.contract_id}"
@@ -381,11 +408,30 @@ class CustomerBook:
         if invoice_id is None or (isinstance(doc, Payment) and doc.status is not PaymentStatus.SUCCEEDED):
             return None
         row = self.invoices.get(invoice_id)
-        if row is None or row.erp_status not in SENT:
-            return f"invoice:{invoice_id}"
+        if row is None or row.erp_status not in CONFIRMED:
+            return f"invoice:{invoice_id}"  # no payment or credit before the ERP confirmed the invoice
         return None
 
-    def _document(self, change: ChangeEvent, now: datetime, offending: MessageRef | None) -> Outcome:
+    def apply_result(self, result: PostingResult, now: datetime) -> str:
+        """What the ERP confirmed (or refused) for one of this customer's commands: its ids
+        go into the rows, and documents waiting for that confirmation are released."""
+        posted = result.outcome is PostingOutcome.POSTED
+        if result.command == "upsert_customer":
+            if posted and self.master is not None and self.master.erp_internal_id != result.erp_internal_id:
+                self.master = self.master.model_copy(update={"erp_internal_id": result.erp_internal_id})
+        elif result.command in ("post_invoice", "void_invoice"):
+            for invoice_id, row in self.invoices.items():
+                external_id = to_external_id("stripe", invoice_id)
+                if result.idempotency_key in (row.idempotency_key, posting_key("void_invoice", external_id)):
+                    self.invoices[invoice_id] = _confirmed(row, result)
+        elif posted and result.erp_internal_id is not None:
+            self.confirmed[result.idempotency_key] = result.erp_internal_id
+        self._retry_waiting(now)
+        return f"result_{result.outcome.value}"
+
+    def _document(
+        self, change: ChangeEvent, now: datetime, offending: MessageRef | None, replay: bool = False
+    ) -> Outcome:
         if any(w.change.event_id == change.event_id for w in self.waiting):
             return Outcome.DUPLICATE
         blocker = self._blocker(change)
@@ -396,7 +442,7 @@ class CustomerBook:
         if isinstance(doc, Invoice):
             contract = self.contracts.get(doc.contract_id) if doc.contract_id else None
             decision = decide_invoice(
-                self.invoices.get(doc.invoice_id), change, self.mappings, now, offending, contract
+                self.invoices.get(doc.invoice_id), change, self.mappings, now, offending, contract, replay
             )
             if decision.row is not None:
                 self.invoices[doc.invoice_id] = decision.row
@@ -518,11 +564,16 @@ async def post_customer_changes(
     book = CustomerBook(customer_id, docs, dict(contracts.contracts), master, mappings)
     for event in events:
         change = event.value
+        if isinstance(change, PostingResult):
+            outcome = book.apply_result(change, now)
+            counts[outcome] = counts.get(outcome, 0) + 1
+            continue
         if not isinstance(change, ChangeEvent):
             reason = change.reason if isinstance(change, Undecodable) else type(change).__name__
             await send_to_dlq(outbox, event, f"undecodable canonical event: {reason}")
             continue
-        outcome = book.apply(change, now, _ref(event, change))
+        replay = h.header(event.headers, h.REPLAY_OF) is not None
+        outcome = book.apply(change, now, _ref(event, change), replay)
         counts[outcome] = counts.get(outcome, 0) + 1
     for command, causation in book.commands:
         await outbox.send(
@@ -547,9 +598,10 @@ async def post_customer_changes(
     return counts
 
 
-@app.agent(canonical_topic)
+@app.agent(core_inputs_topic)
 async def build_posting_commands(stream: StreamT[Any]) -> None:
-    """`ledgerflow.canonical` → invoice table → `erp.commands` / `ledgerflow.exceptions`."""
+    """`ledgerflow.canonical` and `erp.results` → the customer's tables → `erp.commands` /
+    `ledgerflow.exceptions`."""
     # Read once at start: a broken mappings file stops the agent here, loudly, instead of
     # sending every event to the DLQ.
     mappings = load_mappings(settings.mappings)

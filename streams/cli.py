@@ -10,6 +10,7 @@ from typing import NoReturn
 import click
 from faust.cli.faust import cli
 
+from connectors.erp.sandbox import erp_sandbox_command
 from streams.local_kafka import LocalKafka, LocalKafkaError, cache_root
 from streams.replay import replay_command
 
@@ -128,7 +129,14 @@ def simulate_command(
     run_simulation(settings, customers, months, seed, duplicate_rate, reorder_rate, truth_path, via_webhooks)
 
 
-for command in (kafka_command, schemas_command, dev_command, simulate_command, replay_command):
+for command in (
+    kafka_command,
+    schemas_command,
+    dev_command,
+    simulate_command,
+    replay_command,
+    erp_sandbox_command,
+):
     cli.add_command(command)
 
 cli.help = """ledgerflow keeps CRM, contract, billing and payment platforms in step with the ERP.
@@ -139,6 +147,7 @@ Start here:
   ledgerflow worker    a Faust worker (the stream agents and the web server)
   ledgerflow simulate  a quote-to-cash history into the source topics, with its ground truth
   ledgerflow replay    re-drive DLQ entries or open exceptions after a fix (--dry-run first)
+  ledgerflow erp-sandbox  a sandbox ERP (NetSuite REST and create-only shapes, fault injection)
   ledgerflow kafka     a local Apache Kafka (KRaft) in the foreground
   ledgerflow schemas   the JSON Schemas of the canonical model
 

@@ -69,6 +69,31 @@ class Settings(BaseSettings):
     erp_concurrency: int = Field(default=5, ge=1, le=100)
     """LEDGERFLOW_ERP_CONCURRENCY: parallel ERP calls across customers (NetSuite's smallest
     shared limit is 5)."""
+    erp_token_url: str | None = None
+    """LEDGERFLOW_ERP_TOKEN_URL: OAuth 2.0 client-credentials endpoint; with it the sink fetches
+    and refreshes its bearer token instead of using LEDGERFLOW_ERP_TOKEN."""
+    erp_client_id: str | None = None
+    """LEDGERFLOW_ERP_CLIENT_ID: OAuth 2.0 client id (with LEDGERFLOW_ERP_TOKEN_URL)."""
+    erp_client_secret: SecretStr | None = None
+    """LEDGERFLOW_ERP_CLIENT_SECRET: OAuth 2.0 client secret (with LEDGERFLOW_ERP_TOKEN_URL)."""
+    erp_timeout_s: float = Field(default=10.0, gt=0)
+    """LEDGERFLOW_ERP_TIMEOUT_S: one ERP request's timeout; past it the outcome is uncertain
+    and the next attempt looks before it writes."""
+    erp_max_attempts: int = Field(default=8, ge=1)
+    """LEDGERFLOW_ERP_MAX_ATTEMPTS: attempts per command before its customer's lane is parked."""
+    erp_retry_max_s: float = Field(default=60.0, gt=0)
+    """LEDGERFLOW_ERP_RETRY_MAX_S: longest one command is retried (backoff with jitter,
+    honouring Retry-After) before its customer's lane is parked as an `erp_unavailable`
+    exception; other customers go on meanwhile."""
+    erp_retry_base_s: float = Field(default=0.2, gt=0)
+    """LEDGERFLOW_ERP_RETRY_BASE_S: first backoff step (doubling, full jitter)."""
+    erp_park_retry_s: float = Field(default=30.0, gt=0)
+    """LEDGERFLOW_ERP_PARK_RETRY_S: how often a parked customer's blocked command is tried again."""
+    erp_breaker_failures: int = Field(default=10, ge=1)
+    """LEDGERFLOW_ERP_BREAKER_FAILURES: consecutive transient failures that open the circuit
+    breaker (the sink then stops calling the ERP and probes it)."""
+    erp_breaker_open_s: float = Field(default=5.0, gt=0)
+    """LEDGERFLOW_ERP_BREAKER_OPEN_S: how long the breaker stays open before one probe."""
 
     mappings: Path | None = None
     """LEDGERFLOW_MAPPINGS: path of the mappings TOML; unset uses the bundled example."""

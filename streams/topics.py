@@ -66,6 +66,12 @@ ALL_TOPICS = {
 
 app.declared_topics.extend(ALL_TOPICS.values())
 
+# Stage 2 reads what the ERP confirmed (erp.results) in the same actor as the canonical events:
+# both are keyed by canonical customer id, so each customer's state has one writer.
+core_inputs_topic = app.topic(
+    settings.topic(CANONICAL), settings.topic(ERP_RESULTS), schema=PydanticSchema(ChangeEvent | PostingResult)
+)
+
 # Stripe's two streams, read by ONE agent: both resolve customers through the same identity
 # and parking tables (keyed by Stripe customer id), and two agents staging writes to one row
 # would overwrite each other's (a payment parked after its customer was linked stays parked).

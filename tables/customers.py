@@ -17,6 +17,7 @@ class CustomerMaster(LedgerModel):
     versions: dict[str, tuple[int, ...]] = Field(default_factory=dict)  # "source:entity" → newest applied
     upserted_digest: str | None = None  # content of the last UpsertCustomer emitted
     subsidiary: str | None = None
+    erp_internal_id: str | None = None  # set once the ERP confirmed an upsert (erp.results)
     seen_event_ids: tuple[str, ...] = ()
 
 

@@ -22,8 +22,9 @@ class InvoiceErpStatus(StrEnum):
     HELD = "held"  # validation failed: an open exception names why
     PENDING = "pending"  # PostInvoice emitted, the ERP has not confirmed
     POSTED = "posted"
-    FAILED = "failed"
+    FAILED = "failed"  # the ERP refused it, or could not take it yet (an exception says which)
     VOID_PENDING = "void_pending"
+    VOIDED = "voided"
 
 
 class InvoiceRow(LedgerModel):
@@ -35,6 +36,7 @@ class InvoiceRow(LedgerModel):
     erp_status: InvoiceErpStatus = InvoiceErpStatus.NOT_SENT
     idempotency_key: str | None = None
     document_number: str | None = None
+    erp_internal_id: str | None = None
     subsidiary: str | None = None
     exception_ids: tuple[str, ...] = ()
     seen_event_ids: tuple[str, ...] = ()
@@ -57,6 +59,8 @@ class CustomerInvoices(LedgerModel):
     waiting: tuple[WaitingChange, ...] = ()
     payments: dict[str, str] = Field(default_factory=dict)  # payment id → idempotency key sent
     credit_memos: dict[str, str] = Field(default_factory=dict)  # credit memo id → idempotency key sent
+    confirmed: dict[str, str] = Field(default_factory=dict)
+    """Idempotency key → ERP internal id, for every payment and credit memo the ERP confirmed."""
 
 
 invoice_table = app.Table(

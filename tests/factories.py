@@ -8,9 +8,12 @@ from typing import Any
 from canonical import (
     ChangeEvent,
     EntityType,
+    ErpCommand,
     Invoice,
     InvoiceLine,
     InvoiceStatus,
+    PostingOutcome,
+    PostingResult,
     Source,
 )
 
@@ -75,3 +78,19 @@ def invoice_event(inv: Invoice | None = None, event_id: str = "evt_1", **over: A
     }
     fields.update(over)
     return ChangeEvent(**fields)
+
+
+def posted(
+    command: ErpCommand, erp_internal_id: str = "101", document_number: str | None = None
+) -> PostingResult:
+    """What the sink reports once the ERP confirmed `command`."""
+    return PostingResult(
+        idempotency_key=command.idempotency_key,
+        command=command.command,  # type: ignore[attr-defined]
+        customer_id=command.customer_id,
+        correlation_id=command.correlation_id,
+        outcome=PostingOutcome.POSTED,
+        erp_internal_id=erp_internal_id,
+        document_number=document_number,
+        posted_at=T0,
+    )

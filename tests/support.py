@@ -137,6 +137,8 @@ class Stack:
     partitions: int = 4
     extra_env: dict[str, str] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
+    erp: ErpSandbox | None = None
+    erp_args: tuple[str, ...] = ()
 
     def topic(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -152,13 +154,23 @@ class Stack:
                 "LEDGERFLOW_DATA_DIR": str(self.root / f"worker{index}"),
                 "LEDGERFLOW_WEB_PORT": str(free_port()),
                 "LEDGERFLOW_BATCH_WINDOW_MS": "10",
+                "LEDGERFLOW_ERP_TOKEN": ErpSandbox.token,
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.erp is not None:
+            env["LEDGERFLOW_ERP_BASE_URL"] = self.erp.url
         env.update(self.extra_env)
         return env
 
+    def start_erp(self) -> ErpSandbox:
+        """The sandbox ERP the stack's sinks post to (started with the first worker)."""
+        if self.erp is None:
+            self.erp = ErpSandbox(self.root, self.erp_args).start()
+        return self.erp
+
     def start_worker(self) -> Worker:
+        self.start_erp()
         index = len(self.workers)
         worker = Worker(self.env(index), self.root / f"worker{index}.log").start()
         self.workers.append(worker)
@@ -173,6 +185,61 @@ class Stack:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
+        if self.erp is not None:
+            self.erp.stop()
+
+
+@dataclass
+class ErpSandbox:
+    """A `ledgerflow erp-sandbox` subprocess on a free port, its SQLite file under `root`."""
+
+    root: Path
+    args: tuple[str, ...] = ()
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    token = "sandbox-token"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "erp-sandbox.log"
+
+    def start(self, timeout: float = 30.0) -> ErpSandbox:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "streams", "erp-sandbox", "--port", str(self.port)),
+                *("--db", str(self.root / "erp.sqlite3"), "--token", self.token, *self.args),
+            ],
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+        wait_for_log(self.log_path, "ERP sandbox on", self.proc, timeout, offset)
+        return self
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        terminate(proc)
+
+    def documents(self) -> list[dict[str, Any]]:
+        """Every document the sandbox holds, with its write counts (GET /admin/documents)."""
+        import httpx
+
+        body = httpx.get(f"{self.url}/admin/documents", timeout=30).json()
+        return list(body["documents"] if isinstance(body, dict) else body)
+
+    def admin(self, method: str, path: str, **json_body: Any) -> Any:
+        import httpx
+
+        response = httpx.request(method, f"{self.url}/admin/{path}", json=json_body or None, timeout=30)
+        response.raise_for_status()
+        return response.json() if response.content else None
 
 
 async def consume_until(

@@ -160,14 +160,17 @@ def test_invoice_gate(status: ContractStatus, day: date, gate: InvoiceGate) -> N
 
 
 def ready_book() -> CustomerBook:
-    """A customer book whose customer already exists in the ERP (its upsert was emitted)."""
+    """A customer book whose customer already exists in the ERP (its upsert was confirmed)."""
     from tables.invoices import CustomerInvoices
     from tests.agents.test_customers import account_change
+    from tests.factories import posted
 
     book = CustomerBook(
         "cust-crm-001A", CustomerInvoices(customer_id="cust-crm-001A"), {}, None, load_mappings(None)
     )
     book.apply(account_change(), T0)
+    [(upsert, _)] = book.commands
+    book.apply_result(posted(upsert), T0)
     book.commands.clear()
     return book
 

@@ -22,7 +22,7 @@ from canonical import (
 )
 from streams.mappings import load_mappings
 from tables.invoices import CustomerInvoices
-from tests.factories import T0, invoice_event
+from tests.factories import T0, invoice_event, posted
 
 MAPPINGS = load_mappings(None)
 CID = "cust-crm-001A"
@@ -177,14 +177,23 @@ def test_documents_wait_for_what_must_come_first_then_go_in_order() -> None:
     assert book.apply(_memo(), T0) == Outcome.WAITING.value
     assert book.apply(invoice, T0) == Outcome.WAITING.value  # before its customer
     assert book.commands == []
-    book.apply(account_change(), T0)  # the customer arrives: everything follows, in order
+    book.apply(account_change(), T0)  # the customer arrives: its upsert goes out
+    assert [type(c) for c, _ in book.commands] == [UpsertCustomer]
+    book.apply_result(posted(book.commands[0][0]), T0)  # the ERP confirms it: the invoice follows
+    assert [type(c) for c, _ in book.commands] == [UpsertCustomer, PostInvoice]
+    assert len(book.waiting) == 2  # payment and credit memo wait for the ERP to confirm the invoice
+    book.apply_result(posted(book.commands[1][0], "202", "INV0001"), T0)
     kinds = [type(c) for c, _ in book.commands]
     assert kinds == [UpsertCustomer, PostInvoice, ApplyPayment, PostCreditMemo]
     assert book.waiting == []
+    row = book.invoices["in_100"]
+    assert (row.erp_status.value, row.document_number, row.erp_internal_id) == ("posted", "INV0001", "202")
     payment = book.commands[2][0]
     assert isinstance(payment, ApplyPayment) and payment.document.invoice_external_id == "stripe-in_100"
     assert payment.subsidiary == "UK01" and payment.idempotency_key == "apply_payment-stripe-pi_1"
     assert book.apply(_payment(), T0) == Outcome.DUPLICATE.value
+    book.apply_result(posted(payment, "303"), T0)
+    assert book.state().confirmed == {"apply_payment-stripe-pi_1": "303"}
 
 
 def test_waiting_too_long_is_raised_by_reason() -> None:

@@ -6,10 +6,10 @@ import asyncio
 from unittest import mock
 
 from agents.posting import Outcome, decide_invoice
-from canonical import ExceptionReason, InvoiceStatus, PostInvoice, VoidInvoice
+from canonical import ErpCommand, ExceptionReason, InvoiceStatus, PostInvoice, VoidInvoice
 from streams.mappings import load_mappings
 from tables.invoices import InvoiceErpStatus
-from tests.factories import T0, invoice, invoice_event, invoice_line
+from tests.factories import T0, invoice, invoice_event, invoice_line, posted
 
 MAPPINGS = load_mappings(None)
 
@@ -93,6 +93,7 @@ async def test_agent_posts_once_and_dead_letters_undecodable_values() -> None:
     from tests.agents.test_customers import account_change
 
     sent_commands: list[PostInvoice] = []
+    upserts: list[ErpCommand] = []
     dead: list[str] = []
 
     def delivered() -> asyncio.Future[None]:
@@ -104,6 +105,8 @@ async def test_agent_posts_once_and_dead_letters_undecodable_values() -> None:
         assert force, "sends must not be attached to the event (published only at commit)"
         if isinstance(value, PostInvoice):
             sent_commands.append(value)
+        elif isinstance(value, ErpCommand):
+            upserts.append(value)
         return delivered()
 
     async def fake_dlq(outbox: object, event: object, reason: str) -> None:
@@ -123,6 +126,12 @@ async def test_agent_posts_once_and_dead_letters_undecodable_values() -> None:
             customer = account_change().model_copy(update={"customer_id": key})
             await agent.put(invoice_event(), key=key, wait=False)  # waits for its customer
             await agent.put(customer, key=key, wait=False)
+            for _ in range(200):
+                if upserts:
+                    break
+                await asyncio.sleep(0.01)
+            assert sent_commands == []  # the customer's upsert is not confirmed yet
+            await agent.put(posted(upserts[0]), key=key, wait=False)  # erp.results says it is
             await agent.put(invoice_event(), key=key, wait=False)  # redelivered
             await agent.put(Undecodable(raw=b"{}", reason="payload: missing"), key=key, wait=False)
             for _ in range(200):

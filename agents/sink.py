@@ -1,0 +1,332 @@
+"""The sink: `erp.commands` → the ERP, exactly once in effect → `erp.results`.
+
+One customer's commands go to the ERP strictly in order; different customers' commands go in
+parallel, at most LEDGERFLOW_ERP_CONCURRENCY calls at a time. Transient failures are retried
+(backoff with jitter, `Retry-After` honoured, a circuit breaker when the ERP is down); when a
+command's retries run out its customer's lane is *parked*: the command is raised as an
+`erp_unavailable` exception, the customer's later commands queue behind it, and a timer tries
+it again — other customers go on. A permanent refusal is an `erp_rejected` exception with the
+ERP's own message. Every outcome goes to `erp.results`.
+
+The posting ledger (`tables/ledger.py`) makes delivery effectively-once: a command the ERP
+confirmed is never sent again (its result is repeated instead), and in the create-only mode a
+command is marked in flight, durably, before the call, so after a crash or a timeout the next
+attempt looks the document up before creating it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from agents.batching import acting_for, batches, group_by_key
+from agents.outbox import Outbox, send_exception, send_to_dlq
+from canonical import (
+    BusinessException,
+    ErpCommand,
+    ExceptionReason,
+    FieldError,
+    MessageRef,
+    PostingOutcome,
+    PostingResult,
+    codec,
+)
+from connectors.erp import (
+    CircuitBreaker,
+    ClientCredentialsToken,
+    ErpClient,
+    ErpError,
+    ErpPermanentError,
+    RetriesExhausted,
+    RetryPolicy,
+    StaticToken,
+    TokenProvider,
+    call_with_retries,
+    make_client,
+)
+from streams import headers as h
+from streams.app import app
+from streams.settings import Settings, settings
+from streams.topics import erp_commands_topic, erp_results_topic
+from tables.ledger import CustomerLedger, DeliveryState, LedgerEntry, posting_ledger_table
+
+if TYPE_CHECKING:
+    from faust.types import EventT, StreamT
+
+log = logging.getLogger(__name__)
+
+UNCONFIRMED = frozenset({DeliveryState.IN_FLIGHT, DeliveryState.PARKED})
+"""An earlier attempt may have written: the next one looks before it creates."""
+
+
+@dataclass
+class ErpLink:
+    """The worker's connection to the ERP, shared by every customer's lane."""
+
+    client: ErpClient
+    policy: RetryPolicy
+    breaker: CircuitBreaker
+    calls: asyncio.Semaphore
+    create_only: bool
+
+
+def token_provider(s: Settings) -> TokenProvider:
+    if s.erp_token_url:
+        secret = s.erp_client_secret.get_secret_value() if s.erp_client_secret else ""
+        return ClientCredentialsToken(s.erp_token_url, s.erp_client_id or "", secret, timeout=s.erp_timeout_s)
+    return StaticToken(s.erp_token.get_secret_value() if s.erp_token else "")
+
+
+def erp_link(s: Settings) -> ErpLink:
+    return ErpLink(
+        client=make_client(s.erp_mode, s.erp_base_url, token_provider(s), timeout=s.erp_timeout_s),
+        policy=RetryPolicy(
+            max_attempts=s.erp_max_attempts,
+            base_delay_s=s.erp_retry_base_s,
+            max_delay_s=max(s.erp_retry_base_s, min(30.0, s.erp_retry_max_s)),
+            max_elapsed_s=s.erp_retry_max_s,
+        ),
+        breaker=CircuitBreaker(s.erp_breaker_failures, s.erp_breaker_open_s),
+        calls=asyncio.Semaphore(s.erp_concurrency),
+        create_only=s.erp_mode == "create-only",
+    )
+
+
+def posting_result(command: ErpCommand, entry: LedgerEntry) -> PostingResult:
+    posted = entry.state is DeliveryState.POSTED
+    return PostingResult(
+        idempotency_key=command.idempotency_key,
+        command=entry.command,
+        customer_id=command.customer_id,
+        correlation_id=command.correlation_id,
+        outcome=PostingOutcome.POSTED if posted else PostingOutcome.FAILED,
+        erp_internal_id=entry.erp_internal_id,
+        document_number=entry.document_number,
+        posted_at=entry.updated_at if posted else None,
+        error_code=entry.error_code,
+        error_message=entry.error_message,
+        attempts=max(1, entry.attempts),
+    )
+
+
+def delivery_exception(
+    command: ErpCommand, entry: LedgerEntry, now: datetime, offending: MessageRef | None
+) -> BusinessException:
+    """A command the ERP refused, or could not take within the retry bound."""
+    rejected = entry.state is DeliveryState.REJECTED
+    reason = ExceptionReason.ERP_REJECTED if rejected else ExceptionReason.ERP_UNAVAILABLE
+    what = "refused" if rejected else f"unavailable after {entry.attempts} attempt(s)"
+    return BusinessException(
+        exception_id=h.stable_id("exception", reason.value, command.idempotency_key),
+        reason=reason,
+        message=f"{entry.command} {command.idempotency_key}: ERP {what}: {entry.error_code}: "
+        f"{entry.error_message}",
+        fields=(FieldError(field=entry.command, problem=entry.error_code or "error"),),
+        customer_id=command.customer_id,
+        entity_id=command.idempotency_key,
+        correlation_id=command.correlation_id,
+        first_seen=now,
+        last_seen=now,
+        attempts=max(1, entry.attempts),
+        offending=offending,
+    )
+
+
+def _ref(event: EventT) -> MessageRef:
+    msg = event.message
+    key = event.key if isinstance(event.key, str) else None
+    return MessageRef(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=key)
+
+
+@dataclass
+class Lane:
+    """One customer's commands of a batch, delivered in order against its ledger row."""
+
+    customer_id: str
+    ledger: CustomerLedger
+    link: ErpLink
+    outbox: Outbox
+    work: list[tuple[ErpCommand, EventT]] = field(default_factory=list)
+    uncertain: set[str] = field(default_factory=set)
+
+    def mark_in_flight(self, now: datetime) -> None:
+        """Create-only mode: record every command about to be attempted before any call, and
+        write the row through at once (the agent then flushes the changelog)."""
+        entries = dict(self.ledger.entries)
+        for command, _ in self.work:
+            entry = entries.get(command.idempotency_key)
+            if entry is None:
+                entries[command.idempotency_key] = LedgerEntry(
+                    idempotency_key=command.idempotency_key,
+                    command=command.command,  # type: ignore[attr-defined]
+                    state=DeliveryState.IN_FLIGHT,
+                    updated_at=now,
+                )
+        if entries != self.ledger.entries:
+            self.ledger = self.ledger.model_copy(update={"entries": entries})
+            event = self.work[-1][1]
+            with acting_for(event):
+                posting_ledger_table[self.customer_id.encode()] = codec.dumps(self.ledger)
+            self.outbox.put(posting_ledger_table, self.customer_id, self.ledger, event)
+
+    async def run(self, now: datetime) -> None:
+        for command, event in self.work:
+            await self._handle(command, event, now)
+        self.outbox.put(posting_ledger_table, self.customer_id, self.ledger, self.work[-1][1])
+
+    async def _handle(self, command: ErpCommand, event: EventT, now: datetime) -> None:
+        key = command.idempotency_key
+        entry = self.ledger.entries.get(key)
+        if entry is not None and entry.state is DeliveryState.POSTED:
+            await self._result(command, entry)  # a redelivery or replay: say it again, post nothing
+            return
+        blocked = self.ledger.blocked_on
+        if blocked is not None and blocked.idempotency_key != key:
+            if all(q.idempotency_key != key for q in self.ledger.queued):
+                self.ledger = self.ledger.model_copy(update={"queued": (*self.ledger.queued, command)})
+            return
+        if not await self._deliver(command, event, now):
+            return
+        # The lane was blocked on this command and it went through: drain what queued behind it.
+        while self.ledger.queued and self.ledger.blocked_on is None:
+            head, *rest = self.ledger.queued
+            self.ledger = self.ledger.model_copy(update={"queued": tuple(rest)})
+            await self._deliver(head, event, now)
+
+    async def _deliver(self, command: ErpCommand, event: EventT, now: datetime) -> bool:
+        """One command to the ERP with retries; False when the lane is parked on it."""
+        key = command.idempotency_key
+        previous = self.ledger.entries.get(key)
+        uncertain = previous is not None and previous.state in UNCONFIRMED and key in self.uncertain
+        kind: str = command.command  # type: ignore[attr-defined]
+
+        async def attempt(unsure: bool) -> Any:
+            async with self.link.calls:
+                return await self.link.client.deliver(command, uncertain=unsure or uncertain)
+
+        blocked_on: Any
+        try:
+            receipt, attempts = await call_with_retries(attempt, self.link.policy, self.link.breaker)
+        except ErpPermanentError as exc:
+            entry = self._entry(command, kind, DeliveryState.REJECTED, now, exc.attempts or 1, exc)
+            blocked_on = self.ledger.blocked_on if self.ledger.blocked_on != command else None
+        except (RetriesExhausted, ErpError) as exc:
+            entry = self._entry(command, kind, DeliveryState.PARKED, now, exc.attempts or 1, exc)
+            blocked_on = command
+        else:
+            entry = LedgerEntry(
+                idempotency_key=key,
+                command=kind,
+                state=DeliveryState.POSTED,
+                attempts=attempts + (previous.attempts if previous else 0),
+                erp_internal_id=receipt.erp_internal_id,
+                document_number=receipt.document_number,
+                updated_at=datetime.now(UTC),
+            )
+            blocked_on = None
+        self.ledger = self.ledger.model_copy(
+            update={"entries": {**self.ledger.entries, key: entry}, "blocked_on": blocked_on}
+        )
+        await self._result(command, entry)
+        if entry.state is not DeliveryState.POSTED:
+            log.warning(
+                "erp delivery failed",
+                extra={
+                    "correlation_id": command.correlation_id,
+                    "customer_id": command.customer_id,
+                    "idempotency_key": key,
+                    "state": entry.state.value,
+                    "error_code": entry.error_code,
+                },
+            )
+            exc_ = delivery_exception(command, entry, now, _ref(event))
+            await send_exception(self.outbox, exc_, key)
+        return entry.state is not DeliveryState.PARKED
+
+    def _entry(
+        self,
+        command: ErpCommand,
+        kind: str,
+        state: DeliveryState,
+        now: datetime,
+        tries: int,
+        exc: ErpError,
+    ) -> LedgerEntry:
+        previous = self.ledger.entries.get(command.idempotency_key)
+        return LedgerEntry(
+            idempotency_key=command.idempotency_key,
+            command=kind,
+            state=state,
+            attempts=tries + (previous.attempts if previous else 0),
+            error_code=exc.code,
+            error_message=str(exc.message)[:500],
+            updated_at=now,
+        )
+
+    async def _result(self, command: ErpCommand, entry: LedgerEntry) -> None:
+        await self.outbox.send(
+            erp_results_topic,
+            command.customer_id,
+            posting_result(command, entry),
+            h.outgoing(command.correlation_id, command.idempotency_key),
+        )
+
+
+async def deliver_batch(link: ErpLink, events: list[EventT], now: datetime) -> Outbox:
+    """A batch of commands: customers in parallel, each customer's in order."""
+    outbox = Outbox()
+    lanes: list[Lane] = []
+    for customer_id, customer_events in group_by_key(events).items():
+        work = []
+        for event in customer_events:
+            if isinstance(event.value, ErpCommand) and customer_id == event.value.customer_id:
+                work.append((event.value, event))
+            else:
+                await send_to_dlq(outbox, event, "undecodable ERP command or key ≠ customer_id")
+        if not work:
+            continue
+        ledger = outbox.get(posting_ledger_table, customer_id, CustomerLedger, work[0][1])
+        lane = Lane(customer_id, ledger or CustomerLedger(customer_id=customer_id), link, outbox, work)
+        lane.uncertain = {k for k, e in lane.ledger.entries.items() if e.state in UNCONFIRMED}
+        lanes.append(lane)
+    if link.create_only and lanes:
+        for lane in lanes:
+            lane.mark_in_flight(now)
+        await app.producer.flush()  # the in-flight marks reach the changelog before any call
+    results = await asyncio.gather(*(lane.run(now) for lane in lanes), return_exceptions=True)
+    for lane, result in zip(lanes, results, strict=True):
+        if isinstance(result, BaseException):
+            # A bug must not stop the partition: the customer's commands go to the DLQ.
+            log.error("sink lane failed", exc_info=result, extra={"customer_id": lane.customer_id})
+            for _, event in lane.work:
+                await send_to_dlq(outbox, event, f"internal_error: {type(result).__name__}")
+    return outbox
+
+
+@app.agent(erp_commands_topic)
+async def deliver_erp_commands(stream: StreamT[Any]) -> None:
+    """`erp.commands` → the ERP → `erp.results` (and exceptions for what it cannot take)."""
+    link = erp_link(settings)
+    try:
+        async for events in batches(stream):
+            outbox = await deliver_batch(link, events, datetime.now(UTC))
+            await outbox.commit()
+    finally:
+        await link.client.aclose()
+
+
+@app.timer(interval=settings.erp_park_retry_s)
+async def retry_parked_lanes() -> None:
+    """Each parked customer's blocked command goes round again (its retries start afresh)."""
+    for _key, raw in list(posting_ledger_table.items()):
+        ledger = codec.loads(CustomerLedger, raw)
+        command = ledger.blocked_on
+        if command is not None:
+            await erp_commands_topic.send(
+                key=ledger.customer_id,
+                value=command,
+                headers=h.outgoing(command.correlation_id, f"retry:{command.idempotency_key}"),
+            )

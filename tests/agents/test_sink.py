@@ -1,0 +1,172 @@
+"""The sink's lanes against a scripted ERP: order, retries, parking, queueing, the ledger.
+(The real HTTP path is tested against the sandbox in tests/integration/test_erp_delivery.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from agents.outbox import Outbox
+from agents.sink import ErpLink, Lane
+from canonical import BusinessException, ErpCommand, ExceptionReason, PostingResult
+from connectors.erp import (
+    CircuitBreaker,
+    ErpPermanentError,
+    ErpReceipt,
+    ErpTransientError,
+    ErpUncertainError,
+    RecordType,
+    RetryPolicy,
+)
+from tables.ledger import CustomerLedger, DeliveryState
+from tests.agents.test_customers import CID, account_change
+from tests.factories import T0
+
+
+@dataclass
+class ScriptedErp:
+    """Answers each command with the next scripted outcome for its key (default: success)."""
+
+    script: dict[str, list[Exception]] = field(default_factory=dict)
+    calls: list[tuple[str, bool]] = field(default_factory=list)
+
+    async def deliver(self, command: ErpCommand, uncertain: bool = False) -> ErpReceipt:
+        key = command.idempotency_key
+        self.calls.append((key, uncertain))
+        planned = self.script.get(key)
+        if planned:
+            raise planned.pop(0)
+        return ErpReceipt(
+            record_type=RecordType.CUSTOMER,
+            external_id=key,
+            erp_internal_id=f"id-{len(self.calls)}",
+            document_number=f"DOC-{len(self.calls)}",
+            created=True,
+        )
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    async def list(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return []
+
+    async def aclose(self) -> None:
+        pass
+
+
+def commands(n: int) -> list[ErpCommand]:
+    """n distinct UpsertCustomer commands of one customer (their order is what is checked)."""
+    from agents.customers import decide_customer
+    from streams.mappings import load_mappings
+
+    out = []
+    for i in range(n):
+        decision = decide_customer(
+            None, account_change(name=f"Acme {i}", event_id=f"sf-{i}"), load_mappings(None), T0
+        )
+        assert decision.upsert is not None
+        out.append(decision.upsert)
+    return out
+
+
+@pytest.fixture
+def sent() -> Iterator[list[Any]]:
+    """Everything the lanes send (results and exceptions), instead of a broker."""
+    out: list[Any] = []
+
+    async def record(self: Outbox, topic: Any, key: Any, value: Any, headers: Any) -> None:
+        out.append(value)
+
+    with mock.patch.object(Outbox, "send", record):
+        yield out
+
+
+def lane(
+    erp: ScriptedErp, work: list[ErpCommand], ledger: CustomerLedger | None = None, **policy: Any
+) -> Lane:
+    link = ErpLink(
+        client=erp,
+        policy=RetryPolicy(max_attempts=3, base_delay_s=0.0, max_delay_s=0.0),
+        breaker=CircuitBreaker(100, 1.0),
+        calls=asyncio.Semaphore(1),
+        create_only=False,
+    )
+    event = mock.Mock(message=mock.Mock(topic="erp.commands", partition=0, offset=1), key=CID)
+    return Lane(CID, ledger or CustomerLedger(customer_id=CID), link, Outbox(), [(c, event) for c in work])
+
+
+def results(sent: list[Any]) -> list[tuple[str, str]]:
+    return [(r.idempotency_key, r.outcome.value) for r in sent if isinstance(r, PostingResult)]
+
+
+async def test_commands_go_in_order_and_transient_failures_are_retried(sent: list[Any]) -> None:
+    work = commands(3)
+    erp = ScriptedErp({work[1].idempotency_key: [ErpTransientError("HTTP_503", "down", retry_after=None)]})
+    run = lane(erp, work)
+    await run.run(T0)
+    keys = [c.idempotency_key for c in work]
+    assert [k for k, _ in erp.calls] == [keys[0], keys[1], keys[1], keys[2]]
+    assert results(sent) == [(k, "posted") for k in keys]
+    assert all(run.ledger.entries[k].state is DeliveryState.POSTED for k in keys)
+    assert run.ledger.entries[keys[1]].attempts == 2
+
+
+async def test_a_confirmed_command_is_never_sent_again_only_its_result(sent: list[Any]) -> None:
+    [cmd] = commands(1)
+    erp = ScriptedErp()
+    first = lane(erp, [cmd])
+    await first.run(T0)
+    again = lane(erp, [cmd], first.ledger)
+    await again.run(T0)
+    assert len(erp.calls) == 1
+    assert results(sent) == [(cmd.idempotency_key, "posted")] * 2
+
+
+async def test_a_refusal_is_an_exception_with_the_erps_message_and_the_lane_goes_on(sent: list[Any]) -> None:
+    work = commands(2)
+    refusal = ErpPermanentError("INVALID_KEY_OR_REF", "Invalid customer reference key cust-x.", 400)
+    erp = ScriptedErp({work[0].idempotency_key: [refusal]})
+    run = lane(erp, work)
+    await run.run(T0)
+    assert results(sent) == [(work[0].idempotency_key, "failed"), (work[1].idempotency_key, "posted")]
+    [exc] = [e for e in sent if isinstance(e, BusinessException)]
+    assert exc.reason is ExceptionReason.ERP_REJECTED and "Invalid customer reference" in exc.message
+    assert run.ledger.entries[work[0].idempotency_key].state is DeliveryState.REJECTED
+    assert run.ledger.blocked_on is None
+
+
+async def test_exhausted_retries_park_the_lane_and_later_commands_queue_in_order(sent: list[Any]) -> None:
+    work = commands(3)
+    down = [ErpTransientError("HTTP_503", "maintenance", retry_after=None) for _ in range(3)]
+    erp = ScriptedErp({work[0].idempotency_key: down})
+    parked = lane(erp, work)
+    await parked.run(T0)
+    assert parked.ledger.blocked_on == work[0]
+    assert [c.idempotency_key for c in parked.ledger.queued] == [c.idempotency_key for c in work[1:]]
+    assert [k for k, _ in erp.calls] == [work[0].idempotency_key] * 3  # nothing overtook it
+    [exc] = [e for e in sent if isinstance(e, BusinessException)]
+    assert exc.reason is ExceptionReason.ERP_UNAVAILABLE
+
+    # The retry timer re-sends the blocked command; now the ERP takes it and the queue drains.
+    erp.calls.clear()
+    retried = lane(erp, [work[0]], parked.ledger)
+    retried.uncertain = {work[0].idempotency_key}
+    await retried.run(T0)
+    assert [k for k, _ in erp.calls] == [c.idempotency_key for c in work]
+    assert erp.calls[0][1] is True  # it may have been written before: look first
+    assert retried.ledger.blocked_on is None and retried.ledger.queued == ()
+    assert all(e.state is DeliveryState.POSTED for e in retried.ledger.entries.values())
+
+
+async def test_an_uncertain_outcome_makes_the_next_attempt_look_first(sent: list[Any]) -> None:
+    [cmd] = commands(1)
+    erp = ScriptedErp(
+        {cmd.idempotency_key: [ErpUncertainError("TIMEOUT", "read timed out", retry_after=None)]}
+    )
+    await lane(erp, [cmd]).run(T0)
+    assert erp.calls == [(cmd.idempotency_key, False), (cmd.idempotency_key, True)]
