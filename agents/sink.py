@@ -36,19 +36,17 @@ from canonical import (
 )
 from connectors.erp import (
     CircuitBreaker,
-    ClientCredentialsToken,
     ErpClient,
     ErpError,
     ErpPermanentError,
     RetriesExhausted,
     RetryPolicy,
-    StaticToken,
-    TokenProvider,
     call_with_retries,
     make_client,
 )
 from streams import headers as h
 from streams.app import app
+from streams.erp import token_provider
 from streams.settings import Settings, settings
 from streams.topics import erp_commands_topic, erp_results_topic
 from tables.ledger import CustomerLedger, DeliveryState, LedgerEntry, posting_ledger_table
@@ -71,13 +69,6 @@ class ErpLink:
     breaker: CircuitBreaker
     calls: asyncio.Semaphore
     create_only: bool
-
-
-def token_provider(s: Settings) -> TokenProvider:
-    if s.erp_token_url:
-        secret = s.erp_client_secret.get_secret_value() if s.erp_client_secret else ""
-        return ClientCredentialsToken(s.erp_token_url, s.erp_client_id or "", secret, timeout=s.erp_timeout_s)
-    return StaticToken(s.erp_token.get_secret_value() if s.erp_token else "")
 
 
 def erp_link(s: Settings) -> ErpLink:
@@ -203,9 +194,15 @@ class Lane:
         uncertain = previous is not None and previous.state in UNCONFIRMED and key in self.uncertain
         kind: str = command.command  # type: ignore[attr-defined]
 
+        tries = 0
+
         async def attempt(unsure: bool) -> Any:
+            # Any retry looks first, not only after a timeout: a create-only delivery is several
+            # calls (create, then post), and a failure of a later one leaves the document created.
+            nonlocal tries
+            tries += 1
             async with self.link.calls:
-                return await self.link.client.deliver(command, uncertain=unsure or uncertain)
+                return await self.link.client.deliver(command, uncertain=unsure or uncertain or tries > 1)
 
         blocked_on: Any
         try:
