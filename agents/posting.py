@@ -24,6 +24,7 @@ from canonical import (
     Contract,
     CreditMemo,
     CreditMemoStatus,
+    CrmWriteback,
     Customer,
     ErpCommand,
     ErpCreditMemo,
@@ -45,13 +46,19 @@ from canonical import (
     VoidInvoice,
     codec,
     to_external_id,
+    writeback_for,
 )
 from streams import headers as h
 from streams.app import app
 from streams.mappings import Mappings, load_mappings
 from streams.schemas import Undecodable
 from streams.settings import settings
-from streams.topics import core_inputs_topic, customer_fingerprints_topic, erp_commands_topic
+from streams.topics import (
+    core_inputs_topic,
+    crm_writeback_topic,
+    customer_fingerprints_topic,
+    erp_commands_topic,
+)
 from tables.contracts import ContractRow, CustomerContracts, contract_table
 from tables.customers import CustomerMaster, customer_table
 from tables.invoices import (
@@ -350,6 +357,7 @@ class CustomerBook:
     mappings: Mappings
     commands: list[tuple[ErpCommand, str]] = field(default_factory=list)
     exceptions: list[tuple[BusinessException, str]] = field(default_factory=list)
+    writebacks: list[tuple[CrmWriteback, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.invoices = dict(self.docs.invoices)
@@ -426,6 +434,11 @@ class CustomerBook:
                     self.invoices[invoice_id] = _confirmed(row, result)
         elif posted and result.erp_internal_id is not None:
             self.confirmed[result.idempotency_key] = result.erp_internal_id
+        # What the ERP confirmed goes back to the CRM account (ERP ids, invoice and payment status).
+        crm_account_id = self.master.record.crm_account_id if self.master is not None else None
+        writeback = writeback_for(result, crm_account_id)
+        if writeback is not None:
+            self.writebacks.append((writeback, result.idempotency_key))
         self._retry_waiting(now)
         return f"result_{result.outcome.value}"
 
@@ -436,7 +449,9 @@ class CustomerBook:
             return Outcome.DUPLICATE
         blocker = self._blocker(change)
         if blocker is not None:
-            self.waiting.append(WaitingChange(change=change, waits_for=blocker, parked_at=now))
+            self.waiting.append(
+                WaitingChange(change=change, waits_for=blocker, parked_at=now, offending=offending)
+            )
             return Outcome.WAITING
         doc = change.payload
         if isinstance(doc, Invoice):
@@ -484,7 +499,7 @@ class CustomerBook:
             for waiting in list(self.waiting):
                 if self._blocker(waiting.change) is None:
                     self.waiting.remove(waiting)
-                    self._document(waiting.change, now, None)
+                    self._document(waiting.change, now, waiting.offending)
                     progress = True
 
 
@@ -587,6 +602,9 @@ async def post_customer_changes(
                 )
     for exc, causation in book.exceptions:
         await send_exception(outbox, exc, causation)
+    for writeback, causation in book.writebacks:
+        headers = h.outgoing(writeback.correlation_id, causation)
+        await outbox.send(crm_writeback_topic, writeback.crm_account_id, writeback, headers)
     state = book.state()
     if state != docs:
         outbox.put(invoice_table, customer_id, state, last)

@@ -50,6 +50,13 @@ from canonical.money import (
     currency_exponent,
     format_minor,
 )
+from canonical.writeback import (
+    CrmAccountFields,
+    CrmWriteback,
+    is_crm_account_id,
+    merge_writebacks,
+    writeback_for,
+)
 
 # Every model whose JSON Schema is published under canonical/schemas/.
 PUBLISHED_MODELS = {
@@ -69,6 +76,7 @@ PUBLISHED_MODELS = {
     "VoidInvoice": VoidInvoice,
     "PostingResult": PostingResult,
     "BusinessException": BusinessException,
+    "CrmWriteback": CrmWriteback,
 }
 
 __all__ = [
@@ -84,6 +92,8 @@ __all__ = [
     "ContractStatus",
     "CreditMemo",
     "CreditMemoStatus",
+    "CrmAccountFields",
+    "CrmWriteback",
     "Currency",
     "Customer",
     "EntityType",
@@ -120,5 +130,8 @@ __all__ = [
     "VoidInvoice",
     "currency_exponent",
     "format_minor",
+    "is_crm_account_id",
+    "merge_writebacks",
     "to_external_id",
+    "writeback_for",
 ]

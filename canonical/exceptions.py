@@ -28,6 +28,7 @@ class ExceptionReason(StrEnum):
     ERP_REJECTED = "erp_rejected"
     ERP_UNAVAILABLE = "erp_unavailable"
     RECONCILIATION_DIFFERENCE = "reconciliation_difference"
+    CRM_WRITEBACK_FAILED = "crm_writeback_failed"
 
 
 class Severity(StrEnum):

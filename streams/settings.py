@@ -94,6 +94,41 @@ class Settings(BaseSettings):
     breaker (the sink then stops calling the ERP and probes it)."""
     erp_breaker_open_s: float = Field(default=5.0, gt=0)
     """LEDGERFLOW_ERP_BREAKER_OPEN_S: how long the breaker stays open before one probe."""
+    reconcile_interval_s: float = 3600.0
+    """LEDGERFLOW_RECONCILE_INTERVAL_S: how often the leader worker reconciles what ledgerflow
+    posted with what the ERP holds (as `ledgerflow reconcile` does) and raises each difference
+    as a `reconciliation_difference` exception; 0 or negative turns the schedule off."""
+
+    crm_base_url: str | None = None
+    """LEDGERFLOW_CRM_BASE_URL: the Salesforce instance (`https://<my-domain>.my.salesforce.com`)
+    that ERP ids and payment status are written back to. Unset disables the write-back: the
+    agent still consumes `crm.writeback` and drops what it reads."""
+    crm_api_version: str = Field(default="v60.0", pattern=r"^v\d+\.\d$")
+    """LEDGERFLOW_CRM_API_VERSION: Salesforce REST API version of the write-back calls."""
+    crm_token: SecretStr | None = None
+    """LEDGERFLOW_CRM_TOKEN: a fixed bearer token for the CRM (when no token URL is set)."""
+    crm_token_url: str | None = None
+    """LEDGERFLOW_CRM_TOKEN_URL: OAuth 2.0 client-credentials endpoint
+    (`https://<my-domain>.my.salesforce.com/services/oauth2/token`); with it the write-back
+    fetches and refreshes its token instead of using LEDGERFLOW_CRM_TOKEN."""
+    crm_client_id: str | None = None
+    """LEDGERFLOW_CRM_CLIENT_ID: the external client app's consumer key (with the token URL)."""
+    crm_client_secret: SecretStr | None = None
+    """LEDGERFLOW_CRM_CLIENT_SECRET: the external client app's consumer secret."""
+    crm_timeout_s: float = Field(default=10.0, gt=0)
+    """LEDGERFLOW_CRM_TIMEOUT_S: one CRM request's timeout."""
+    crm_max_attempts: int = Field(default=6, ge=1)
+    """LEDGERFLOW_CRM_MAX_ATTEMPTS: attempts per account update before it is raised as a
+    `crm_writeback_failed` exception (replayable)."""
+    crm_retry_max_s: float = Field(default=60.0, gt=0)
+    """LEDGERFLOW_CRM_RETRY_MAX_S: longest one account update is retried (backoff with jitter)."""
+    crm_breaker_failures: int = Field(default=5, ge=1)
+    """LEDGERFLOW_CRM_BREAKER_FAILURES: consecutive transient failures that stop CRM calls."""
+    crm_breaker_open_s: float = Field(default=10.0, gt=0)
+    """LEDGERFLOW_CRM_BREAKER_OPEN_S: how long CRM calls stay stopped before one probe."""
+    crm_concurrency: int = Field(default=4, ge=1, le=25)
+    """LEDGERFLOW_CRM_CONCURRENCY: parallel CRM calls (Salesforce counts concurrent requests
+    per org, shared with every other integration)."""
 
     mappings: Path | None = None
     """LEDGERFLOW_MAPPINGS: path of the mappings TOML; unset uses the bundled example."""

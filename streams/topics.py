@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from canonical import AnyErpCommand, BusinessException, ChangeEvent, PostingResult
+from canonical import AnyErpCommand, BusinessException, ChangeEvent, CrmWriteback, PostingResult
 from canonical.fingerprints import CustomerFingerprint
 from streams.app import app
 from streams.schemas import PydanticSchema, RawSchema
@@ -45,7 +45,7 @@ payments_changes_topic = _topic(PAYMENTS_CHANGES, RawSchema())
 canonical_topic = _topic(CANONICAL, PydanticSchema(ChangeEvent))
 erp_commands_topic = _topic(ERP_COMMANDS, PydanticSchema(AnyErpCommand))
 erp_results_topic = _topic(ERP_RESULTS, PydanticSchema(PostingResult))
-crm_writeback_topic = _topic(CRM_WRITEBACK, RawSchema())
+crm_writeback_topic = _topic(CRM_WRITEBACK, PydanticSchema(CrmWriteback))
 exceptions_topic = _topic(EXCEPTIONS, PydanticSchema(BusinessException))
 dlq_topic = _topic(DLQ, RawSchema())
 customer_fingerprints_topic = _topic(CUSTOMER_FINGERPRINTS, PydanticSchema(CustomerFingerprint))

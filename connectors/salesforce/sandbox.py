@@ -1,0 +1,553 @@
+"""A fake Salesforce for the CRM write-back's tests and `ledgerflow dev`: in memory, loopback.
+
+* `PATCH /services/data/{version}/sobjects/Account/{id}` — bearer auth, 204 No Content; the
+  fields are merged into the account and each write is counted. Unknown field names are
+  refused as Salesforce does (`400 [{"message": "No such column …", "errorCode":
+  "INVALID_FIELD"}]`), and so are ids that are not Salesforce ids and deleted accounts.
+* `GET` of the same (`?fields=A,B` to select), as Salesforce answers it (`attributes`, `Id`).
+* `POST /services/oauth2/token` — the client-credentials grant (no `expires_in`, like
+  Salesforce's own answer).
+* Every write also records the Change Data Capture event Salesforce would publish for it, with
+  the `changeOrigin` built from the call's `Sforce-Call-Options` (`GET /admin/changes`), so a
+  test can feed our own write's echo back to the CDC adapter.
+* Faults for retry tests (503 `SERVER_UNAVAILABLE`, 403 `REQUEST_LIMIT_EXCEEDED`, 400
+  `UNABLE_TO_LOCK_ROW`), from a rate or a countdown, set in the config or `POST /admin/faults`.
+* `/admin/…` (no auth; a loopback dev tool): accounts with their write counts, seeding and
+  deleting accounts, the CDC events, the request log, faults, reset.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import random
+import secrets
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import unquote
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from canonical import is_crm_account_id
+from connectors.salesforce.writeback import ACCOUNT_WRITEBACK_FIELDS
+from streams.headers import CORRELATION_ID
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOKEN = "sandbox-crm-token"
+API_PREFIX = "/services/data"
+ACCOUNT_ROUTE = API_PREFIX + "/{version}/sobjects/Account/{account_id}"
+STANDARD_ACCOUNT_FIELDS = frozenset(
+    {"Name", "BillingCountryCode", "CurrencyIsoCode", "ParentId", "Phone", "Website", "Tax_Id__c"}
+)
+"""Account fields the fake knows besides ledgerflow's write-back fields."""
+READ_ONLY_FIELDS = frozenset({"Id", "LastModifiedDate", "SystemModstamp", "CreatedDate"})
+
+
+class CrmFaults(BaseModel):
+    """What goes wrong, and how often. `burst_*` count down: the next N API calls fail."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    """Share of API calls answered 503 SERVER_UNAVAILABLE before anything is written."""
+    burst_503: int = Field(default=0, ge=0)
+    burst_request_limit: int = Field(default=0, ge=0)
+    """Calls answered 403 REQUEST_LIMIT_EXCEEDED (the org's API limit)."""
+    burst_row_lock: int = Field(default=0, ge=0)
+    """Calls answered 400 UNABLE_TO_LOCK_ROW (another transaction holds the record)."""
+    retry_after_s: float | None = Field(default=None, ge=0)
+    """`Retry-After` sent with 503 answers (Salesforce sends none; None here too)."""
+
+
+class CrmSandboxConfig(BaseModel):
+    """How the fake starts: which tokens and fields it accepts, and what goes wrong."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tokens: tuple[str, ...] = (DEFAULT_TOKEN,)
+    """Static bearer tokens always accepted (LEDGERFLOW_CRM_TOKEN on the agent's side)."""
+    client_id: str = "ledgerflow"
+    client_secret: SecretStr = SecretStr("sandbox-crm-secret")
+    fields: frozenset[str] = frozenset(ACCOUNT_WRITEBACK_FIELDS.values()) | STANDARD_ACCOUNT_FIELDS
+    """Account fields that exist in this org; a write naming any other is refused."""
+    create_on_patch: bool = True
+    """A PATCH of an unknown (well-formed) id creates the account, so `ledgerflow dev` needs no
+    seeding; False answers 404 NOT_FOUND as Salesforce does."""
+    faults: CrmFaults = CrmFaults()
+    seed: int | None = None
+    """Seed of the fault dice, so a test run is repeatable."""
+    request_log_size: int = Field(default=2000, ge=1)
+
+
+@dataclass
+class StoredAccount:
+    account_id: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    writes: int = 0
+    last_modified: str = ""
+    last_client: str | None = None
+
+    def admin_view(self) -> dict[str, Any]:
+        return {
+            "id": self.account_id,
+            "fields": self.fields,
+            "writes": self.writes,
+            "last_modified": self.last_modified,
+            "last_client": self.last_client,
+        }
+
+
+def _now_iso() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}+0000"
+
+
+def client_of(call_options: str | None) -> str | None:
+    """The `client=` of a `Sforce-Call-Options` header (`client=x, defaultNamespace=y`)."""
+    for part in (call_options or "").split(","):
+        name, sep, value = part.strip().partition("=")
+        if sep and name.strip() == "client" and value.strip():
+            return value.strip()
+    return None
+
+
+class CrmSandbox:
+    """The fake's state behind the routes: accounts, CDC events, faults, tokens, request log."""
+
+    def __init__(self, config: CrmSandboxConfig) -> None:
+        self.config = config
+        self.accounts: dict[str, StoredAccount] = {}
+        self.deleted: set[str] = set()
+        self.changes: list[dict[str, Any]] = []
+        self.faults = config.faults
+        self.rng = random.Random(config.seed)
+        self.requests: deque[dict[str, Any]] = deque(maxlen=config.request_log_size)
+        self._issued: set[str] = set()
+        self._seq = 0
+
+    @property
+    def writes(self) -> int:
+        return sum(a.writes for a in self.accounts.values())
+
+    def authorized(self, request: web.Request) -> bool:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        return any(hmac.compare_digest(token, known) for known in (*self.config.tokens, *self._issued))
+
+    def issue_token(self) -> str:
+        # Salesforce access tokens look like "<org id>!<opaque>".
+        token = f"00DSANDBOX000001!{secrets.token_urlsafe(32)}"
+        self._issued.add(token)
+        return token
+
+    def revoke_tokens(self) -> int:
+        count = len(self._issued)
+        self._issued.clear()
+        return count
+
+    def take_burst(self, name: Literal["burst_503", "burst_request_limit", "burst_row_lock"]) -> bool:
+        remaining = getattr(self.faults, name)
+        if remaining <= 0:
+            return False
+        self.faults = self.faults.model_copy(update={name: remaining - 1})
+        return True
+
+    def write(self, account_id: str, version: str, values: dict[str, Any], call_options: str | None) -> None:
+        """Merge `values` into the account, count the write, and record its CDC event."""
+        account = self.accounts.setdefault(account_id, StoredAccount(account_id))
+        changed = sorted(k for k, v in values.items() if k not in account.fields or account.fields[k] != v)
+        account.fields.update(values)
+        account.writes += 1
+        account.last_modified = _now_iso()
+        account.last_client = client_of(call_options)
+        self.changes.append(self._change_event(account, version, values, changed))
+
+    def _change_event(
+        self, account: StoredAccount, version: str, values: dict[str, Any], changed: list[str]
+    ) -> dict[str, Any]:
+        # What the Pub/Sub API would deliver for this update, in CometD's envelope. Salesforce
+        # puts the call's client name into changeOrigin after the API that was called.
+        origin = f"com/salesforce/api/rest/{version.removeprefix('v')}"
+        if account.last_client is not None:
+            origin += f";client={account.last_client}"
+        header = {
+            "entityName": "Account",
+            "recordIds": [account.account_id],
+            "changeType": "UPDATE",
+            "changeOrigin": origin,
+            "transactionKey": str(uuid.uuid4()),
+            "sequenceNumber": 1,
+            "commitTimestamp": int(time.time() * 1000),
+            "commitNumber": len(self.changes) + 1,
+            "commitUser": "005SANDBOX0000001",
+            "changedFields": [*changed, "LastModifiedDate"],
+            "nulledFields": sorted(k for k, v in values.items() if v is None),
+            "diffFields": [],
+        }
+        payload = {
+            "ChangeEventHeader": header,
+            **{k: values[k] for k in changed},
+            "LastModifiedDate": account.last_modified,
+        }
+        return {
+            "data": {"schema": "sandbox", "payload": payload, "event": {"replayId": len(self.changes) + 1}},
+            "channel": "/data/AccountChangeEvent",
+        }
+
+    def log_request(self, request: web.Request) -> dict[str, Any]:
+        self._seq += 1
+        entry: dict[str, Any] = {
+            "seq": self._seq,
+            "method": request.method,
+            "path": request.path,
+            "call_options": request.headers.get("Sforce-Call-Options"),
+            "correlation_id": request.headers.get(CORRELATION_ID),
+            "status": None,
+            "fault": None,
+        }
+        self.requests.append(entry)
+        return entry
+
+    def reset(self) -> None:
+        self.accounts.clear()
+        self.deleted.clear()
+        self.changes.clear()
+        self.requests.clear()
+        self.faults = self.config.faults
+        self.rng = random.Random(self.config.seed)
+
+
+SANDBOX = web.AppKey("crm_sandbox", CrmSandbox)
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(payload, status=status, headers=headers, dumps=_dumps)
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """Salesforce's REST error body: a list of errors, each with `message` and `errorCode`."""
+    return _json_response([{"message": message, "errorCode": code}], status, headers)
+
+
+def _no_such_column(name: str) -> web.Response:
+    return _error(400, "INVALID_FIELD", f"No such column '{name}' on sobject of type Account")
+
+
+# -- middleware: log, auth, faults -----------------------------------------------------------
+
+
+@web.middleware
+async def _api_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    sandbox = request.app[SANDBOX]
+    if request.path.startswith("/admin"):
+        return await handler(request)
+    entry = sandbox.log_request(request)
+    if request.path.startswith("/services/oauth2/"):
+        response = await handler(request)
+    else:
+        response = await _guarded(sandbox, request, handler, entry)
+    entry["status"] = response.status
+    log.debug(
+        "crm sandbox request",
+        extra={
+            "correlation_id": entry["correlation_id"],
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "fault": entry["fault"],
+        },
+    )
+    return response
+
+
+async def _guarded(
+    sandbox: CrmSandbox,
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    entry: dict[str, Any],
+) -> web.StreamResponse:
+    if not sandbox.authorized(request):
+        return _error(401, "INVALID_SESSION_ID", "Session expired or invalid")
+    faults = sandbox.faults
+    draw = sandbox.rng.random()  # one draw per call whatever the settings: one seed, one run
+    if sandbox.take_burst("burst_503") or draw < faults.error_rate:
+        entry["fault"] = "unavailable"
+        headers = {"Retry-After": f"{faults.retry_after_s:g}"} if faults.retry_after_s is not None else None
+        return _error(503, "SERVER_UNAVAILABLE", "Server temporarily unavailable", headers)
+    if sandbox.take_burst("burst_request_limit"):
+        entry["fault"] = "request_limit"
+        return _error(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+    if sandbox.take_burst("burst_row_lock"):
+        entry["fault"] = "row_lock"
+        return _error(
+            400, "UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access to this record or 1 records"
+        )
+    return await handler(request)
+
+
+# -- the REST API ----------------------------------------------------------------------------
+
+
+def _account_target(request: web.Request) -> tuple[str, str] | web.Response:
+    version = request.match_info["version"]
+    account_id = request.match_info["account_id"]
+    if not (version.startswith("v") and version[1:].replace(".", "", 1).isdigit()):
+        return _error(404, "NOT_FOUND", "The requested resource does not exist")
+    if not is_crm_account_id(account_id):
+        return _error(
+            404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: {account_id}"
+        )
+    if account_id in request.app[SANDBOX].deleted:
+        return _error(404, "ENTITY_IS_DELETED", "entity is deleted")
+    return version, account_id
+
+
+async def _patch_account(request: web.Request) -> web.StreamResponse:
+    sandbox = request.app[SANDBOX]
+    target = _account_target(request)
+    if isinstance(target, web.Response):
+        return target
+    version, account_id = target
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return _error(400, "JSON_PARSER_ERROR", "Unexpected character in the request body")
+    if not isinstance(body, dict):
+        return _error(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of Account from a non-object")
+    for name, value in body.items():
+        if name in READ_ONLY_FIELDS:
+            return _error(400, "INVALID_FIELD_FOR_INSERT_UPDATE", f"Unable to create/update fields: {name}.")
+        if name not in sandbox.config.fields:
+            return _no_such_column(name)
+        if isinstance(value, dict | list):
+            kind = type(value).__name__
+            return _error(400, "JSON_PARSER_ERROR", f"Cannot deserialize a JSON {kind} into {name}")
+    if account_id not in sandbox.accounts and not sandbox.config.create_on_patch:
+        return _error(404, "NOT_FOUND", "The requested resource does not exist")
+    sandbox.write(account_id, version, body, request.headers.get("Sforce-Call-Options"))
+    return web.Response(status=204)
+
+
+async def _get_account(request: web.Request) -> web.StreamResponse:
+    sandbox = request.app[SANDBOX]
+    target = _account_target(request)
+    if isinstance(target, web.Response):
+        return target
+    version, account_id = target
+    account = sandbox.accounts.get(account_id)
+    if account is None:
+        return _error(404, "NOT_FOUND", "The requested resource does not exist")
+    selected = [f.strip() for f in request.query.get("fields", "").split(",") if f.strip()]
+    for name in selected:
+        if name not in sandbox.config.fields and name not in READ_ONLY_FIELDS:
+            return _no_such_column(name)
+    fields = {name: account.fields.get(name) for name in selected} if selected else dict(account.fields)
+    return _json_response(
+        {
+            "attributes": {"type": "Account", "url": f"{API_PREFIX}/{version}/sobjects/Account/{account_id}"},
+            "Id": account_id,
+            **fields,
+            "LastModifiedDate": account.last_modified,
+        }
+    )
+
+
+def _client_credentials(request: web.Request, form: dict[str, str]) -> tuple[str, str] | None:
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        client_id, sep, secret = decoded.partition(":")
+        return (unquote(client_id.replace("+", " ")), unquote(secret.replace("+", " "))) if sep else None
+    if "client_id" in form and "client_secret" in form:
+        return form["client_id"], form["client_secret"]
+    return None
+
+
+async def _oauth_token(request: web.Request) -> web.StreamResponse:
+    sandbox = request.app[SANDBOX]
+    form = {k: str(v) for k, v in (await request.post()).items()}
+    if form.get("grant_type") != "client_credentials":
+        return _json_response(
+            {"error": "unsupported_grant_type", "error_description": "grant type not supported"}, 400
+        )
+    credentials = _client_credentials(request, form)
+    expected = (sandbox.config.client_id, sandbox.config.client_secret.get_secret_value())
+    if credentials is None or not (
+        hmac.compare_digest(credentials[0], expected[0]) and hmac.compare_digest(credentials[1], expected[1])
+    ):
+        refusal = {"error": "invalid_client", "error_description": "invalid client credentials"}
+        return _json_response(refusal, 400)
+    origin = f"{request.scheme}://{request.host}"
+    return _json_response(
+        {
+            "access_token": sandbox.issue_token(),
+            "instance_url": origin,
+            "id": f"{origin}/id/00DSANDBOX000001/005SANDBOX0000001",
+            "token_type": "Bearer",
+            "issued_at": str(int(time.time() * 1000)),
+            "signature": base64.b64encode(secrets.token_bytes(32)).decode(),
+        },
+        200,
+        {"Cache-Control": "no-store"},
+    )
+
+
+# -- admin -----------------------------------------------------------------------------------
+
+
+async def _admin_accounts(request: web.Request) -> web.StreamResponse:
+    sandbox = request.app[SANDBOX]
+    return _json_response(
+        {
+            "accounts": {k: a.admin_view() for k, a in sorted(sandbox.accounts.items())},
+            "deleted": sorted(sandbox.deleted),
+            "writes": sandbox.writes,
+        }
+    )
+
+
+async def _admin_put_account(request: web.Request) -> web.StreamResponse:
+    """Create an account (or replace its fields) as a CRM user would: not counted as a write."""
+    sandbox = request.app[SANDBOX]
+    account_id = request.match_info["account_id"]
+    if not is_crm_account_id(account_id):
+        return _json_response({"error": "not a Salesforce id"}, 400)
+    try:
+        body = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError:
+        return _json_response({"error": "body is not JSON"}, 400)
+    if not isinstance(body, dict):
+        return _json_response({"error": "body must be a JSON object"}, 400)
+    sandbox.deleted.discard(account_id)
+    sandbox.accounts[account_id] = StoredAccount(account_id, dict(body), 0, _now_iso())
+    return _json_response(sandbox.accounts[account_id].admin_view())
+
+
+async def _admin_delete_account(request: web.Request) -> web.StreamResponse:
+    """Delete an account: later calls for it answer 404 ENTITY_IS_DELETED."""
+    sandbox = request.app[SANDBOX]
+    account_id = request.match_info["account_id"]
+    existed = sandbox.accounts.pop(account_id, None) is not None
+    sandbox.deleted.add(account_id)
+    return _json_response({"deleted": existed})
+
+
+async def _admin_changes(request: web.Request) -> web.StreamResponse:
+    return _json_response({"changes": request.app[SANDBOX].changes})
+
+
+async def _admin_requests(request: web.Request) -> web.StreamResponse:
+    return _json_response({"requests": list(request.app[SANDBOX].requests)})
+
+
+async def _admin_get_faults(request: web.Request) -> web.StreamResponse:
+    return _json_response(request.app[SANDBOX].faults.model_dump())
+
+
+async def _admin_set_faults(request: web.Request) -> web.StreamResponse:
+    """Merge the given settings into the current ones; `seed` re-seeds the dice."""
+    sandbox = request.app[SANDBOX]
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return _json_response({"error": "body is not JSON"}, 400)
+    if not isinstance(body, dict):
+        return _json_response({"error": "body must be a JSON object"}, 400)
+    seed = body.pop("seed", None)
+    try:
+        sandbox.faults = CrmFaults.model_validate({**sandbox.faults.model_dump(), **body})
+    except ValidationError as exc:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors(include_url=False)]
+        return _json_response({"error": errors}, 400)
+    if seed is not None:
+        sandbox.rng = random.Random(seed)
+    return _json_response(sandbox.faults.model_dump())
+
+
+async def _admin_reset(request: web.Request) -> web.StreamResponse:
+    request.app[SANDBOX].reset()
+    return _json_response({"reset": True})
+
+
+async def _admin_revoke_tokens(request: web.Request) -> web.StreamResponse:
+    """Forget every token issued by /services/oauth2/token, as if the sessions had expired."""
+    return _json_response({"revoked": request.app[SANDBOX].revoke_tokens()})
+
+
+def build_app(config: CrmSandboxConfig | None = None) -> web.Application:
+    """The fake Salesforce as an aiohttp application."""
+    app = web.Application(middlewares=[_api_middleware])
+    app[SANDBOX] = CrmSandbox(config or CrmSandboxConfig())
+    app.router.add_patch(ACCOUNT_ROUTE, _patch_account)
+    app.router.add_get(ACCOUNT_ROUTE, _get_account)
+    app.router.add_post("/services/oauth2/token", _oauth_token)
+    app.router.add_get("/admin/accounts", _admin_accounts)
+    app.router.add_put("/admin/accounts/{account_id}", _admin_put_account)
+    app.router.add_delete("/admin/accounts/{account_id}", _admin_delete_account)
+    app.router.add_get("/admin/changes", _admin_changes)
+    app.router.add_get("/admin/requests", _admin_requests)
+    app.router.add_get("/admin/faults", _admin_get_faults)
+    app.router.add_post("/admin/faults", _admin_set_faults)
+    app.router.add_post("/admin/reset", _admin_reset)
+    app.router.add_post("/admin/tokens/revoke", _admin_revoke_tokens)
+    return app
+
+
+class SandboxServer:
+    """A running fake Salesforce on `host:port` (port 0 picks a free one); `url` once started."""
+
+    def __init__(
+        self,
+        config: CrmSandboxConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        shutdown_timeout: float = 2.0,
+    ) -> None:
+        self.config = config or CrmSandboxConfig()
+        self.host = host
+        self.port = port
+        self.url = ""
+        self.app = build_app(self.config)
+        self._runner = web.AppRunner(self.app, shutdown_timeout=shutdown_timeout, access_log=None)
+
+    @property
+    def sandbox(self) -> CrmSandbox:
+        return self.app[SANDBOX]
+
+    async def start(self) -> str:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        self.url = f"http://{self.host}:{self.port}"
+        log.info("crm sandbox listening", extra={"url": self.url})
+        return self.url
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    async def __aenter__(self) -> SandboxServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
