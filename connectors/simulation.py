@@ -425,11 +425,17 @@ class _Customer:
 
 
 def generate(
-    customers: int, months: int = 12, seed: int = 7, duplicate_rate: float = 0.0, reorder_rate: float = 0.0
+    customers: int,
+    months: int = 12,
+    seed: int = 7,
+    duplicate_rate: float = 0.0,
+    reorder_rate: float = 0.0,
+    first_customer: int = 0,
 ) -> Scenario:
     """The history of `customers` over `months`, then Stripe's delivery faults on top: some
     events delivered twice, some swapped with the next one of the same customer. CRM and CLM
-    streams keep their order (both promise it)."""
+    streams keep their order (both promise it). Customers are numbered from `first_customer`,
+    so several scenarios can share one deployment without sharing ids."""
     rng = random.Random(seed)
     sc = Scenario(
         truth={
@@ -443,7 +449,7 @@ def generate(
             "refunds": [],
         }
     )
-    for n in range(customers):
+    for n in range(first_customer, first_customer + customers):
         _Customer(n, rng, sc, months).live()
     sc.messages.sort(key=lambda m: (m.at, m.seq))
 

@@ -12,6 +12,7 @@ from faust.cli.faust import cli
 
 from connectors.erp.sandbox import erp_sandbox_command
 from streams.local_kafka import LocalKafka, LocalKafkaError, cache_root
+from streams.reconcile import reconcile_command
 from streams.replay import replay_command
 
 
@@ -108,6 +109,13 @@ def dev_command(events: int, keep_running: bool) -> None:
     help="Where to write the ground truth (what the ERP should end up holding).",
 )
 @click.option(
+    "--first-customer",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Number the customers from here (several scenarios into one deployment, no shared ids).",
+)
+@click.option(
     "--via-webhooks",
     metavar="URL",
     default=None,
@@ -120,13 +128,24 @@ def simulate_command(
     duplicate_rate: float,
     reorder_rate: float,
     truth_path: Path,
+    first_customer: int,
     via_webhooks: str | None,
 ) -> None:
     """Produce a realistic quote-to-cash history (CRM, CLM, Stripe) and write its ground truth."""
     from streams.settings import settings
     from streams.simulate import run_simulation
 
-    run_simulation(settings, customers, months, seed, duplicate_rate, reorder_rate, truth_path, via_webhooks)
+    run_simulation(
+        settings,
+        customers,
+        months,
+        seed,
+        duplicate_rate,
+        reorder_rate,
+        truth_path,
+        via_webhooks,
+        first_customer,
+    )
 
 
 for command in (
@@ -135,6 +154,7 @@ for command in (
     dev_command,
     simulate_command,
     replay_command,
+    reconcile_command,
     erp_sandbox_command,
 ):
     cli.add_command(command)
@@ -147,6 +167,7 @@ Start here:
   ledgerflow worker    a Faust worker (the stream agents and the web server)
   ledgerflow simulate  a quote-to-cash history into the source topics, with its ground truth
   ledgerflow replay    re-drive DLQ entries or open exceptions after a fix (--dry-run first)
+  ledgerflow reconcile compare what was posted with the ERP (exit 1 on differences)
   ledgerflow erp-sandbox  a sandbox ERP (NetSuite REST and create-only shapes, fault injection)
   ledgerflow kafka     a local Apache Kafka (KRaft) in the foreground
   ledgerflow schemas   the JSON Schemas of the canonical model

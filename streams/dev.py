@@ -12,7 +12,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import orjson
 
 from connectors.stripe.samples import MARKETS, customer_object, event_envelope, invoice_object
@@ -23,6 +25,7 @@ from streams.settings import settings
 
 DEV_ROOT = Path(".ledgerflow-dev")
 OUTPUT_TOPICS = ["erp.commands", "ledgerflow.exceptions", "ledgerflow.dlq"]
+DEV_ERP_TOKEN = "sandbox-token"
 
 
 @dataclass
@@ -113,6 +116,34 @@ def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def _start_erp(port: int, log: Path) -> subprocess.Popen[bytes]:
+    """The sandbox ERP, with a few faults so the demo shows retries doing their job."""
+    args = ["--port", str(port), "--db", str((DEV_ROOT / "erp.sqlite3").resolve()), "--token", DEV_ERP_TOKEN]
+    args += ["--latency-ms", "20", "--error-rate", "0.05", "--timeout-rate", "0.02", "--hang-s", "3"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams", "erp-sandbox", *args],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _erp_view(erp_url: str) -> dict[str, Any]:
+    view: dict[str, Any] = httpx.get(f"{erp_url}/admin/documents", timeout=30).json()
+    return view
+
+
+def _erp_summary(view: dict[str, Any]) -> list[str]:
+    docs = Counter(d["record_type"] for d in view["documents"])
+    writes = sum(d["writes"] for d in view["documents"])
+    lines = ["", "Documents in the ERP (sandbox):"]
+    lines += [f"  {rt:<20} {n}" for rt, n in sorted(docs.items())] or ["  none"]
+    lines.append(
+        f"  ({writes} writes for {sum(docs.values())} documents; {len(view['duplicates'])} duplicates)"
+    )
+    return lines
+
+
 def _summary(found: dict[str, list[Record]]) -> list[str]:
     parsed = [orjson.loads(v or b"{}") for _, v, _ in found["erp.commands"]]
     commands = Counter(c.get("command", "?") for c in parsed)
@@ -140,6 +171,7 @@ def run_dev(events: int, keep_running: bool) -> None:
     DEV_ROOT.mkdir(parents=True)
     broker: LocalKafka | None = None
     worker: subprocess.Popen[bytes] | None = None
+    erp: subprocess.Popen[bytes] | None = None
     try:
         if settings.kafka_bootstrap:
             bootstrap = settings.kafka_bootstrap
@@ -149,9 +181,18 @@ def run_dev(events: int, keep_running: bool) -> None:
             broker = LocalKafka(data_dir=(DEV_ROOT / "kafka").resolve()).start()
             bootstrap = broker.bootstrap
             print(f"Started Apache Kafka {broker.version} on {bootstrap} in {time.monotonic() - t:.1f}s")
+        erp_port = free_port()
+        erp_url = f"http://127.0.0.1:{erp_port}"
+        erp_log = (DEV_ROOT / "erp-sandbox.log").resolve()
+        erp = _start_erp(erp_port, erp_log)
+        wait_for_log(erp_log, "ERP sandbox on", erp, timeout=30)
+        print(f"Sandbox ERP on {erp_url} (documents: {erp_url}/admin/documents)")
         web_port = settings.web_port if _port_free(settings.web_port) else free_port()
         env = {
             **os.environ,
+            "LEDGERFLOW_ERP_BASE_URL": erp_url,
+            "LEDGERFLOW_ERP_TOKEN": DEV_ERP_TOKEN,
+            "LEDGERFLOW_ERP_TIMEOUT_S": "2",
             "LEDGERFLOW_KAFKA_BOOTSTRAP": bootstrap,
             "LEDGERFLOW_DATA_DIR": str((DEV_ROOT / "worker").resolve()),
             "LEDGERFLOW_WEB_PORT": str(web_port),
@@ -178,10 +219,15 @@ def run_dev(events: int, keep_running: bool) -> None:
             )
 
         found = asyncio.run(read_topics(bootstrap, topics, done, timeout=120))
+        deadline = time.monotonic() + 120
+        while (view := _erp_view(erp_url)) and time.monotonic() < deadline:
+            if sum(d["record_type"] == "invoice" for d in view["documents"]) >= scenario.expected_commands:
+                break
+            time.sleep(0.5)
         elapsed = time.monotonic() - t
         by_name = {name: found[prefix + name] for name in OUTPUT_TOPICS}
         print(f"Everything the scenario implies arrived within {elapsed:.1f}s")
-        print("\n".join(_summary(by_name)))
+        print("\n".join(_summary(by_name) + _erp_summary(view)))
         print(
             f"\nExpected: {scenario.expected_commands} invoice postings (after their customers), "
             f"{scenario.expected_exceptions} exceptions, {scenario.expected_dlq} dead letter(s), "
@@ -189,7 +235,8 @@ def run_dev(events: int, keep_running: bool) -> None:
             "(raised as unknown_customer after LEDGERFLOW_PARK_TIMEOUT_S)."
         )
         print(f"Look at: the worker log {log}; topics on {bootstrap}; state in {DEV_ROOT}/worker.")
-        if not done({prefix + k: v for k, v in by_name.items()}):
+        posted = sum(d["record_type"] == "invoice" for d in view["documents"])
+        if not done({prefix + k: v for k, v in by_name.items()}) or posted < scenario.expected_commands:
             raise SystemExit(
                 "the pipeline did not produce everything the scenario implies; see the worker log"
             )
@@ -203,6 +250,7 @@ def run_dev(events: int, keep_running: bool) -> None:
         raise SystemExit(f"the worker did not start: {exc}") from None
     finally:
         terminate(worker)
+        terminate(erp)
         if broker is not None:
             broker.stop()
 

@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from canonical.money import Currency
 
+EXAMPLE_MAPPINGS = Path(__file__).with_name("mappings.example.toml")
+"""The bundled example, used when LEDGERFLOW_MAPPINGS is unset."""
+
 
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -109,6 +112,6 @@ class Mappings(_Config):
 
 def load_mappings(path: Path | None) -> Mappings:
     """Read and validate a mappings TOML; `None` loads the bundled example."""
-    path = Path(path) if path is not None else Path(__file__).with_name("mappings.example.toml")
+    path = Path(path) if path is not None else EXAMPLE_MAPPINGS
     text = path.read_text("utf-8")
     return Mappings.model_validate(tomllib.loads(text))

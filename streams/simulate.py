@@ -95,9 +95,10 @@ def run_simulation(
     reorder_rate: float,
     truth_path: Path,
     via_webhooks: str | None,
+    first_customer: int = 0,
 ) -> Scenario:
     started = time.monotonic()
-    scenario = generate(customers, months, seed, duplicate_rate, reorder_rate)
+    scenario = generate(customers, months, seed, duplicate_rate, reorder_rate, first_customer)
     generated = time.monotonic() - started
     truth_path.parent.mkdir(parents=True, exist_ok=True)
     truth_path.write_bytes(orjson.dumps(scenario.truth, option=orjson.OPT_INDENT_2))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,14 +35,13 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         broker.stop()
 
 
-@pytest.fixture(scope="module")
-def stack(
-    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+@contextlib.contextmanager
+def _isolated_stack(
+    kafka_bootstrap: str, root: Path, request: pytest.FixtureRequest, **options: Any
 ) -> Iterator[Stack]:
-    """An isolated ledgerflow deployment (own topics, group and data) on the shared broker,
-    one per test module. Its workers' logs are kept under test-artifacts/ if a test failed."""
-    root = tmp_path_factory.mktemp("stack")
-    s = Stack(bootstrap=kafka_bootstrap, root=root)
+    """A ledgerflow deployment of its own (topics, group, data, sandbox ERP) on the shared
+    broker; its logs are kept under test-artifacts/ if a test failed meanwhile."""
+    s = Stack(bootstrap=kafka_bootstrap, root=root, **options)
     failed_before = request.session.testsfailed
     try:
         yield s
@@ -51,6 +52,31 @@ def stack(
             target.mkdir(parents=True, exist_ok=True)
             for log in root.glob("*.log"):
                 (target / log.name).write_bytes(log.read_bytes())
+            for db in root.glob("*.sqlite3"):
+                (target / db.name).write_bytes(db.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def stack(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
+    """One isolated deployment per test module."""
+    with _isolated_stack(kafka_bootstrap, tmp_path_factory.mktemp("stack"), request) as s:
+        yield s
+
+
+@pytest.fixture
+def new_stack(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Stack]]:
+    """Build isolated deployments inside one test (Stack options: extra_env, erp_args …)."""
+    with contextlib.ExitStack() as stacks:
+
+        def make(**options: Any) -> Stack:
+            root = tmp_path_factory.mktemp("stack")
+            return stacks.enter_context(_isolated_stack(kafka_bootstrap, root, request, **options))
+
+        yield make
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

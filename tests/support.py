@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -227,12 +228,17 @@ class ErpSandbox:
         proc, self.proc = self.proc, None
         terminate(proc)
 
-    def documents(self) -> list[dict[str, Any]]:
-        """Every document the sandbox holds, with its write counts (GET /admin/documents)."""
+    def wait_for(self, expected: dict[tuple[str, str], int], timeout: float = 300.0) -> dict[str, Any]:
+        """Poll until every expected (record type, external id) is in the ERP; the admin view."""
         import httpx
 
-        body = httpx.get(f"{self.url}/admin/documents", timeout=30).json()
-        return list(body["documents"] if isinstance(body, dict) else body)
+        deadline = time.monotonic() + timeout
+        while True:
+            view = httpx.get(f"{self.url}/admin/documents", timeout=30).json()
+            have = {(d["record_type"], d["external_id"]) for d in view["documents"]}
+            if set(expected) <= have or time.monotonic() > deadline:
+                return dict(view)
+            time.sleep(1.0)
 
     def admin(self, method: str, path: str, **json_body: Any) -> Any:
         import httpx
@@ -240,6 +246,45 @@ class ErpSandbox:
         response = httpx.request(method, f"{self.url}/admin/{path}", json=json_body or None, timeout=30)
         response.raise_for_status()
         return response.json() if response.content else None
+
+
+def start_simulation(stack: Stack, truth_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`ledgerflow simulate` into the stack's topics (args: --customers, --seed …), in the
+    background; its ground truth goes to `truth_path`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams", "simulate", "--truth", str(truth_path), *args],
+        cwd=REPO,
+        env={**stack.env(0), "LEDGERFLOW_DATA_DIR": str(stack.root / "simulate")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def finish_simulation(simulate: subprocess.Popen[bytes], truth_path: Path) -> dict[str, Any]:
+    """Wait for the simulator and return its ground truth."""
+    stderr = simulate.communicate(timeout=300)[1]
+    assert simulate.returncode == 0, stderr.decode(errors="replace")
+    truth: dict[str, Any] = orjson.loads(truth_path.read_bytes())
+    return truth
+
+
+def assert_erp_holds_exactly(view: dict[str, Any], expected: dict[tuple[str, str], int]) -> None:
+    """Every expected document once (whatever the retries), with the truth's amount; none extra."""
+    docs = [d for d in view["documents"] if d["record_type"] in {rt for rt, _ in expected}]
+    counts = Counter((d["record_type"], d["external_id"]) for d in docs)
+    assert view["duplicates"] == [] and set(counts.values()) == {1}, view["duplicates"]
+    amounts = {
+        (d["record_type"], d["external_id"]): d["body"].get("total", d["body"].get("amount")) for d in docs
+    }
+    assert amounts == expected
+
+
+def erp_documents_of(truth: dict[str, Any]) -> dict[tuple[str, str], int]:
+    """(ERP record type, external id) → amount in minor units: every posting the truth implies."""
+    docs = {("invoice", i["external_id"]): i["total"] for i in truth["invoices"]}
+    docs.update({("customerPayment", f"stripe-{p['payment_id']}"): p["amount"] for p in truth["payments"]})
+    docs.update({("creditMemo", f"stripe-{m['credit_memo_id']}"): m["total"] for m in truth["credit_memos"]})
+    return docs
 
 
 async def consume_until(

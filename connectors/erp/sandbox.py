@@ -109,6 +109,9 @@ class FaultSettings(BaseModel):
     burst_timeout: int = Field(default=0, ge=0)
     maintenance: bool = False
     """Every API call answers 503 with `Retry-After` until turned off."""
+    scope: str | None = None
+    """A regex: faults hit only API calls whose path or body matches it (one customer's
+    external id, say, to show that one failing customer does not hold the others back)."""
 
 
 class SandboxConfig(BaseModel):
@@ -620,6 +623,12 @@ async def _faulty(
     faults = sandbox.faults
     # Every call draws the same four numbers whatever the settings, so one seed replays one run.
     rate_limit_draw, error_draw, timeout_draw, latency_draw = (sandbox.rng.random() for _ in range(4))
+    in_scope = faults.scope is None or (
+        re.search(faults.scope, request.path + (await request.text() if request.can_read_body else ""))
+        is not None
+    )
+    if not in_scope:
+        faults = FaultSettings()  # this call is outside the faults' scope: no dice count
     retry_after = {"Retry-After": f"{faults.retry_after_s:g}"}
     if faults.maintenance:
         entry["fault"] = "maintenance"
@@ -634,7 +643,7 @@ async def _faulty(
             "Invalid login attempt. For more details, see the Login Audit Trail in the NetSuite UI.",
             {"WWW-Authenticate": 'Bearer realm="erp-sandbox"'},
         )
-    if sandbox.take_burst("burst_429") or rate_limit_draw < faults.rate_limit_rate:
+    if (in_scope and sandbox.take_burst("burst_429")) or rate_limit_draw < faults.rate_limit_rate:
         entry["fault"] = "rate_limit"
         return _refuse(
             request,
@@ -646,7 +655,7 @@ async def _faulty(
     latency_ms = faults.latency_ms + (latency_draw * 2 - 1) * faults.latency_jitter_ms
     if latency_ms > 0:
         await sandbox.sleep(latency_ms / 1000)
-    if sandbox.take_burst("burst_500") or error_draw < faults.error_rate:
+    if (in_scope and sandbox.take_burst("burst_500")) or error_draw < faults.error_rate:
         entry["fault"] = "error"
         return _refuse(
             request,
@@ -655,7 +664,7 @@ async def _faulty(
             f"An unexpected error occurred. Error ID: {sandbox.rng.getrandbits(48):012x}",
         )
     response = await handler(request)
-    if sandbox.take_burst("burst_timeout") or timeout_draw < faults.timeout_rate:
+    if (in_scope and sandbox.take_burst("burst_timeout")) or timeout_draw < faults.timeout_rate:
         # The effect is committed; only the answer is lost, as when a gateway times out.
         entry["status"] = response.status
         if faults.timeout_mode == "drop":

@@ -110,7 +110,7 @@ async def test_commands_go_in_order_and_transient_failures_are_retried(sent: lis
     run = lane(erp, work)
     await run.run(T0)
     keys = [c.idempotency_key for c in work]
-    assert [k for k, _ in erp.calls] == [keys[0], keys[1], keys[1], keys[2]]
+    assert erp.calls == [(keys[0], False), (keys[1], False), (keys[1], True), (keys[2], False)]
     assert results(sent) == [(k, "posted") for k in keys]
     assert all(run.ledger.entries[k].state is DeliveryState.POSTED for k in keys)
     assert run.ledger.entries[keys[1]].attempts == 2

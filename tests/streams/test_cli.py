@@ -29,7 +29,7 @@ def _run(
 def test_help_lists_ledgerflow_commands() -> None:
     out = _run("--help")
     assert out.returncode == 0, out.stderr
-    for command in ("worker", "dev", "kafka", "schemas"):
+    for command in ("worker", "dev", "kafka", "schemas", "simulate", "replay", "erp-sandbox"):
         assert f"  {command} " in out.stdout
 
 
@@ -75,3 +75,4 @@ def test_dev_runs_the_demo_scenario_end_to_end(kafka_bootstrap: str, tmp_path: P
     assert "upsert_customer" in out.stdout
     assert "arithmetic_mismatch  1" in out.stdout and "unmapped_subsidiary  1" in out.stdout
     assert "not_json             1" in out.stdout
+    assert "invoice              40" in out.stdout and "0 duplicates" in out.stdout  # in the sandbox ERP

@@ -9,7 +9,14 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from connectors.erp import ClientCredentialsToken, ErpAuthError, NetSuiteClient, RecordType, StaticToken
+from connectors.erp import (
+    ClientCredentialsToken,
+    ErpAuthError,
+    ErpTransientError,
+    NetSuiteClient,
+    RecordType,
+    StaticToken,
+)
 from connectors.erp.sandbox import DEFAULT_TOKEN, SandboxServer, erp_sandbox_command
 from tests.connectors.erp.builders import post_invoice, upsert_customer
 from tests.connectors.erp.support import CLIENT_TIMEOUT_S, documents, requests_log, sandbox_config, set_faults
@@ -213,3 +220,13 @@ async def test_clients_close_their_own_http_client(sandbox: SandboxServer) -> No
     async with httpx.AsyncClient() as shared:
         await NetSuiteClient(sandbox.url, StaticToken(DEFAULT_TOKEN), http=shared).aclose()
         assert not shared.is_closed  # a shared client belongs to whoever made it
+
+
+async def test_scoped_faults_hit_only_the_matching_customer(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient
+) -> None:
+    await set_faults(admin, error_rate=1.0, scope="cust-sick")
+    await netsuite.deliver(upsert_customer(customer_id="cust-well"))  # outside the scope: no fault
+    with pytest.raises(ErpTransientError):
+        await netsuite.deliver(upsert_customer(customer_id="cust-sick"))
+    assert [d["external_id"] for d in (await documents(admin))["documents"]] == ["cust-well"]
