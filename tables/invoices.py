@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from canonical import ChangeEvent, InvoiceStatus, LedgerModel, UtcDatetime
+from canonical import ChangeEvent, InvoiceStatus, LedgerModel, MessageRef, UtcDatetime
 from canonical.base import NonEmptyStr
 from canonical.money import Currency, MinorUnits
 from streams.app import app
@@ -49,6 +49,7 @@ class WaitingChange(LedgerModel):
     change: ChangeEvent
     waits_for: NonEmptyStr
     parked_at: UtcDatetime
+    offending: MessageRef | None = None  # where it came from, for the exception that may follow
 
 
 class CustomerInvoices(LedgerModel):
