@@ -17,6 +17,8 @@ from streams.headers import stable_id
 from streams.topics import customer_fingerprints_topic
 from tables.fingerprints import FingerprintRow, fingerprint_table
 
+STAGE = "core"  # `ledgerflow worker --stages …` runs this module's agents and timers or not
+
 if TYPE_CHECKING:
     from faust.types import StreamT
 

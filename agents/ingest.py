@@ -26,6 +26,8 @@ from streams.topics import (
 )
 from tables.identity import BillingIdentity, ParkedChanges, billing_identity_table, parked_billing_table
 
+STAGE = "ingest"  # `ledgerflow worker --stages …` runs this module's agents and timers or not
+
 if TYPE_CHECKING:
     from faust.types import EventT, StreamT
 

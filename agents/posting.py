@@ -70,6 +70,8 @@ from tables.invoices import (
     invoice_table,
 )
 
+STAGE = "core"  # `ledgerflow worker --stages …` runs this module's agents and timers or not
+
 if TYPE_CHECKING:
     from faust.types import EventT, StreamT
 

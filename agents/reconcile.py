@@ -9,6 +9,8 @@ from streams.app import app
 from streams.reconcile import ReconcileReport, reconcile
 from streams.settings import settings
 
+STAGE = "sink"  # `ledgerflow worker --stages …` runs this module's agents and timers or not
+
 log = logging.getLogger(__name__)
 
 

@@ -51,6 +51,8 @@ from streams.settings import Settings, settings
 from streams.topics import erp_commands_topic, erp_results_topic
 from tables.ledger import CustomerLedger, DeliveryState, LedgerEntry, posting_ledger_table
 
+STAGE = "sink"  # `ledgerflow worker --stages …` runs this module's agents and timers or not
+
 if TYPE_CHECKING:
     from faust.types import EventT, StreamT
 

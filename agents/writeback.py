@@ -53,6 +53,8 @@ from streams.schemas import Undecodable
 from streams.settings import Settings, settings
 from streams.topics import crm_writeback_topic
 
+STAGE = "sink"  # `ledgerflow worker --stages …` runs this module's agents and timers or not
+
 if TYPE_CHECKING:
     from faust.types import EventT, StreamT
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import ssl
+import sys
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -76,6 +77,14 @@ class LedgerflowApp(faust.App):
         super().__init__(*args, **kwargs)
         self.declared_topics: list[TopicT] = []
 
+    def discover(self, *extra_modules: str, **kwargs: Any) -> None:
+        super().discover(*extra_modules, **kwargs)
+        # Read now, not at import: `ledgerflow worker --stages` sets the variable in main().
+        stages = set(Settings().stages.split(","))
+        dropped = keep_stages(self, stages)
+        if dropped:
+            logging.getLogger(__name__).info("stages %s: not running %s", sorted(stages), ", ".join(dropped))
+
     async def on_start(self) -> None:
         await super().on_start()
         # `kill -USR1 <pid>` logs every asyncio task's stack: a stalled worker is otherwise
@@ -97,6 +106,23 @@ class LedgerflowApp(faust.App):
                     deleting=channel.deleting,
                     retention=channel.retention,
                 )
+
+
+def keep_stages(app: faust.App, stages: set[str]) -> list[str]:
+    """Drop the agents and timers of modules whose `STAGE` is not in `stages` (modules without
+    one, like the web ingress, always run); returns what was dropped."""
+
+    def stage_of(fun: Any) -> str | None:
+        return getattr(sys.modules.get(getattr(fun, "__module__", ""), None), "STAGE", None)
+
+    dropped = [name for name, agent in app.agents.items() if stage_of(agent.fun) not in (None, *stages)]
+    for name in dropped:
+        del app.agents[name]
+    tasks = app._app_tasks
+    kept = [task for task in tasks if stage_of(task) in (None, *stages)]
+    dropped += [getattr(task, "__qualname__", repr(task)) for task in tasks if task not in kept]
+    tasks[:] = kept
+    return dropped
 
 
 def create_app(s: Settings) -> LedgerflowApp:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -164,7 +166,8 @@ cli.help = """ledgerflow keeps CRM, contract, billing and payment platforms in s
 \b
 Start here:
   ledgerflow dev       the whole stack on this machine (Kafka, a worker, a scenario)
-  ledgerflow worker    a Faust worker (the stream agents and the web server)
+  ledgerflow worker    a Faust worker (the stream agents and the web server);
+                       --stages ingest,core,sink runs only those stages
   ledgerflow simulate  a quote-to-cash history into the source topics, with its ground truth
   ledgerflow replay    re-drive DLQ entries or open exceptions after a fix (--dry-run first)
   ledgerflow reconcile compare what was posted with the ERP (exit 1 on differences)
@@ -177,6 +180,12 @@ Settings are LEDGERFLOW_* environment variables (see README, "Configuration").
 
 
 def main() -> NoReturn:
+    # `worker --stages ingest,core` is ours, not Faust's: hand it over as LEDGERFLOW_STAGES.
+    args = sys.argv
+    if "--stages" in args[:-1]:
+        at = args.index("--stages")
+        os.environ["LEDGERFLOW_STAGES"] = args[at + 1]
+        del args[at : at + 2]
     from streams.app import app
 
     app.main()

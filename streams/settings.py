@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     crm_account_metadata_key: str = "crm_account_id"
     """LEDGERFLOW_CRM_ACCOUNT_METADATA_KEY: Stripe customer metadata key naming the CRM account."""
 
+    stages: str = Field(default="ingest,core,sink", pattern=r"^(ingest|core|sink)(,(ingest|core|sink))*$")
+    """LEDGERFLOW_STAGES: which stages this worker runs (`ledgerflow worker --stages ingest,core`
+    sets it): to scale or isolate the sink, say. Every worker serves the web routes."""
     session_timeout_s: float = Field(default=10.0, gt=0)
     """LEDGERFLOW_SESSION_TIMEOUT_S: how long the group waits for a silent worker before its
     partitions move (Faust's default is 60 s; a crashed pod's partitions stall that long)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -76,3 +77,20 @@ def test_dev_runs_the_demo_scenario_end_to_end(kafka_bootstrap: str, tmp_path: P
     assert "arithmetic_mismatch  1" in out.stdout and "unmapped_subsidiary  1" in out.stdout
     assert "not_json             1" in out.stdout
     assert "invoice              40" in out.stdout and "0 duplicates" in out.stdout  # in the sandbox ERP
+
+
+def test_a_worker_runs_only_the_stages_it_is_given() -> None:
+    def agents_with(stages: str) -> subprocess.CompletedProcess[str]:
+        code = "from streams.app import app; app.discover(); print(sorted(app.agents))"
+        env = {**os.environ, "LEDGERFLOW_STAGES": stages}
+        return subprocess.run(
+            [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=False
+        )
+
+    sink = agents_with("sink")
+    assert ast.literal_eval(sink.stdout.strip().splitlines()[-1]) == [
+        "agents.sink.deliver_erp_commands",
+        "agents.writeback.write_back_to_crm",
+    ]
+    bad = agents_with("ingest,bogus")
+    assert bad.returncode != 0 and "stages" in bad.stderr
