@@ -1,0 +1,119 @@
+"""The agents' loops with Faust's `test_context()` (no broker, tables as dicts): stage 1 parks a
+billing event until its customer arrives and releases it in order; stage 2 resequences an early
+amendment, drops a redelivery and ignores a stale invoice snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import orjson
+import pytest
+
+from agents.outbox import Outbox
+from canonical import InvoiceStatus, PostInvoice, UpsertCustomer, codec
+from connectors.stripe.samples import customer_object, event_envelope, invoice_object
+from tables.contracts import CustomerContracts
+from tables.identity import ParkedChanges
+from tables.invoices import CustomerInvoices
+from tests.agents.test_contracts import S, contract_event
+from tests.agents.test_customers import CID, account_change
+from tests.factories import invoice, invoice_event, posted
+
+T = 1_767_225_600
+
+
+@pytest.fixture
+def sent() -> Iterator[list[tuple[str, Any, Any]]]:
+    """(topic name, key, value) of everything the agents send, instead of a broker."""
+    out: list[tuple[str, Any, Any]] = []
+
+    async def record(self: Outbox, topic: Any, key: Any, value: Any, headers: Any) -> None:
+        out.append((topic.get_topic_name(), key, value))
+
+    with mock.patch.object(Outbox, "send", record):
+        yield out
+
+
+async def until(condition: Any, tries: int = 300) -> None:
+    for _ in range(tries):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_stage_1_parks_an_invoice_until_its_customer_then_releases_it_in_order(
+    sent: list[tuple[str, Any, Any]],
+) -> None:
+    from agents import ingest
+
+    identity: dict[bytes, bytes] = {}
+    parked: dict[bytes, bytes] = {}
+    inv = invoice_object("in_ctx1", "cus_ctx", "GB", [("prod_platform", 1)], status="open", created=T)
+    cus = customer_object("cus_ctx", "GB", "Ctx Ltd", "ap@ctx.example", "001CTX000000001", T)
+    with (
+        mock.patch.object(ingest, "billing_identity_table", identity),
+        mock.patch.object(ingest, "parked_billing_table", parked),
+    ):
+        async with ingest.ingest_stripe_changes.test_context() as agent:
+            event = event_envelope("evt_inv_ctx", "invoice.finalized", inv, T + 60)
+            await agent.put(orjson.dumps(event), key="cus_ctx", wait=False)
+            await until(lambda: bool(parked))
+            assert sent == []  # nothing goes on before the customer is known
+            assert len(codec.loads(ParkedChanges, parked[b"cus_ctx"]).changes) == 1
+            await agent.put(
+                orjson.dumps(event_envelope("evt_cus_ctx", "customer.created", cus, T)),
+                key="cus_ctx",
+                wait=False,
+            )
+            await until(lambda: len(sent) == 2)
+    canonical = [value for topic, _, value in sent if topic.endswith("ledgerflow.canonical")]
+    assert [c.entity_type.value for c in canonical] == ["customer", "invoice"]  # the customer first
+    assert {c.customer_id for c in canonical} == {"cust-crm-001CTX000000001"}
+    assert b"cus_ctx" in identity and b"cus_ctx" not in parked  # linked, and nothing left parked
+
+
+async def test_stage_2_resequences_amendments_and_drops_duplicates_and_stale_snapshots(
+    sent: list[tuple[str, Any, Any]],
+) -> None:
+    from agents import posting
+
+    contracts: dict[bytes, bytes] = {}
+    invoices: dict[bytes, bytes] = {}
+    cid = CID
+    with (
+        mock.patch.object(posting, "contract_table", contracts),
+        mock.patch.object(posting, "invoice_table", invoices),
+        mock.patch.object(posting, "customer_table", {}),
+    ):
+        async with posting.build_posting_commands.test_context() as agent:
+            for change in [
+                contract_event(S.SIGNED, 1),
+                contract_event(S.AMENDED, 3, 2),  # amendment 2 before amendment 1
+                contract_event(S.AMENDED, 3, 2),  # … delivered twice
+                contract_event(S.AMENDED, 2, 1),
+                account_change(),
+            ]:
+                await agent.put(change, key=cid, wait=False)
+            await until(lambda: any(isinstance(v, UpsertCustomer) for _, _, v in sent))
+            [upsert] = [v for _, _, v in sent if isinstance(v, UpsertCustomer)]
+            await agent.put(posted(upsert), key=cid, wait=False)  # the ERP confirmed the customer
+            paid = invoice_event(invoice(status=InvoiceStatus.PAID), "evt_paid", entity_version=(3,))
+            stale = invoice_event(invoice(status=InvoiceStatus.OPEN), "evt_open", entity_version=(1,))
+            for change in (paid, stale, paid):
+                await agent.put(change.model_copy(update={"customer_id": cid}), key=cid, wait=False)
+
+            def decided() -> bool:
+                raw = invoices.get(cid.encode())
+                row = codec.loads(CustomerInvoices, raw).invoices.get("in_100") if raw else None
+                return row is not None and "evt_open" in row.seen_event_ids
+
+            await until(decided)
+    row = codec.loads(CustomerContracts, contracts[cid.encode()]).contracts["K-1"]
+    assert (row.version, row.amendment_number, row.waiting) == ((3,), 2, ())
+    invoice_row = codec.loads(CustomerInvoices, invoices[cid.encode()]).invoices["in_100"]
+    assert invoice_row.status is InvoiceStatus.PAID  # the stale open snapshot changed nothing
+    commands = [v.idempotency_key for _, _, v in sent if isinstance(v, PostInvoice)]
+    assert commands == ["post_invoice-stripe-in_100"]  # once, despite the redelivery
