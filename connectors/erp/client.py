@@ -7,21 +7,27 @@ ledger keeps idempotency; the client adds only `deliver_once`, which looks befor
 when told the previous attempt's outcome is unknown.
 
 Both send `Authorization: Bearer …` (from a `TokenProvider`, refreshed once on a 401) and the
-command's correlation id as `x-correlation-id`, and raise only `connectors.erp.errors` types.
+command's correlation id as `x-correlation-id` (`connectors.http`), and raise only
+`connectors.erp.errors` types.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any, Literal, Protocol, Self, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
 import orjson
 
 from canonical.commands import ErpCommand
 from connectors.erp.auth import TokenProvider
-from connectors.erp.errors import ErpPermanentError, ErpTransientError, classify, from_transport_error
+from connectors.erp.errors import (
+    ErpError,
+    ErpPermanentError,
+    ErpTransientError,
+    classify,
+    from_transport_error,
+)
 from connectors.erp.mapping import to_record
 from connectors.erp.schemas import (
     DRAFT,
@@ -33,7 +39,7 @@ from connectors.erp.schemas import (
     RecordType,
     document_from,
 )
-from streams.headers import CORRELATION_ID
+from connectors.http import BearerJsonClient
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +70,10 @@ class ErpClient(Protocol):
     async def aclose(self) -> None: ...
 
 
-class _HttpErpClient:
-    """Transport shared by both shapes: auth, correlation header, error typing, logging."""
+class _HttpErpClient(BearerJsonClient):
+    """What both shapes share: the base URL, the page size, and the ERP's error dialects."""
+
+    service = "erp"
 
     def __init__(
         self,
@@ -76,92 +84,15 @@ class _HttpErpClient:
         *,
         page_size: int = 100,
     ) -> None:
+        super().__init__(token_provider, timeout, http)
         self.base_url = base_url.rstrip("/")
-        self._tokens = token_provider
-        self._timeout = timeout
-        self._owns_http = http is None
-        self._http = http or httpx.AsyncClient(timeout=timeout)
         self.page_size = page_size
-        self.requests = 0
-        """HTTP requests sent, 401 retries included (observable for tests and metrics)."""
 
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
+    def _classify(self, response: httpx.Response) -> ErpError | None:
+        return classify(response)
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def _call(
-        self,
-        method: str,
-        url: str,
-        correlation_id: str | None,
-        *,
-        body: dict[str, Any] | None = None,
-        params: dict[str, str | int] | None = None,
-        none_if_404: bool = False,
-    ) -> httpx.Response | None:
-        headers = {"accept": "application/json"}
-        if correlation_id:
-            headers[CORRELATION_ID] = correlation_id
-        content = orjson.dumps(body) if body is not None else None
-        if content is not None:
-            headers["content-type"] = "application/json"
-        log_extra: dict[str, Any] = {"correlation_id": correlation_id, "method": method, "url": url}
-        for attempt in (1, 2):
-            token = await self._tokens.token()
-            started = time.perf_counter()
-            self.requests += 1
-            try:
-                response = await self._http.request(
-                    method,
-                    url,
-                    content=content,
-                    params=params,
-                    headers={**headers, "authorization": f"Bearer {token}"},
-                    timeout=self._timeout,
-                )
-            except httpx.TransportError as exc:
-                lost = from_transport_error(exc, request_sent=method != "GET")
-                log.warning("erp call got no answer", extra={**log_extra, "code": lost.code})
-                raise lost from exc
-            elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
-            log.debug(
-                "erp call", extra={**log_extra, "status": response.status_code, "elapsed_ms": elapsed_ms}
-            )
-            if response.status_code == 401 and attempt == 1:
-                # The token expired or was revoked before we knew: fetch a new one, try once more.
-                log.info("erp refused the token; refreshing it", extra=log_extra)
-                self._tokens.invalidate()
-                continue
-            if none_if_404 and response.status_code == 404:
-                return None
-            error = classify(response)
-            if error is not None:
-                log.warning(
-                    "erp call failed",
-                    extra={**log_extra, "status": response.status_code, "code": error.code},
-                )
-                raise error
-            return response
-        raise AssertionError("unreachable: the second attempt always returns or raises")
-
-    async def _require(
-        self,
-        method: str,
-        url: str,
-        correlation_id: str | None,
-        *,
-        body: dict[str, Any] | None = None,
-        params: dict[str, str | int] | None = None,
-    ) -> httpx.Response:
-        response = await self._call(method, url, correlation_id, body=body, params=params)
-        assert response is not None  # only none_if_404 calls answer None
-        return response
+    def _no_answer(self, exc: httpx.TransportError, request_sent: bool) -> ErpError:
+        return from_transport_error(exc, request_sent)
 
 
 def _json(response: httpx.Response) -> Any:
@@ -199,7 +130,7 @@ class NetSuiteClient(_HttpErpClient):
         record = to_record(command)
         url = self._url(record.record_type, f"eid:{record.external_id}")
         method = "PATCH" if record.action == "void" else "PUT"
-        response = await self._require(method, url, command.correlation_id, body=record.body)
+        response = await self._call(method, url, command.correlation_id, body=record.body)
         document = await self.get(record.record_type, record.external_id, command.correlation_id)
         if document is None:
             # Written (2xx) but not readable: retrying the upsert is safe and will read again.
@@ -221,19 +152,19 @@ class NetSuiteClient(_HttpErpClient):
         self, record_type: RecordType | str, external_id: str, correlation_id: str | None = None
     ) -> ErpDocument | None:
         """The record with this external id, or None (404)."""
-        response = await self._call(
-            "GET", self._url(record_type, f"eid:{external_id}"), correlation_id, none_if_404=True
-        )
-        return document_from(record_type, _json(response)) if response is not None else None
+        return await self._read(record_type, f"eid:{external_id}", correlation_id)
 
     async def get_by_id(
         self, record_type: RecordType | str, internal_id: str, correlation_id: str | None = None
     ) -> ErpDocument | None:
         """The record with this internal id, or None (404)."""
-        response = await self._call(
-            "GET", self._url(record_type, internal_id), correlation_id, none_if_404=True
-        )
-        return document_from(record_type, _json(response)) if response is not None else None
+        return await self._read(record_type, internal_id, correlation_id)
+
+    async def _read(
+        self, record_type: RecordType | str, key: str, correlation_id: str | None
+    ) -> ErpDocument | None:
+        response = await self._call("GET", self._url(record_type, key), correlation_id, allow_404=True)
+        return None if response.status_code == 404 else document_from(record_type, _json(response))
 
     async def list(self, record_type: RecordType | str, correlation_id: str | None = None) -> Documents:
         """Every record of a type, paging `?limit=&offset=` until `hasMore` is false.
@@ -243,7 +174,7 @@ class NetSuiteClient(_HttpErpClient):
         documents: Documents = []
         offset = 0
         while True:
-            response = await self._require(
+            response = await self._call(
                 "GET",
                 self._url(record_type),
                 correlation_id,
@@ -346,7 +277,7 @@ class CreateOnlyClient(_HttpErpClient):
             )
         live = [d for d in documents if d.status != VOIDED]
         for document in live:
-            await self._require(
+            await self._call(
                 "POST",
                 f"{self._entity_url(record_type, document.erp_internal_id)}/Microsoft.NAV.cancel",
                 correlation_id,
@@ -364,7 +295,7 @@ class CreateOnlyClient(_HttpErpClient):
         url: str | None = self._set_url(record_type)
         query: dict[str, str | int] | None = {**params, "$top": self.page_size}
         while url is not None:
-            page = _json(await self._require("GET", url, correlation_id, params=query))
+            page = _json(await self._call("GET", url, correlation_id, params=query))
             documents.extend(document_from(record_type, item) for item in page.get("value") or [])
             # The next link carries the whole query already.
             url, query = page.get("@odata.nextLink"), None
@@ -373,7 +304,7 @@ class CreateOnlyClient(_HttpErpClient):
     async def _create(self, record: ErpRecord, correlation_id: str) -> ErpReceipt:
         body = {k: v for k, v in record.body.items() if k != "externalId"}
         body["externalReference"] = record.external_id
-        response = await self._require("POST", self._set_url(record.record_type), correlation_id, body=body)
+        response = await self._call("POST", self._set_url(record.record_type), correlation_id, body=body)
         document = document_from(record.record_type, _json(response))
         if record.record_type in DRAFT_RECORD_TYPES:
             document = await self._post(document, correlation_id)
@@ -382,11 +313,11 @@ class CreateOnlyClient(_HttpErpClient):
     async def _post(self, draft: ErpDocument, correlation_id: str) -> ErpDocument:
         """Book a draft: the ERP assigns its document number."""
         url = self._entity_url(draft.record_type, draft.erp_internal_id)
-        response = await self._require("POST", f"{url}/Microsoft.NAV.post", correlation_id)
+        response = await self._call("POST", f"{url}/Microsoft.NAV.post", correlation_id)
         if response.status_code != 204 and response.content:
             return document_from(draft.record_type, _json(response))
         # Business Central answers a bound action with 204: read the posted document.
-        return document_from(draft.record_type, _json(await self._require("GET", url, correlation_id)))
+        return document_from(draft.record_type, _json(await self._call("GET", url, correlation_id)))
 
     async def _settle(self, record: ErpRecord, existing: Documents, correlation_id: str) -> ErpReceipt:
         if len(existing) > 1:
@@ -414,7 +345,7 @@ class CreateOnlyClient(_HttpErpClient):
             return await self._create(record, correlation_id)
         body = {k: v for k, v in record.body.items() if k != "externalId"}
         url = self._entity_url(record.record_type, existing[0].erp_internal_id)
-        response = await self._require("PATCH", url, correlation_id, body=body)
+        response = await self._call("PATCH", url, correlation_id, body=body)
         return _receipt(document_from(record.record_type, _json(response)), record.external_id, created=False)
 
 

@@ -1,12 +1,14 @@
 """The ERP's failures as types the sink can act on: retry, retry carefully, or give up.
 
 `classify` reads an HTTP answer (NetSuite's REST error body, or the OData `{"error": …}` body
-of a create-only API) and `from_transport_error` an httpx failure; the sink then only asks
+of a create-only API; `classify_answer` any platform's, given how to read its error body) and
+`from_transport_error` an httpx failure; the sink then only asks
 "transient, uncertain, permanent or auth?" and never parses bodies itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -112,6 +114,18 @@ def _str_or_none(value: Any) -> str | None:
 
 def classify(response: httpx.Response, now: datetime | None = None) -> ErpError | None:
     """The typed error an ERP answer stands for, or None when it is a success (1xx-3xx)."""
+    return classify_answer(response, error_details, TRANSIENT_CODES, now)
+
+
+def classify_answer(
+    response: httpx.Response,
+    details: Callable[[Any], tuple[str | None, str | None]],
+    transient_codes: frozenset[str],
+    now: datetime | None = None,
+) -> ErpError | None:
+    """The typed error an HTTP answer stands for, or None for a success (1xx-3xx), whichever
+    platform gave it: `details` reads (code, message) from its error body, and its
+    `transient_codes` mean "not now" whatever the status they arrive with."""
     status = response.status_code
     if status < 400:
         return None
@@ -119,13 +133,13 @@ def classify(response: httpx.Response, now: datetime | None = None) -> ErpError 
         body = orjson.loads(response.content) if response.content else None
     except orjson.JSONDecodeError:
         body = None
-    code, message = error_details(body)
+    code, message = details(body)
     if message is None:
         message = response.text.strip()[:MAX_MESSAGE_CHARS] or response.reason_phrase or f"HTTP {status}"
     code = code or f"HTTP_{status}"
     message = message[:MAX_MESSAGE_CHARS]
-    retry_after = parse_retry_after(response.headers.get("retry-after"), now)
-    if status == 429 or code in TRANSIENT_CODES or status in (408, 425) or status >= 500:
+    if status == 429 or code in transient_codes or status in (408, 425) or status >= 500:
+        retry_after = parse_retry_after(response.headers.get("retry-after"), now)
         return ErpTransientError(code, message, retry_after=retry_after, status=status)
     if status in (401, 403):
         return ErpAuthError(code, message, status=status)

@@ -18,6 +18,9 @@ from typing import Any
 from canonical.commands import (
     ApplyPayment,
     ErpCommand,
+    ErpCreditMemo,
+    ErpInvoice,
+    ErpPayment,
     PostCreditMemo,
     PostInvoice,
     UpsertContract,
@@ -63,6 +66,17 @@ def to_minor_units(value: Decimal | str | int, currency: str) -> int:
 
 def _ref(value: str | None, key: str = "id") -> dict[str, str] | None:
     return {key: value} if value is not None else None
+
+
+def _transaction(doc: ErpInvoice | ErpPayment | ErpCreditMemo) -> dict[str, Any]:
+    """The fields every transaction record starts with: its key, customer, subsidiary, currency, date."""
+    return {
+        "externalId": doc.external_id,
+        "customer": _ref(doc.customer_external_id, "externalId"),
+        "subsidiary": _ref(doc.subsidiary),
+        "currency": doc.currency,
+        "tranDate": doc.tran_date.isoformat(),
+    }
 
 
 def _customer(command: UpsertCustomer) -> ErpRecord:
@@ -117,11 +131,7 @@ def _sales_order(command: UpsertContract) -> ErpRecord:
 def _invoice(command: PostInvoice) -> ErpRecord:
     doc = command.document
     body: dict[str, Any] = {
-        "externalId": doc.external_id,
-        "customer": _ref(doc.customer_external_id, "externalId"),
-        "subsidiary": _ref(doc.subsidiary),
-        "currency": doc.currency,
-        "tranDate": doc.tran_date.isoformat(),
+        **_transaction(doc),
         "dueDate": doc.due_date.isoformat() if doc.due_date else None,
         "memo": doc.memo,
         "lines": [
@@ -149,11 +159,7 @@ def _invoice(command: PostInvoice) -> ErpRecord:
 def _payment(command: ApplyPayment) -> ErpRecord:
     doc = command.document
     body: dict[str, Any] = {
-        "externalId": doc.external_id,
-        "customer": _ref(doc.customer_external_id, "externalId"),
-        "subsidiary": _ref(doc.subsidiary),
-        "currency": doc.currency,
-        "tranDate": doc.tran_date.isoformat(),
+        **_transaction(doc),
         "invoice": _ref(doc.invoice_external_id, "externalId"),
         "amount": doc.amount,
         "paymentMethod": doc.source.method,
@@ -165,11 +171,7 @@ def _payment(command: ApplyPayment) -> ErpRecord:
 def _credit_memo(command: PostCreditMemo) -> ErpRecord:
     doc = command.document
     body: dict[str, Any] = {
-        "externalId": doc.external_id,
-        "customer": _ref(doc.customer_external_id, "externalId"),
-        "subsidiary": _ref(doc.subsidiary),
-        "currency": doc.currency,
-        "tranDate": doc.tran_date.isoformat(),
+        **_transaction(doc),
         "invoice": _ref(doc.invoice_external_id, "externalId"),
         "subtotal": doc.subtotal,
         "taxTotal": doc.tax_total,

@@ -20,24 +20,17 @@ Amounts are integer minor units throughout (see `connectors.erp.mapping`).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import hmac
-import logging
-import random
 import re
 import secrets
 import signal
 import sqlite3
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote
 
 import click
 import orjson
@@ -53,10 +46,17 @@ from connectors.erp.schemas import (
     netsuite_error_body,
     odata_error_body,
 )
-from streams.headers import CORRELATION_ID
+from connectors.sandbox import (
+    AppServer,
+    Handler,
+    Refused,
+    SandboxState,
+    client_authenticated,
+    invalid,
+    json_response,
+    sandbox_app,
+)
 from streams.mappings import ClosedPeriod, Mappings, load_mappings
-
-log = logging.getLogger(__name__)
 
 NETSUITE_PREFIX = "/services/rest/record/v1"
 ODATA_PREFIX = "/api/v1"
@@ -376,8 +376,10 @@ class Refusal:
     message: str
 
 
-class Sandbox:
+class Sandbox(SandboxState[FaultSettings]):
     """The sandbox's state behind the routes: store, mappings, faults, tokens, request log."""
+
+    name = "erp sandbox"
 
     def __init__(
         self,
@@ -385,40 +387,14 @@ class Sandbox:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        super().__init__(config.tokens, config.faults, config.seed, config.request_log_size, clock)
         self.config = config
         self.store = DocumentStore(config.db_path)
         self.mappings: Mappings = load_mappings(config.mappings_path)
-        self.faults = config.faults
-        self.rng = random.Random(config.seed)
-        self._clock = clock
         self._sleep = sleep
-        self._issued: dict[str, float] = {}
-        self.requests: deque[dict[str, Any]] = deque(maxlen=config.request_log_size)
-        self._seq = 0
-
-    # -- auth -----------------------------------------------------------------------------
-
-    def authorized(self, request: web.Request) -> bool:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        if any(hmac.compare_digest(token, known) for known in self.config.tokens):
-            return True
-        expires = self._issued.get(token)
-        return expires is not None and self._clock() < expires
 
     def issue_token(self) -> tuple[str, float]:
-        now = self._clock()
-        # Forget expired tokens so a long-running sandbox does not grow without bound.
-        self._issued = {t: exp for t, exp in self._issued.items() if exp > now}
-        token = secrets.token_urlsafe(32)
-        self._issued[token] = now + self.config.token_ttl_s
-        return token, self.config.token_ttl_s
-
-    def revoke_tokens(self) -> int:
-        count = len(self._issued)
-        self._issued.clear()
-        return count
+        return self._accept(secrets.token_urlsafe(32), self.config.token_ttl_s), self.config.token_ttl_s
 
     # -- validation -----------------------------------------------------------------------
 
@@ -489,36 +465,15 @@ class Sandbox:
 
     # -- faults and the request log -------------------------------------------------------
 
-    def take_burst(self, name: Literal["burst_429", "burst_500", "burst_timeout"]) -> bool:
-        remaining = getattr(self.faults, name)
-        if remaining <= 0:
-            return False
-        self.faults = self.faults.model_copy(update={name: remaining - 1})
-        return True
-
-    def log_request(self, request: web.Request) -> dict[str, Any]:
-        self._seq += 1
-        entry: dict[str, Any] = {
-            "seq": self._seq,
-            "at": datetime.now(UTC).isoformat(timespec="microseconds"),
-            "method": request.method,
-            "path": request.path,
-            "query": request.query_string,
-            "correlation_id": request.headers.get(CORRELATION_ID),
-            "status": None,
-            "fault": None,
-        }
-        self.requests.append(entry)
-        return entry
+    def _request_details(self, request: web.Request) -> dict[str, Any]:
+        return {"at": datetime.now(UTC).isoformat(timespec="microseconds"), "query": request.query_string}
 
     async def sleep(self, seconds: float) -> None:
         await self._sleep(seconds)
 
     def reset(self) -> None:
+        super().reset()
         self.store.reset()
-        self.requests.clear()
-        self.faults = self.config.faults
-        self.rng = random.Random(self.config.seed)
 
 
 SANDBOX = web.AppKey("sandbox", Sandbox)
@@ -545,80 +500,66 @@ def _non_minor_amount(body: dict[str, Any]) -> tuple[str, Any] | None:
     return None
 
 
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(payload, status=status, headers=headers, dumps=_dumps)
-
-
 def _refuse(
     request: web.Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
     # Each API shape answers errors in its own dialect; the client's classify() reads both.
     if request.path.startswith(ODATA_PREFIX):
-        return _json_response(odata_error_body(code, message), status, headers)
-    return _json_response(netsuite_error_body(status, code, message), status, headers)
+        return json_response(odata_error_body(code, message), status, headers)
+    return json_response(netsuite_error_body(status, code, message), status, headers)
 
 
-def _record_type(request: web.Request, name: str) -> RecordType | web.Response:
+def _record_type(request: web.Request, name: str) -> RecordType:
     try:
         return RecordType(name)
     except ValueError:
-        return _refuse(request, 404, "INVALID_RCRD_TYPE", f"Record type {name!r} does not exist.")
+        raise Refused(
+            _refuse(request, 404, "INVALID_RCRD_TYPE", f"Record type {name!r} does not exist.")
+        ) from None
 
 
-async def _json_body(request: web.Request) -> dict[str, Any] | web.Response:
+async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         payload = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
-        return _refuse(request, 400, "INVALID_CONTENT", "The request body is not valid JSON.")
+        raise Refused(
+            _refuse(request, 400, "INVALID_CONTENT", "The request body is not valid JSON.")
+        ) from None
     if not isinstance(payload, dict):
-        return _refuse(request, 400, "INVALID_CONTENT", "The request body must be a JSON object.")
+        raise Refused(_refuse(request, 400, "INVALID_CONTENT", "The request body must be a JSON object."))
     return payload
+
+
+def _check(request: web.Request, sandbox: Sandbox, record_type: RecordType, body: dict[str, Any]) -> None:
+    """Refuse a record the ERP's checks refuse (`Sandbox.validate`)."""
+    refusal = sandbox.validate(record_type, body)
+    if refusal is not None:
+        raise Refused(_refuse(request, refusal.status, refusal.code, refusal.message))
+
+
+def _page(request: web.Request, names: tuple[str, str], default_size: int, code: str) -> tuple[int, int]:
+    """(size, offset) from the query parameters `names` (`limit`/`offset`, `$top`/`$skip`)."""
+    size_name, offset_name = names
+    try:
+        size = int(request.query.get(size_name, str(default_size)))
+        offset = int(request.query.get(offset_name, "0"))
+    except ValueError:
+        message = f"{size_name} and {offset_name} must be integers."
+        raise Refused(_refuse(request, 400, code, message)) from None
+    if not 1 <= size <= 1000 or offset < 0:
+        raise Refused(_refuse(request, 400, code, f"{size_name} must be 1..1000 and {offset_name} >= 0."))
+    return size, offset
 
 
 def _origin(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-# -- middleware: log, maintenance, auth, faults ------------------------------------------------
-
-
-@web.middleware
-async def _api_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    sandbox = request.app[SANDBOX]
-    if request.path.startswith("/admin"):
-        return await handler(request)
-    entry = sandbox.log_request(request)
-    if request.path.startswith("/oauth/"):
-        response = await handler(request)
-        entry["status"] = response.status
-        return response
-    response = await _faulty(sandbox, request, handler, entry)
-    if entry["status"] is None and entry["fault"] != "drop":
-        entry["status"] = response.status
-    log.debug(
-        "erp sandbox request",
-        extra={
-            "correlation_id": entry["correlation_id"],
-            "method": request.method,
-            "path": request.path,
-            "status": entry["status"],
-            "fault": entry["fault"],
-        },
-    )
-    return response
+# -- maintenance, auth, faults ------------------------------------------------------------------
 
 
 async def _faulty(
-    sandbox: Sandbox,
-    request: web.Request,
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-    entry: dict[str, Any],
+    sandbox: Sandbox, request: web.Request, handler: Handler, entry: dict[str, Any]
 ) -> web.StreamResponse:
     faults = sandbox.faults
     # Every call draws the same four numbers whatever the settings, so one seed replays one run.
@@ -695,41 +636,31 @@ def _netsuite_view(request: web.Request, doc: StoredDocument) -> dict[str, Any]:
     }
 
 
-def _netsuite_key(sandbox: Sandbox, record_type: RecordType, key: str) -> StoredDocument | None:
+def _netsuite_record(request: web.Request, sandbox: Sandbox, record_type: RecordType) -> StoredDocument:
+    """The record `{key}` names (`eid:{externalId}` or an internal id), or a 404."""
+    key = request.match_info["key"]
     if key.startswith("eid:"):
         found = sandbox.store.find(record_type, key[4:])
-        return found[0] if found else None
-    return sandbox.store.by_id(record_type, int(key)) if key.isdigit() else None
-
-
-def _not_found(request: web.Request) -> web.Response:
-    return _refuse(
-        request,
-        404,
-        "NONEXISTENT_ID",
-        "The record instance does not exist. Provide a valid record instance ID.",
-    )
+        doc = found[0] if found else None
+    else:
+        doc = sandbox.store.by_id(record_type, int(key)) if key.isdigit() else None
+    if doc is None:
+        message = "The record instance does not exist. Provide a valid record instance ID."
+        raise Refused(_refuse(request, 404, "NONEXISTENT_ID", message))
+    return doc
 
 
 async def _netsuite_collection(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
     record_type = _record_type(request, request.match_info["record_type"])
-    if isinstance(record_type, web.Response):
-        return record_type
-    try:
-        limit = int(request.query.get("limit", "1000"))
-        offset = int(request.query.get("offset", "0"))
-    except ValueError:
-        return _refuse(request, 400, "INVALID_PARAMETER", "limit and offset must be integers.")
-    if not 1 <= limit <= 1000 or offset < 0:
-        return _refuse(request, 400, "INVALID_PARAMETER", "limit must be 1..1000 and offset >= 0.")
+    limit, offset = _page(request, ("limit", "offset"), 1000, "INVALID_PARAMETER")
     docs, total = sandbox.store.page(record_type, offset, limit)
     base = f"{_origin(request)}{NETSUITE_PREFIX}/{record_type.value}"
     links = [{"rel": "self", "href": f"{base}?limit={limit}&offset={offset}"}]
     has_more = offset + len(docs) < total
     if has_more:
         links.append({"rel": "next", "href": f"{base}?limit={limit}&offset={offset + len(docs)}"})
-    return _json_response(
+    return json_response(
         {
             "links": links,
             "count": len(docs),
@@ -745,10 +676,7 @@ async def _netsuite_collection(request: web.Request) -> web.StreamResponse:
 async def _netsuite_get(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
     record_type = _record_type(request, request.match_info["record_type"])
-    if isinstance(record_type, web.Response):
-        return record_type
-    doc = _netsuite_key(sandbox, record_type, request.match_info["key"])
-    return _json_response(_netsuite_view(request, doc)) if doc else _not_found(request)
+    return json_response(_netsuite_view(request, _netsuite_record(request, sandbox, record_type)))
 
 
 def _no_content_at(request: web.Request, doc: StoredDocument) -> web.Response:
@@ -760,8 +688,6 @@ async def _netsuite_put(request: web.Request) -> web.StreamResponse:
     """Upsert by external id: create with a document number, or merge into the existing one."""
     sandbox = request.app[SANDBOX]
     record_type = _record_type(request, request.match_info["record_type"])
-    if isinstance(record_type, web.Response):
-        return record_type
     key = request.match_info["key"]
     if not key.startswith("eid:") or not key[4:]:
         return _refuse(
@@ -776,17 +702,13 @@ async def _netsuite_put(request: web.Request) -> web.StreamResponse:
             f"Invalid external id {external_id!r}: use letters, digits, '_' and '-' only.",
         )
     body = await _json_body(request)
-    if isinstance(body, web.Response):
-        return body
     if body.get("externalId") not in (None, external_id):
         return _refuse(request, 400, "INVALID_FLD_VALUE", "externalId in the body differs from the URL.")
     found = sandbox.store.find(record_type, external_id)
     existing = found[0] if found else None
     merged = {**(existing.body if existing else {}), **body, "externalId": external_id}
     status = str(body.get("status") or (existing.status if existing else DEFAULT_STATUS[record_type]))
-    refusal = sandbox.validate(record_type, merged)
-    if refusal is not None:
-        return _refuse(request, refusal.status, refusal.code, refusal.message)
+    _check(request, sandbox, record_type, merged)
     if existing is None:
         doc = sandbox.store.insert(record_type, "netsuite", external_id, status, merged, numbered=True)
     else:
@@ -798,19 +720,11 @@ async def _netsuite_patch(request: web.Request) -> web.StreamResponse:
     """Update an existing record; never creates (a void of a missing invoice is a 404)."""
     sandbox = request.app[SANDBOX]
     record_type = _record_type(request, request.match_info["record_type"])
-    if isinstance(record_type, web.Response):
-        return record_type
-    existing = _netsuite_key(sandbox, record_type, request.match_info["key"])
-    if existing is None:
-        return _not_found(request)
+    existing = _netsuite_record(request, sandbox, record_type)
     body = await _json_body(request)
-    if isinstance(body, web.Response):
-        return body
     merged = {**existing.body, **body}
     status = str(body.get("status") or existing.status)
-    refusal = sandbox.validate(record_type, merged)
-    if refusal is not None:
-        return _refuse(request, refusal.status, refusal.code, refusal.message)
+    _check(request, sandbox, record_type, merged)
     return _no_content_at(request, sandbox.store.update(existing, merged, status))
 
 
@@ -833,29 +747,28 @@ def _odata_view(doc: StoredDocument) -> dict[str, Any]:
     }
 
 
-def _odata_target(request: web.Request) -> tuple[RecordType, int | None] | web.Response:
+def _odata_target(request: web.Request) -> tuple[RecordType, int | None]:
     match = _TARGET.match(request.match_info["target"])
     if match is None:
-        return _refuse(request, 404, "BadRequest_NotFound", f"No resource at {request.path}.")
-    record_type = _record_type(request, match["record_type"])
-    if isinstance(record_type, web.Response):
-        return record_type
-    return record_type, int(match["id"]) if match["id"] else None
+        raise Refused(_refuse(request, 404, "BadRequest_NotFound", f"No resource at {request.path}."))
+    return _record_type(request, match["record_type"]), int(match["id"]) if match["id"] else None
 
 
-def _odata_not_found(request: web.Request) -> web.Response:
-    return _refuse(request, 404, "BadRequest_NotFound", "The entity does not exist.")
+def _odata_entity(
+    request: web.Request, sandbox: Sandbox, record_type: RecordType, internal_id: int | None
+) -> StoredDocument:
+    """The entity `({id})` names, or a 404."""
+    doc = sandbox.store.by_id(record_type, internal_id) if internal_id is not None else None
+    if doc is None:
+        raise Refused(_refuse(request, 404, "BadRequest_NotFound", "The entity does not exist."))
+    return doc
 
 
 async def _odata_get(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
-    target = _odata_target(request)
-    if isinstance(target, web.Response):
-        return target
-    record_type, internal_id = target
+    record_type, internal_id = _odata_target(request)
     if internal_id is not None:
-        doc = sandbox.store.by_id(record_type, internal_id)
-        return _json_response(_odata_view(doc)) if doc else _odata_not_found(request)
+        return json_response(_odata_view(_odata_entity(request, sandbox, record_type, internal_id)))
     reference: str | None = None
     if "$filter" in request.query:
         match = _FILTER.match(request.query["$filter"])
@@ -867,13 +780,7 @@ async def _odata_get(request: web.Request) -> web.StreamResponse:
                 "Only $filter=externalReference eq '…' is supported by the sandbox.",
             )
         reference = match["ref"].replace("''", "'")
-    try:
-        top = int(request.query.get("$top", "100"))
-        skip = int(request.query.get("$skip", "0"))
-    except ValueError:
-        return _refuse(request, 400, "BadRequest", "$top and $skip must be integers.")
-    if not 1 <= top <= 1000 or skip < 0:
-        return _refuse(request, 400, "BadRequest", "$top must be 1..1000 and $skip >= 0.")
+    top, skip = _page(request, ("$top", "$skip"), 100, "BadRequest")
     docs, total = sandbox.store.page(record_type, skip, top, reference)
     payload: dict[str, Any] = {
         "@odata.context": f"{_origin(request)}{ODATA_PREFIX}/$metadata#{record_type.value}",
@@ -882,68 +789,47 @@ async def _odata_get(request: web.Request) -> web.StreamResponse:
     if skip + len(docs) < total:
         next_url = request.url.with_query({**request.query, "$top": str(top), "$skip": str(skip + len(docs))})
         payload["@odata.nextLink"] = str(next_url)
-    return _json_response(payload)
+    return json_response(payload)
 
 
 async def _odata_post(request: web.Request) -> web.StreamResponse:
     """Create, always: there is no unique key, so a repeated POST is a duplicate document."""
     sandbox = request.app[SANDBOX]
-    target = _odata_target(request)
-    if isinstance(target, web.Response):
-        return target
-    record_type, internal_id = target
+    record_type, internal_id = _odata_target(request)
     if internal_id is not None:
         return _refuse(
             request, 405, "BadRequest_MethodNotAllowed", "POST creates in an entity set, not an entity."
         )
     body = await _json_body(request)
-    if isinstance(body, web.Response):
-        return body
     reference = body.get("externalReference")
     if reference is not None and not isinstance(reference, str):
         return _refuse(request, 400, "BadRequest", "externalReference must be a string.")
-    refusal = sandbox.validate(record_type, body)
-    if refusal is not None:
-        return _refuse(request, refusal.status, refusal.code, refusal.message)
+    _check(request, sandbox, record_type, body)
     draft = record_type in DRAFT_RECORD_TYPES
     status = DRAFT if draft else DEFAULT_STATUS[record_type]
     doc = sandbox.store.insert(record_type, "create-only", reference, status, body, numbered=not draft)
     location = f"{_origin(request)}{ODATA_PREFIX}/{record_type.value}({doc.internal_id})"
-    return _json_response(_odata_view(doc), 201, {"Location": location})
+    return json_response(_odata_view(doc), 201, {"Location": location})
 
 
 async def _odata_patch(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
-    target = _odata_target(request)
-    if isinstance(target, web.Response):
-        return target
-    record_type, internal_id = target
-    existing = sandbox.store.by_id(record_type, internal_id) if internal_id is not None else None
-    if existing is None:
-        return _odata_not_found(request)
+    record_type, internal_id = _odata_target(request)
+    existing = _odata_entity(request, sandbox, record_type, internal_id)
     body = await _json_body(request)
-    if isinstance(body, web.Response):
-        return body
     merged = {**existing.body, **body}
-    refusal = sandbox.validate(record_type, merged)
-    if refusal is not None:
-        return _refuse(request, refusal.status, refusal.code, refusal.message)
-    return _json_response(_odata_view(sandbox.store.update(existing, merged, existing.status)))
+    _check(request, sandbox, record_type, merged)
+    return json_response(_odata_view(sandbox.store.update(existing, merged, existing.status)))
 
 
 async def _odata_action(request: web.Request) -> web.StreamResponse:
     """`Microsoft.NAV.post` books a draft and numbers it; `Microsoft.NAV.cancel` voids."""
     sandbox = request.app[SANDBOX]
-    target = _odata_target(request)
-    if isinstance(target, web.Response):
-        return target
-    record_type, internal_id = target
+    record_type, internal_id = _odata_target(request)
     action = request.match_info["action"]
     if action not in ("Microsoft.NAV.post", "Microsoft.NAV.cancel"):
         return _refuse(request, 404, "BadRequest_NotFound", f"Unknown bound action {action}.")
-    existing = sandbox.store.by_id(record_type, internal_id) if internal_id is not None else None
-    if existing is None:
-        return _odata_not_found(request)
+    existing = _odata_entity(request, sandbox, record_type, internal_id)
     if action == "Microsoft.NAV.post":
         if record_type not in DRAFT_RECORD_TYPES or existing.status != DRAFT:
             return _refuse(
@@ -952,15 +838,11 @@ async def _odata_action(request: web.Request) -> web.StreamResponse:
                 "Application_DocumentNotDraft",
                 f"{record_type.value} {internal_id} is not a draft.",
             )
-        refusal = sandbox.validate(record_type, existing.body)
-        if refusal is not None:
-            return _refuse(request, refusal.status, refusal.code, refusal.message)
+        _check(request, sandbox, record_type, existing.body)
         sandbox.store.update(existing, existing.body, DEFAULT_STATUS[record_type], number=True)
         return web.Response(status=204)
     if existing.status != VOIDED:
-        refusal = sandbox.validate(record_type, existing.body)
-        if refusal is not None:
-            return _refuse(request, refusal.status, refusal.code, refusal.message)
+        _check(request, sandbox, record_type, existing.body)
         sandbox.store.update(existing, existing.body, VOIDED)
     return web.Response(status=204)
 
@@ -968,33 +850,14 @@ async def _odata_action(request: web.Request) -> web.StreamResponse:
 # -- OAuth 2.0 client credentials -----------------------------------------------------------
 
 
-def _client_credentials(request: web.Request, form: dict[str, str]) -> tuple[str, str] | None:
-    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "basic":
-        try:
-            decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        client_id, sep, secret = decoded.partition(":")
-        # RFC 6749 §2.3.1: both parts are form-urlencoded before the Basic encoding.
-        return (unquote(client_id.replace("+", " ")), unquote(secret.replace("+", " "))) if sep else None
-    if "client_id" in form and "client_secret" in form:
-        return form["client_id"], form["client_secret"]
-    return None
-
-
 async def _oauth_token(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
     form = {k: str(v) for k, v in (await request.post()).items()}
     no_store = {"Cache-Control": "no-store"}
     if form.get("grant_type") != "client_credentials":
-        return _json_response({"error": "unsupported_grant_type"}, 400, no_store)
-    credentials = _client_credentials(request, form)
-    expected = (sandbox.config.client_id, sandbox.config.client_secret.get_secret_value())
-    if credentials is None or not (
-        hmac.compare_digest(credentials[0], expected[0]) and hmac.compare_digest(credentials[1], expected[1])
-    ):
-        return _json_response(
+        return json_response({"error": "unsupported_grant_type"}, 400, no_store)
+    if not client_authenticated(request, form, sandbox.config.client_id, sandbox.config.client_secret):
+        return json_response(
             {"error": "invalid_client", "error_description": "client authentication failed"},
             401,
             {**no_store, "WWW-Authenticate": 'Basic realm="erp-sandbox"'},
@@ -1003,7 +866,7 @@ async def _oauth_token(request: web.Request) -> web.StreamResponse:
     payload: dict[str, Any] = {"access_token": token, "token_type": "Bearer", "expires_in": expires_in}
     if form.get("scope"):
         payload["scope"] = form["scope"]
-    return _json_response(payload, 200, no_store)
+    return json_response(payload, 200, no_store)
 
 
 # -- admin ------------------------------------------------------------------------------------
@@ -1028,7 +891,7 @@ async def _admin_documents(request: web.Request) -> web.StreamResponse:
         for ext, c in per_type.items()
         if c["documents"] > 1
     ]
-    return _json_response(
+    return json_response(
         {
             "documents": [d.admin_view() for d in docs],
             "by_external_id": by_external_id,
@@ -1041,8 +904,8 @@ async def _admin_delete_document(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
     deleted = sandbox.store.delete(request.match_info["record_type"], request.match_info["external_id"])
     if deleted == 0:
-        return _json_response({"deleted": 0, "error": "no such document"}, 404)
-    return _json_response({"deleted": deleted})
+        return json_response({"deleted": 0, "error": "no such document"}, 404)
+    return json_response({"deleted": deleted})
 
 
 async def _admin_patch_document(request: web.Request) -> web.StreamResponse:
@@ -1051,26 +914,17 @@ async def _admin_patch_document(request: web.Request) -> web.StreamResponse:
     status. Not counted as a write."""
     sandbox = request.app[SANDBOX]
     record_type = _record_type(request, request.match_info["record_type"])
-    if isinstance(record_type, web.Response):
-        return record_type
     changes = await _json_body(request)
-    if isinstance(changes, web.Response):
-        return changes
     docs = sandbox.store.find(record_type, request.match_info["external_id"])
     if not docs:
-        return _json_response({"updated": 0, "error": "no such document"}, 404)
+        return json_response({"updated": 0, "error": "no such document"}, 404)
     updated = [
         sandbox.store.update(
             doc, {**doc.body, **changes}, str(changes.get("status") or doc.status), count_write=False
         )
         for doc in docs
     ]
-    return _json_response({"updated": len(updated), "documents": [d.admin_view() for d in updated]})
-
-
-def _invalid(exc: ValidationError) -> web.Response:
-    errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors(include_url=False)]
-    return _json_response({"error": errors}, 400)
+    return json_response({"updated": len(updated), "documents": [d.admin_view() for d in updated]})
 
 
 def _periods_view(sandbox: Sandbox) -> dict[str, Any]:
@@ -1080,70 +934,24 @@ def _periods_view(sandbox: Sandbox) -> dict[str, Any]:
 async def _admin_close_period(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
     body = await _json_body(request)
-    if isinstance(body, web.Response):
-        return body
     try:
         period = ClosedPeriod.model_validate(body)
     except ValidationError as exc:
-        return _invalid(exc)
+        return invalid(exc)
     if period.subsidiary != "*" and sandbox.mappings.subsidiary(period.subsidiary) is None:
-        return _json_response({"error": f"unknown subsidiary {period.subsidiary!r}"}, 400)
+        return json_response({"error": f"unknown subsidiary {period.subsidiary!r}"}, 400)
     sandbox.store.close_period(period)
-    return _json_response(_periods_view(sandbox))
+    return json_response(_periods_view(sandbox))
 
 
 async def _admin_periods(request: web.Request) -> web.StreamResponse:
-    return _json_response(_periods_view(request.app[SANDBOX]))
-
-
-async def _admin_get_faults(request: web.Request) -> web.StreamResponse:
-    return _json_response(request.app[SANDBOX].faults.model_dump())
-
-
-async def _admin_set_faults(request: web.Request) -> web.StreamResponse:
-    """Merge the given settings into the current ones; `seed` re-seeds the dice."""
-    sandbox = request.app[SANDBOX]
-    body = await _json_body(request)
-    if isinstance(body, web.Response):
-        return body
-    seed = body.pop("seed", None)
-    try:
-        sandbox.faults = FaultSettings.model_validate({**sandbox.faults.model_dump(), **body})
-    except ValidationError as exc:
-        return _invalid(exc)
-    if seed is not None:
-        sandbox.rng = random.Random(seed)
-    log.info("erp sandbox faults set", extra={"faults": sandbox.faults.model_dump()})
-    return _json_response(sandbox.faults.model_dump())
-
-
-async def _admin_reset(request: web.Request) -> web.StreamResponse:
-    request.app[SANDBOX].reset()
-    return _json_response({"reset": True})
-
-
-async def _admin_requests(request: web.Request) -> web.StreamResponse:
-    sandbox = request.app[SANDBOX]
-    entries = list(sandbox.requests)
-    correlation_id = request.query.get("correlation_id")
-    if correlation_id is not None:
-        entries = [e for e in entries if e["correlation_id"] == correlation_id]
-    limit = request.query.get("limit", "")
-    if limit.isdigit():
-        entries = entries[-int(limit) :] if int(limit) else []
-    return _json_response({"requests": entries})
-
-
-async def _admin_revoke_tokens(request: web.Request) -> web.StreamResponse:
-    """Forget every token issued by /oauth/token, as if they had expired."""
-    return _json_response({"revoked": request.app[SANDBOX].revoke_tokens()})
+    return json_response(_periods_view(request.app[SANDBOX]))
 
 
 def build_app(config: SandboxConfig) -> web.Application:
     """The sandbox as an aiohttp application (its SQLite file is closed on cleanup)."""
-    app = web.Application(middlewares=[_api_middleware])
     sandbox = Sandbox(config)
-    app[SANDBOX] = sandbox
+    app = sandbox_app(SANDBOX, sandbox, "/oauth/", _faulty)
 
     async def close_store(_: web.Application) -> None:
         sandbox.store.close()
@@ -1165,49 +973,19 @@ def build_app(config: SandboxConfig) -> web.Application:
     app.router.add_patch("/admin/documents/{record_type}/{external_id}", _admin_patch_document)
     app.router.add_get("/admin/periods", _admin_periods)
     app.router.add_post("/admin/periods/close", _admin_close_period)
-    app.router.add_get("/admin/faults", _admin_get_faults)
-    app.router.add_post("/admin/faults", _admin_set_faults)
-    app.router.add_post("/admin/reset", _admin_reset)
-    app.router.add_get("/admin/requests", _admin_requests)
-    app.router.add_post("/admin/tokens/revoke", _admin_revoke_tokens)
     return app
 
 
-class SandboxServer:
+class SandboxServer(AppServer[Sandbox]):
     """A running sandbox on `host:port` (port 0 picks a free one); `url` once started."""
 
     def __init__(
         self, config: SandboxConfig, host: str = "127.0.0.1", port: int = 0, shutdown_timeout: float = 2.0
     ) -> None:
         self.config = config
-        self.host = host
-        self.port = port
-        self.url = ""
-        self.app = build_app(config)
-        self._runner = web.AppRunner(self.app, shutdown_timeout=shutdown_timeout, access_log=None)
-
-    @property
-    def sandbox(self) -> Sandbox:
-        return self.app[SANDBOX]
-
-    async def start(self) -> str:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-        self.url = f"http://{self.host}:{self.port}"
-        log.info("erp sandbox listening", extra={"url": self.url, "db": str(self.config.db_path)})
-        return self.url
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
-
-    async def __aenter__(self) -> SandboxServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        super().__init__(
+            build_app(config), SANDBOX, host, port, shutdown_timeout, {"db": str(config.db_path)}
+        )
 
 
 async def serve(

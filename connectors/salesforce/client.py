@@ -13,10 +13,8 @@ Errors are the ERP connector's types (`connectors.erp.errors`), which are not ER
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Sequence
-from typing import Any, Self
+from typing import Any
 
 import httpx
 import orjson
@@ -24,18 +22,15 @@ import orjson
 from canonical import is_crm_account_id
 from connectors.erp.auth import TokenProvider
 from connectors.erp.errors import (
-    MAX_MESSAGE_CHARS,
     ErpAuthError,
     ErpError,
     ErpPermanentError,
     ErpTransientError,
+    classify_answer,
     from_transport_error,
-    parse_retry_after,
 )
+from connectors.http import BearerJsonClient
 from connectors.salesforce.mapping import WRITEBACK_CLIENT
-from streams.headers import CORRELATION_ID
-
-log = logging.getLogger(__name__)
 
 CALL_OPTIONS_HEADER = "Sforce-Call-Options"
 DEFAULT_API_VERSION = "v60.0"
@@ -68,28 +63,13 @@ def error_details(body: Any) -> tuple[str | None, str | None]:
 
 def classify(response: httpx.Response) -> ErpError | None:
     """The typed error a Salesforce REST answer stands for, or None for a success."""
-    status = response.status_code
-    if status < 400:
-        return None
-    try:
-        body = orjson.loads(response.content) if response.content else None
-    except orjson.JSONDecodeError:
-        body = None
-    code, message = error_details(body)
-    if message is None:
-        message = response.text.strip()[:MAX_MESSAGE_CHARS] or response.reason_phrase or f"HTTP {status}"
-    code = code or f"HTTP_{status}"
-    message = message[:MAX_MESSAGE_CHARS]
-    if status == 429 or status in (408, 425) or status >= 500 or code in TRANSIENT_CODES:
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        return ErpTransientError(code, message, retry_after=retry_after, status=status)
-    if status in (401, 403):
-        return ErpAuthError(code, message, status=status)
-    return ErpPermanentError(code, message, status=status)
+    return classify_answer(response, error_details, TRANSIENT_CODES)
 
 
-class SalesforceClient:
+class SalesforceClient(BearerJsonClient):
     """The CRM write-back's connection to one Salesforce org (`instance_url`)."""
+
+    service = "crm"
 
     def __init__(
         self,
@@ -101,25 +81,11 @@ class SalesforceClient:
         *,
         client_name: str = WRITEBACK_CLIENT,
     ) -> None:
+        super().__init__(
+            token_provider, timeout, http, headers={CALL_OPTIONS_HEADER: call_options(client_name)}
+        )
         self.instance_url = instance_url.rstrip("/")
         self.api_version = api_version
-        self._tokens = token_provider
-        self._timeout = timeout
-        self._owns_http = http is None
-        self._http = http or httpx.AsyncClient(timeout=timeout)
-        self._call_options = call_options(client_name)
-        self.requests = 0
-        """HTTP requests sent, 401 retries included (observable for tests and metrics)."""
-
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     def account_url(self, account_id: str) -> str:
         if not is_crm_account_id(account_id):
@@ -142,15 +108,21 @@ class SalesforceClient:
         """The account's fields (only `field_names` if given), or None if it does not exist."""
         params = {"fields": ",".join(field_names)} if field_names else None
         response = await self._call(
-            "GET", self.account_url(account_id), correlation_id, params=params, none_if_404=True
+            "GET", self.account_url(account_id), correlation_id, params=params, allow_404=True
         )
-        if response is None:
+        if response.status_code == 404:
             return None
         try:
             record = orjson.loads(response.content)
         except orjson.JSONDecodeError as exc:
             raise ErpTransientError("INVALID_RESPONSE", "Salesforce answered without JSON") from exc
         return record if isinstance(record, dict) else None
+
+    def _classify(self, response: httpx.Response) -> ErpError | None:
+        return classify(response)
+
+    def _no_answer(self, exc: httpx.TransportError, request_sent: bool) -> ErpError:
+        return from_transport_error(exc, request_sent)
 
     async def _token(self) -> str:
         try:
@@ -162,58 +134,3 @@ class SalesforceClient:
                     "no CRM token is configured (set LEDGERFLOW_CRM_TOKEN or LEDGERFLOW_CRM_TOKEN_URL)",
                 ) from None
             raise
-
-    async def _call(
-        self,
-        method: str,
-        url: str,
-        correlation_id: str | None,
-        *,
-        body: dict[str, Any] | None = None,
-        params: dict[str, str] | None = None,
-        none_if_404: bool = False,
-    ) -> httpx.Response | None:
-        headers = {"accept": "application/json", CALL_OPTIONS_HEADER: self._call_options}
-        if correlation_id:
-            headers[CORRELATION_ID] = correlation_id
-        content = orjson.dumps(body) if body is not None else None
-        if content is not None:
-            headers["content-type"] = "application/json"
-        # The path names only the record; field values (and the token) are never logged.
-        log_extra: dict[str, Any] = {"correlation_id": correlation_id, "method": method, "url": url}
-        for attempt in (1, 2):
-            token = await self._token()
-            started = time.perf_counter()
-            self.requests += 1
-            try:
-                response = await self._http.request(
-                    method,
-                    url,
-                    content=content,
-                    params=params,
-                    headers={**headers, "authorization": f"Bearer {token}"},
-                    timeout=self._timeout,
-                )
-            except httpx.TransportError as exc:
-                lost = from_transport_error(exc, request_sent=method != "GET")
-                log.warning("crm call got no answer", extra={**log_extra, "code": lost.code})
-                raise lost from exc
-            elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
-            log.debug(
-                "crm call", extra={**log_extra, "status": response.status_code, "elapsed_ms": elapsed_ms}
-            )
-            if response.status_code == 401 and attempt == 1:
-                # INVALID_SESSION_ID: the session expired or was revoked; fetch a new one, once.
-                log.info("crm refused the token; refreshing it", extra=log_extra)
-                self._tokens.invalidate()
-                continue
-            if none_if_404 and response.status_code == 404:
-                return None
-            error = classify(response)
-            if error is not None:
-                log.warning(
-                    "crm call failed", extra={**log_extra, "status": response.status_code, "code": error.code}
-                )
-                raise error
-            return response
-        raise AssertionError("unreachable: the second attempt always returns or raises")

@@ -19,28 +19,28 @@
 from __future__ import annotations
 
 import base64
-import binascii
-import hmac
-import logging
-import random
 import secrets
 import time
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
-from urllib.parse import unquote
+from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from canonical import is_crm_account_id
 from connectors.salesforce.writeback import ACCOUNT_WRITEBACK_FIELDS
-from streams.headers import CORRELATION_ID
-
-log = logging.getLogger(__name__)
+from connectors.sandbox import (
+    AppServer,
+    Handler,
+    Refused,
+    SandboxState,
+    client_authenticated,
+    json_object,
+    json_response,
+    sandbox_app,
+)
 
 DEFAULT_TOKEN = "sandbox-crm-token"
 API_PREFIX = "/services/data"
@@ -120,47 +120,25 @@ def client_of(call_options: str | None) -> str | None:
     return None
 
 
-class CrmSandbox:
+class CrmSandbox(SandboxState[CrmFaults]):
     """The fake's state behind the routes: accounts, CDC events, faults, tokens, request log."""
 
+    name = "crm sandbox"
+
     def __init__(self, config: CrmSandboxConfig) -> None:
+        super().__init__(config.tokens, config.faults, config.seed, config.request_log_size)
         self.config = config
         self.accounts: dict[str, StoredAccount] = {}
         self.deleted: set[str] = set()
         self.changes: list[dict[str, Any]] = []
-        self.faults = config.faults
-        self.rng = random.Random(config.seed)
-        self.requests: deque[dict[str, Any]] = deque(maxlen=config.request_log_size)
-        self._issued: set[str] = set()
-        self._seq = 0
 
     @property
     def writes(self) -> int:
         return sum(a.writes for a in self.accounts.values())
 
-    def authorized(self, request: web.Request) -> bool:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        return any(hmac.compare_digest(token, known) for known in (*self.config.tokens, *self._issued))
-
     def issue_token(self) -> str:
-        # Salesforce access tokens look like "<org id>!<opaque>".
-        token = f"00DSANDBOX000001!{secrets.token_urlsafe(32)}"
-        self._issued.add(token)
-        return token
-
-    def revoke_tokens(self) -> int:
-        count = len(self._issued)
-        self._issued.clear()
-        return count
-
-    def take_burst(self, name: Literal["burst_503", "burst_request_limit", "burst_row_lock"]) -> bool:
-        remaining = getattr(self.faults, name)
-        if remaining <= 0:
-            return False
-        self.faults = self.faults.model_copy(update={name: remaining - 1})
-        return True
+        # Salesforce access tokens look like "<org id>!<opaque>", and say nothing of expiry.
+        return self._accept(f"00DSANDBOX000001!{secrets.token_urlsafe(32)}")
 
     def write(self, account_id: str, version: str, values: dict[str, Any], call_options: str | None) -> None:
         """Merge `values` into the account, count the write, and record its CDC event."""
@@ -204,83 +182,33 @@ class CrmSandbox:
             "channel": "/data/AccountChangeEvent",
         }
 
-    def log_request(self, request: web.Request) -> dict[str, Any]:
-        self._seq += 1
-        entry: dict[str, Any] = {
-            "seq": self._seq,
-            "method": request.method,
-            "path": request.path,
-            "call_options": request.headers.get("Sforce-Call-Options"),
-            "correlation_id": request.headers.get(CORRELATION_ID),
-            "status": None,
-            "fault": None,
-        }
-        self.requests.append(entry)
-        return entry
+    def _request_details(self, request: web.Request) -> dict[str, Any]:
+        return {"call_options": request.headers.get("Sforce-Call-Options")}
 
     def reset(self) -> None:
+        super().reset()
         self.accounts.clear()
         self.deleted.clear()
         self.changes.clear()
-        self.requests.clear()
-        self.faults = self.config.faults
-        self.rng = random.Random(self.config.seed)
 
 
 SANDBOX = web.AppKey("crm_sandbox", CrmSandbox)
 
 
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(payload, status=status, headers=headers, dumps=_dumps)
-
-
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     """Salesforce's REST error body: a list of errors, each with `message` and `errorCode`."""
-    return _json_response([{"message": message, "errorCode": code}], status, headers)
+    return json_response([{"message": message, "errorCode": code}], status, headers)
 
 
 def _no_such_column(name: str) -> web.Response:
     return _error(400, "INVALID_FIELD", f"No such column '{name}' on sobject of type Account")
 
 
-# -- middleware: log, auth, faults -----------------------------------------------------------
-
-
-@web.middleware
-async def _api_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    sandbox = request.app[SANDBOX]
-    if request.path.startswith("/admin"):
-        return await handler(request)
-    entry = sandbox.log_request(request)
-    if request.path.startswith("/services/oauth2/"):
-        response = await handler(request)
-    else:
-        response = await _guarded(sandbox, request, handler, entry)
-    entry["status"] = response.status
-    log.debug(
-        "crm sandbox request",
-        extra={
-            "correlation_id": entry["correlation_id"],
-            "method": request.method,
-            "path": request.path,
-            "status": response.status,
-            "fault": entry["fault"],
-        },
-    )
-    return response
+# -- auth and faults -------------------------------------------------------------------------
 
 
 async def _guarded(
-    sandbox: CrmSandbox,
-    request: web.Request,
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-    entry: dict[str, Any],
+    sandbox: CrmSandbox, request: web.Request, handler: Handler, entry: dict[str, Any]
 ) -> web.StreamResponse:
     if not sandbox.authorized(request):
         return _error(401, "INVALID_SESSION_ID", "Session expired or invalid")
@@ -304,26 +232,23 @@ async def _guarded(
 # -- the REST API ----------------------------------------------------------------------------
 
 
-def _account_target(request: web.Request) -> tuple[str, str] | web.Response:
+def _account_target(request: web.Request) -> tuple[str, str]:
+    """(API version, account id) from the path, or Salesforce's 404."""
     version = request.match_info["version"]
     account_id = request.match_info["account_id"]
     if not (version.startswith("v") and version[1:].replace(".", "", 1).isdigit()):
-        return _error(404, "NOT_FOUND", "The requested resource does not exist")
+        raise Refused(_error(404, "NOT_FOUND", "The requested resource does not exist"))
     if not is_crm_account_id(account_id):
-        return _error(
-            404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: {account_id}"
-        )
+        message = f"Provided external ID field does not exist or is not accessible: {account_id}"
+        raise Refused(_error(404, "NOT_FOUND", message))
     if account_id in request.app[SANDBOX].deleted:
-        return _error(404, "ENTITY_IS_DELETED", "entity is deleted")
+        raise Refused(_error(404, "ENTITY_IS_DELETED", "entity is deleted"))
     return version, account_id
 
 
 async def _patch_account(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
-    target = _account_target(request)
-    if isinstance(target, web.Response):
-        return target
-    version, account_id = target
+    version, account_id = _account_target(request)
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
@@ -346,10 +271,7 @@ async def _patch_account(request: web.Request) -> web.StreamResponse:
 
 async def _get_account(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
-    target = _account_target(request)
-    if isinstance(target, web.Response):
-        return target
-    version, account_id = target
+    version, account_id = _account_target(request)
     account = sandbox.accounts.get(account_id)
     if account is None:
         return _error(404, "NOT_FOUND", "The requested resource does not exist")
@@ -358,7 +280,7 @@ async def _get_account(request: web.Request) -> web.StreamResponse:
         if name not in sandbox.config.fields and name not in READ_ONLY_FIELDS:
             return _no_such_column(name)
     fields = {name: account.fields.get(name) for name in selected} if selected else dict(account.fields)
-    return _json_response(
+    return json_response(
         {
             "attributes": {"type": "Account", "url": f"{API_PREFIX}/{version}/sobjects/Account/{account_id}"},
             "Id": account_id,
@@ -368,36 +290,18 @@ async def _get_account(request: web.Request) -> web.StreamResponse:
     )
 
 
-def _client_credentials(request: web.Request, form: dict[str, str]) -> tuple[str, str] | None:
-    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "basic":
-        try:
-            decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        client_id, sep, secret = decoded.partition(":")
-        return (unquote(client_id.replace("+", " ")), unquote(secret.replace("+", " "))) if sep else None
-    if "client_id" in form and "client_secret" in form:
-        return form["client_id"], form["client_secret"]
-    return None
-
-
 async def _oauth_token(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
     form = {k: str(v) for k, v in (await request.post()).items()}
     if form.get("grant_type") != "client_credentials":
-        return _json_response(
+        return json_response(
             {"error": "unsupported_grant_type", "error_description": "grant type not supported"}, 400
         )
-    credentials = _client_credentials(request, form)
-    expected = (sandbox.config.client_id, sandbox.config.client_secret.get_secret_value())
-    if credentials is None or not (
-        hmac.compare_digest(credentials[0], expected[0]) and hmac.compare_digest(credentials[1], expected[1])
-    ):
+    if not client_authenticated(request, form, sandbox.config.client_id, sandbox.config.client_secret):
         refusal = {"error": "invalid_client", "error_description": "invalid client credentials"}
-        return _json_response(refusal, 400)
+        return json_response(refusal, 400)
     origin = f"{request.scheme}://{request.host}"
-    return _json_response(
+    return json_response(
         {
             "access_token": sandbox.issue_token(),
             "instance_url": origin,
@@ -416,7 +320,7 @@ async def _oauth_token(request: web.Request) -> web.StreamResponse:
 
 async def _admin_accounts(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
-    return _json_response(
+    return json_response(
         {
             "accounts": {k: a.admin_view() for k, a in sorted(sandbox.accounts.items())},
             "deleted": sorted(sandbox.deleted),
@@ -430,16 +334,11 @@ async def _admin_put_account(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
     account_id = request.match_info["account_id"]
     if not is_crm_account_id(account_id):
-        return _json_response({"error": "not a Salesforce id"}, 400)
-    try:
-        body = orjson.loads(await request.read() or b"{}")
-    except orjson.JSONDecodeError:
-        return _json_response({"error": "body is not JSON"}, 400)
-    if not isinstance(body, dict):
-        return _json_response({"error": "body must be a JSON object"}, 400)
+        return json_response({"error": "not a Salesforce id"}, 400)
+    body = await json_object(request, allow_empty=True)
     sandbox.deleted.discard(account_id)
     sandbox.accounts[account_id] = StoredAccount(account_id, dict(body), 0, _now_iso())
-    return _json_response(sandbox.accounts[account_id].admin_view())
+    return json_response(sandbox.accounts[account_id].admin_view())
 
 
 async def _admin_delete_account(request: web.Request) -> web.StreamResponse:
@@ -448,55 +347,16 @@ async def _admin_delete_account(request: web.Request) -> web.StreamResponse:
     account_id = request.match_info["account_id"]
     existed = sandbox.accounts.pop(account_id, None) is not None
     sandbox.deleted.add(account_id)
-    return _json_response({"deleted": existed})
+    return json_response({"deleted": existed})
 
 
 async def _admin_changes(request: web.Request) -> web.StreamResponse:
-    return _json_response({"changes": request.app[SANDBOX].changes})
-
-
-async def _admin_requests(request: web.Request) -> web.StreamResponse:
-    return _json_response({"requests": list(request.app[SANDBOX].requests)})
-
-
-async def _admin_get_faults(request: web.Request) -> web.StreamResponse:
-    return _json_response(request.app[SANDBOX].faults.model_dump())
-
-
-async def _admin_set_faults(request: web.Request) -> web.StreamResponse:
-    """Merge the given settings into the current ones; `seed` re-seeds the dice."""
-    sandbox = request.app[SANDBOX]
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return _json_response({"error": "body is not JSON"}, 400)
-    if not isinstance(body, dict):
-        return _json_response({"error": "body must be a JSON object"}, 400)
-    seed = body.pop("seed", None)
-    try:
-        sandbox.faults = CrmFaults.model_validate({**sandbox.faults.model_dump(), **body})
-    except ValidationError as exc:
-        errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors(include_url=False)]
-        return _json_response({"error": errors}, 400)
-    if seed is not None:
-        sandbox.rng = random.Random(seed)
-    return _json_response(sandbox.faults.model_dump())
-
-
-async def _admin_reset(request: web.Request) -> web.StreamResponse:
-    request.app[SANDBOX].reset()
-    return _json_response({"reset": True})
-
-
-async def _admin_revoke_tokens(request: web.Request) -> web.StreamResponse:
-    """Forget every token issued by /services/oauth2/token, as if the sessions had expired."""
-    return _json_response({"revoked": request.app[SANDBOX].revoke_tokens()})
+    return json_response({"changes": request.app[SANDBOX].changes})
 
 
 def build_app(config: CrmSandboxConfig | None = None) -> web.Application:
     """The fake Salesforce as an aiohttp application."""
-    app = web.Application(middlewares=[_api_middleware])
-    app[SANDBOX] = CrmSandbox(config or CrmSandboxConfig())
+    app = sandbox_app(SANDBOX, CrmSandbox(config or CrmSandboxConfig()), "/services/oauth2/", _guarded)
     app.router.add_patch(ACCOUNT_ROUTE, _patch_account)
     app.router.add_get(ACCOUNT_ROUTE, _get_account)
     app.router.add_post("/services/oauth2/token", _oauth_token)
@@ -504,15 +364,10 @@ def build_app(config: CrmSandboxConfig | None = None) -> web.Application:
     app.router.add_put("/admin/accounts/{account_id}", _admin_put_account)
     app.router.add_delete("/admin/accounts/{account_id}", _admin_delete_account)
     app.router.add_get("/admin/changes", _admin_changes)
-    app.router.add_get("/admin/requests", _admin_requests)
-    app.router.add_get("/admin/faults", _admin_get_faults)
-    app.router.add_post("/admin/faults", _admin_set_faults)
-    app.router.add_post("/admin/reset", _admin_reset)
-    app.router.add_post("/admin/tokens/revoke", _admin_revoke_tokens)
     return app
 
 
-class SandboxServer:
+class SandboxServer(AppServer[CrmSandbox]):
     """A running fake Salesforce on `host:port` (port 0 picks a free one); `url` once started."""
 
     def __init__(
@@ -523,31 +378,4 @@ class SandboxServer:
         shutdown_timeout: float = 2.0,
     ) -> None:
         self.config = config or CrmSandboxConfig()
-        self.host = host
-        self.port = port
-        self.url = ""
-        self.app = build_app(self.config)
-        self._runner = web.AppRunner(self.app, shutdown_timeout=shutdown_timeout, access_log=None)
-
-    @property
-    def sandbox(self) -> CrmSandbox:
-        return self.app[SANDBOX]
-
-    async def start(self) -> str:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-        self.url = f"http://{self.host}:{self.port}"
-        log.info("crm sandbox listening", extra={"url": self.url})
-        return self.url
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
-
-    async def __aenter__(self) -> SandboxServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        super().__init__(build_app(self.config), SANDBOX, host, port, shutdown_timeout)

@@ -1,0 +1,127 @@
+"""JSON over HTTP with a bearer token: the one call every API client (ERP, Salesforce) makes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import httpx
+import orjson
+
+from streams.headers import CORRELATION_ID
+
+if TYPE_CHECKING:
+    from connectors.erp.auth import TokenProvider
+    from connectors.erp.errors import ErpError
+
+
+class BearerJsonClient(ABC):
+    """One API's connection: a bearer token from a `TokenProvider` (refreshed once on a 401),
+    the correlation id as `x-correlation-id`, typed errors, and a log line per call that names
+    method, URL and status, never bodies or tokens. Subclasses say how their platform's
+    answers and lost answers become typed errors (`_classify`, `_no_answer`)."""
+
+    service: ClassVar[str] = "api"
+    """Names the calls in log lines: "erp call failed"."""
+
+    def __init__(
+        self,
+        token_provider: TokenProvider,
+        timeout: float | httpx.Timeout = 10.0,
+        http: httpx.AsyncClient | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._tokens = token_provider
+        self._timeout = timeout
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(timeout=timeout)
+        self._headers = {"accept": "application/json", **(headers or {})}
+        # Each connector logs under its own name (connectors.erp.client, …), not this module's.
+        self._log = logging.getLogger(type(self).__module__)
+        self.requests = 0
+        """HTTP requests sent, 401 retries included (observable for tests and metrics)."""
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @abstractmethod
+    def _classify(self, response: httpx.Response) -> ErpError | None:
+        """The typed error this platform's answer stands for, or None for a success."""
+
+    @abstractmethod
+    def _no_answer(self, exc: httpx.TransportError, request_sent: bool) -> ErpError:
+        """The typed error for a call that got no answer (`request_sent`: a write may have landed)."""
+
+    async def _token(self) -> str:
+        return await self._tokens.token()
+
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        correlation_id: str | None,
+        *,
+        body: dict[str, Any] | None = None,
+        params: Mapping[str, str | int] | None = None,
+        allow_404: bool = False,
+    ) -> httpx.Response:
+        """Send once, and once more with a fresh token after a 401; raise the typed error of a
+        failed answer. `allow_404` returns a 404 answer instead: the caller reads it as "none"."""
+        headers = dict(self._headers)
+        if correlation_id:
+            headers[CORRELATION_ID] = correlation_id
+        content = orjson.dumps(body) if body is not None else None
+        if content is not None:
+            headers["content-type"] = "application/json"
+        # The URL names only the record; field values (and the token) are never logged.
+        log_extra: dict[str, Any] = {"correlation_id": correlation_id, "method": method, "url": url}
+        for attempt in (1, 2):
+            token = await self._token()
+            started = time.perf_counter()
+            self.requests += 1
+            try:
+                response = await self._http.request(
+                    method,
+                    url,
+                    content=content,
+                    params=params,
+                    headers={**headers, "authorization": f"Bearer {token}"},
+                    timeout=self._timeout,
+                )
+            except httpx.TransportError as exc:
+                lost = self._no_answer(exc, request_sent=method != "GET")
+                self._log.warning(
+                    f"{self.service} call got no answer", extra={**log_extra, "code": lost.code}
+                )
+                raise lost from exc
+            elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+            self._log.debug(
+                f"{self.service} call",
+                extra={**log_extra, "status": response.status_code, "elapsed_ms": elapsed_ms},
+            )
+            if response.status_code == 401 and attempt == 1:
+                # The token expired or was revoked before we knew: fetch a new one, try once more.
+                self._log.info(f"{self.service} refused the token; refreshing it", extra=log_extra)
+                self._tokens.invalidate()
+                continue
+            if allow_404 and response.status_code == 404:
+                return response
+            error = self._classify(response)
+            if error is not None:
+                self._log.warning(
+                    f"{self.service} call failed",
+                    extra={**log_extra, "status": response.status_code, "code": error.code},
+                )
+                raise error
+            return response
+        raise AssertionError("unreachable: the second attempt always returns or raises")
