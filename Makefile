@@ -4,9 +4,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# kustomize renders k8s/overlays in tests/k8s; `go install` takes it from the Go module proxy.
+KUSTOMIZE_VERSION := v5.8.2
+KUSTOMIZE := $(or $(LEDGERFLOW_CACHE_DIR),$(HOME)/.cache/ledgerflow)/kustomize-$(KUSTOMIZE_VERSION)/kustomize
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars lint format test test-unit demo schemas clean
+.PHONY: help install kafka-jars tools kustomize lint format test test-unit demo schemas clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -22,6 +25,25 @@ install: $(STAMP) ## create .venv and install ledgerflow with its dev tools
 kafka-jars: $(STAMP) ## fetch Apache Kafka's broker jars from Maven Central into the cache
 	$(BIN)/python -c "from streams.local_kafka import ensure_jars; print('kafka jars:', ensure_jars())"
 
+tools: ## Debian's prometheus/promtool (metrics tests) and chromium (ops page test); tests skip without
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt() { if [ "$$(id -u)" = 0 ]; then apt-get "$$@"; else sudo -n apt-get "$$@"; fi; }; \
+	  apt install -y -o DPkg::Lock::Timeout=300 prometheus \
+	  || { apt update && apt install -y -o DPkg::Lock::Timeout=300 prometheus; } \
+	  || echo "make tools: could not install prometheus; the Prometheus tests will be skipped"; }
+	@command -v chromium >/dev/null || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt() { if [ "$$(id -u)" = 0 ]; then apt-get "$$@"; else sudo -n apt-get "$$@"; fi; }; \
+	  apt install -y -o DPkg::Lock::Timeout=300 chromium \
+	  || { apt update && apt install -y -o DPkg::Lock::Timeout=300 chromium; } \
+	  || echo "make tools: could not install chromium; the ops page browser test will be skipped"; }
+
+kustomize: ## kustomize from the Go module proxy into the cache (k8s tests skip without it)
+	@test -x $(KUSTOMIZE) || GOBIN=$(dir $(KUSTOMIZE)) GOTOOLCHAIN=local \
+	  go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) \
+	  || echo "make kustomize: could not install kustomize; the k8s manifest tests will be skipped"
+
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -31,7 +53,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: $(STAMP) kafka-jars lint ## lint, then the whole suite (starts its own Kafka)
+test: $(STAMP) kafka-jars tools kustomize lint ## lint, then the whole suite (starts its own Kafka)
 	@# pytest exits 5 when a selection collects nothing: say so instead of failing make.
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; rc=0; fi; exit $$rc

@@ -19,6 +19,7 @@ from faust.streams import _current_event
 if TYPE_CHECKING:
     from faust.types import EventT, StreamT
 
+from streams import metrics
 from streams.settings import settings
 
 
@@ -35,8 +36,11 @@ async def batches(stream: StreamT[Any]) -> Any:
     """Yield lists of events: up to LEDGERFLOW_BATCH_SIZE, or what came within the window."""
     # take_events is faust-streaming's, missing from StreamT's stubs.
     take_events = stream.take_events  # type: ignore[attr-defined]
+    agent = metrics.agent_label(stream.prefix)
     async for events in take_events(settings.batch_size, within=settings.batch_window_ms / 1000):
+        started = metrics.batch_taken(agent, events)
         yield events
+        metrics.batch_done(agent, started)
 
 
 def group_by_key(events: Sequence[EventT]) -> dict[Any, list[EventT]]:

@@ -16,6 +16,7 @@ from connectors.errors import Rejection
 from connectors.salesforce import ResyncRequired, map_cdc_event
 from connectors.stripe import map_stripe_event
 from streams import headers as h
+from streams import metrics
 from streams.app import app
 from streams.settings import settings
 from streams.topics import (
@@ -113,9 +114,13 @@ async def ingest_event(outbox: Outbox, event: EventT, adapter: Adapter, link_bil
             await send_exception(
                 outbox, exc, f"{event.message.topic}/{event.message.partition}/{event.message.offset}"
             )
+    source = metrics.stamp(metrics.source_ms(event))
     for change in changes:
         await outbox.send(
-            canonical_topic, change.customer_id, change, h.outgoing(change.correlation_id, change.event_id)
+            canonical_topic,
+            change.customer_id,
+            change,
+            h.outgoing(change.correlation_id, change.event_id, **source),
         )
     return len(changes)
 
@@ -157,10 +162,14 @@ async def raise_overdue_parked_events() -> None:
     now = datetime.now(UTC)
     outbox = Outbox()
     raised = []
+    parked_events = 0
     for _key, raw in list(parked_billing_table.items()):
-        exc = overdue_parked(codec.loads(ParkedChanges, raw), now, settings.park_timeout_s)
+        parked = codec.loads(ParkedChanges, raw)
+        parked_events += len(parked.changes)
+        exc = overdue_parked(parked, now, settings.park_timeout_s)
         if exc is not None and exc.exception_id not in _raised_overdue:
             await send_exception(outbox, exc, "timer:parked-billing")
             raised.append(exc.exception_id)
     await outbox.commit()
     _raised_overdue.update(raised)
+    metrics.set_parked("ingest", parked_events)

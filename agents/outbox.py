@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from agents.batching import acting_for
 from canonical import BusinessException, codec
 from streams import headers as h
+from streams import metrics
 from streams.topics import dlq_topic, exceptions_topic
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ async def send_to_dlq(outbox: Outbox, event: EventT, reason: str) -> None:
         "dead-lettered message",
         extra={"correlation_id": correlation, "source": causation, "reason": reason},
     )
+    metrics.dead_lettered(reason)
     await outbox.send(
         dlq_topic,
         event.key,

@@ -49,6 +49,7 @@ from canonical import (
     writeback_for,
 )
 from streams import headers as h
+from streams import metrics
 from streams.app import app
 from streams.mappings import Mappings, load_mappings
 from streams.schemas import Undecodable
@@ -592,9 +593,12 @@ async def post_customer_changes(
         replay = h.header(event.headers, h.REPLAY_OF) is not None
         outcome = book.apply(change, now, _ref(event, change), replay)
         counts[outcome] = counts.get(outcome, 0) + 1
+        metrics.stage2_outcome(change.entity_type, outcome)
+    stamps = metrics.source_stamps(events, docs.waiting) if book.commands else {}
     for command, causation in book.commands:
+        source = metrics.stamp(stamps.get(causation))
         await outbox.send(
-            erp_commands_topic, customer_id, command, h.outgoing(command.correlation_id, causation)
+            erp_commands_topic, customer_id, command, h.outgoing(command.correlation_id, causation, **source)
         )
         if isinstance(command, UpsertCustomer):
             # Re-keyed by fingerprint, so customers that look alike meet in one partition.
@@ -615,6 +619,7 @@ async def post_customer_changes(
         outbox.put(contract_table, customer_id, rows, last)
     if book.master is not None and book.master != master:
         outbox.put(customer_table, customer_id, book.master, last)
+    metrics.stage2_emitted(book.commands, book.exceptions, stamps)
     return counts
 
 
@@ -695,8 +700,12 @@ async def raise_overdue_waits() -> None:
     for _key, raw in list(contract_table.items()):
         for row in codec.loads(CustomerContracts, raw).contracts.values():
             found += overdue_gaps(row, now, settings.park_timeout_s)
+    waiting = 0
     for _key, raw in list(invoice_table.items()):
-        found += overdue_waiting_invoices(codec.loads(CustomerInvoices, raw), now, settings.park_timeout_s)
+        docs = codec.loads(CustomerInvoices, raw)
+        waiting += len(docs.waiting)
+        found += overdue_waiting_invoices(docs, now, settings.park_timeout_s)
+    metrics.set_parked("core", waiting)
     outbox = Outbox()
     fresh = [exc for exc in found if exc.exception_id not in _raised_overdue]
     for exc in fresh:

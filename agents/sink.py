@@ -45,6 +45,7 @@ from connectors.erp import (
     make_client,
 )
 from streams import headers as h
+from streams import metrics
 from streams.app import app
 from streams.erp import token_provider
 from streams.settings import Settings, settings
@@ -204,7 +205,8 @@ class Lane:
             nonlocal tries
             tries += 1
             async with self.link.calls:
-                return await self.link.client.deliver(command, uncertain=unsure or uncertain or tries > 1)
+                with metrics.erp_call(kind):
+                    return await self.link.client.deliver(command, uncertain=unsure or uncertain or tries > 1)
 
         blocked_on: Any
         try:
@@ -226,6 +228,7 @@ class Lane:
                 updated_at=datetime.now(UTC),
             )
             blocked_on = None
+            metrics.erp_confirmed(command, event)
         self.ledger = self.ledger.model_copy(
             update={"entries": {**self.ledger.entries, key: entry}, "blocked_on": blocked_on}
         )
@@ -309,6 +312,7 @@ async def deliver_batch(link: ErpLink, events: list[EventT], now: datetime) -> O
 async def deliver_erp_commands(stream: StreamT[Any]) -> None:
     """`erp.commands` → the ERP → `erp.results` (and exceptions for what it cannot take)."""
     link = erp_link(settings)
+    metrics.watch_breaker("erp", link.breaker)
     try:
         async for events in batches(stream):
             outbox = await deliver_batch(link, events, datetime.now(UTC))

@@ -131,7 +131,7 @@ def create_app(s: Settings) -> LedgerflowApp:
         s.app_id,
         broker=[f"kafka://{host}" for host in s.bootstrap.split(",")],
         broker_credentials=_broker_credentials(s),
-        autodiscover=["agents", "streams.ingress"],
+        autodiscover=["agents", "streams.ingress", "streams.observability", "streams.views"],
         origin="streams",
         store="rocksdb://",
         datadir=str(s.data_dir),
@@ -155,8 +155,10 @@ def create_app(s: Settings) -> LedgerflowApp:
         web_host=s.web_host,
         canonical_url=f"http://{s.web_host}:{s.web_port}",
         table_cleanup_interval=30.0,
+        table_standby_replicas=s.standby_replicas,
         worker_redirect_stdouts=False,
         web_application_options={"client_max_size": 1 << 20},
+        web_tables_enabled=False,  # Faust's /table/{name}/{key} would serve rows without the token
     )
 
 

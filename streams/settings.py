@@ -141,6 +141,11 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(default=10.0, gt=0)
     """LEDGERFLOW_SESSION_TIMEOUT_S: how long the group waits for a silent worker before its
     partitions move (Faust's default is 60 s; a crashed pod's partitions stall that long)."""
+    standby_replicas: int = Field(default=0, ge=0, le=8)
+    """LEDGERFLOW_STANDBY_REPLICAS: warm copies of every table partition kept by other workers
+    (Faust's `table_standby_replicas`). With 1, the worker that takes over a lost worker's
+    partitions already holds their tables and replays only the changelog's tail; 0 (one
+    machine, `ledgerflow dev`) saves the second read of every changelog and its disk."""
     park_timeout_s: float = Field(default=3600.0, gt=0)
     """LEDGERFLOW_PARK_TIMEOUT_S: how long a billing event may wait for its customer's identity
     before it is raised as an `unknown_customer` exception (it stays parked, and is released

@@ -1,0 +1,292 @@
+"""Health, readiness and Prometheus metrics on every worker's web server (design §5).
+
+`GET /health` answers while the event loop runs. `GET /ready` is 200 only once the worker
+has started (Faust's "Worker ready"), holds a partition assignment, and neither rebalances
+nor recovers tables; otherwise 503 with the reason. `GET /metrics` serves `streams.metrics`'
+registry. None of the three needs the API token.
+
+Besides the pipeline's own metrics (`streams.metrics`), this module feeds:
+* Faust's Prometheus sensor (`faust.sensors.prometheus.PrometheusMonitor`), installed when
+  the worker initialises. Its `setup_prometheus_sensors` would add a second `/metrics` route
+  and names that break Prometheus' conventions (`*_ms` histograms, latencies without a
+  unit), so the same sensor is given metrics built here: `ledgerflow_faust_*`, latencies in
+  seconds, in the worker's registry.
+* consumer lag per partition, sampled every LAG_SAMPLE_S seconds;
+* open exceptions by reason and the oldest one's age: a reader follows
+  `ledgerflow.exceptions` from its start on every worker, without a consumer group, so each
+  worker reports the whole picture after a restart or a rebalance (aggregate with `max`, not
+  `sum`). A Faust agent in the group would see only the partitions it owns, and only from
+  their committed offsets: after a restart the age of a week-old exception would reset to
+  nothing. Only open exceptions are kept in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from faust import web
+from faust.sensors.prometheus import MS_LATENCY_BUCKETS, FaustMetrics, PrometheusMonitor
+from mode import Service
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from streams import metrics
+from streams.app import app
+from streams.ingress import kafka_security
+from streams.settings import settings
+from streams.topics import EXCEPTIONS
+
+log = logging.getLogger(__name__)
+
+LAG_SAMPLE_S = 5.0
+EXCEPTIONS_POLL_MS = 1000
+EXCEPTIONS_RETRY_S = 5.0
+
+
+# Faust's own sensor -----------------------------------------------------------------------
+
+
+class _MillisecondsAsSeconds(Histogram):
+    """Faust's monitor observes latencies in milliseconds; Prometheus wants seconds."""
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        super().observe(amount / 1000.0, exemplar)
+
+
+def faust_metrics(registry: CollectorRegistry, prefix: str = "ledgerflow_faust") -> FaustMetrics:
+    """The metrics Faust's PrometheusMonitor updates, named by Prometheus' conventions."""
+
+    def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+        return Counter(f"{prefix}_{name}", doc, list(labels), registry=registry)
+
+    def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
+        return Gauge(f"{prefix}_{name}", doc, list(labels), registry=registry)
+
+    def seconds(name: str, doc: str) -> Histogram:
+        buckets = [b / 1000.0 for b in MS_LATENCY_BUCKETS]
+        return _MillisecondsAsSeconds(f"{prefix}_{name}_seconds", doc, buckets=buckets, registry=registry)
+
+    tp = ("topic", "partition")
+    return FaustMetrics(
+        messages_received=counter("messages_received", "Messages received by the consumer."),
+        active_messages=gauge("active_messages", "Messages received and not yet acknowledged."),
+        messages_received_per_topics=counter("topic_messages_received", "Messages received.", ["topic"]),
+        messages_received_per_topics_partition=gauge(
+            "partition_read_offset", "Offset of the last message read.", tp
+        ),
+        events_runtime_latency=seconds("event_runtime", "Time a stream spent on one event."),
+        total_events=counter("events", "Events taken by streams."),
+        total_active_events=gauge("active_events", "Events being processed by streams."),
+        total_events_per_stream=counter("stream_events", "Events taken, per stream.", ["stream"]),
+        table_operations=counter("table_operations", "Table reads and writes.", ["table", "operation"]),
+        topic_messages_sent=counter("topic_messages_sent", "Messages sent, per topic.", ["topic"]),
+        total_sent_messages=counter("messages_sent", "Messages the producer sent."),
+        producer_send_latency=seconds("producer_send_latency", "Time from send to broker ack."),
+        total_error_messages_sent=counter("producer_send_errors", "Messages the producer failed to send."),
+        producer_error_send_latency=seconds("producer_error_latency", "Time from send to send error."),
+        assignment_operations=counter("assignments", "Partition assignments, by result.", ["operation"]),
+        assign_latency=seconds("assignment_latency", "Time the partition assignor took."),
+        total_rebalances=gauge("rebalances_in_progress", "Rebalances started and not yet returned."),
+        total_rebalances_recovering=gauge("rebalances_recovering", "Rebalances recovering tables."),
+        rebalance_done_consumer_latency=seconds("rebalance_return_latency", "Rebalance until assignment."),
+        rebalance_done_latency=seconds("rebalance_latency", "Rebalance until recovery completed."),
+        count_metrics_by_name=gauge("counts", "Faust's named counts.", ["metric"]),
+        http_status_codes=counter("http_responses", "Web responses, by status code.", ["status_code"]),
+        http_latency=seconds("http_latency", "Time to answer a web request."),
+        topic_partition_end_offset=gauge("partition_end_offset", "End offset (high watermark).", tp),
+        topic_partition_offset_commited=gauge("partition_committed_offset", "Committed offset.", tp),
+        consumer_commit_latency=seconds("commit_latency", "Time an offset commit took."),
+    )
+
+
+def install_faust_sensor(*_: Any, **__: Any) -> None:
+    """Replace the app's monitor by Faust's Prometheus sensor (before the app starts)."""
+    if not isinstance(app.monitor, PrometheusMonitor):
+        app.monitor = PrometheusMonitor(metrics=faust_metrics(metrics.registry))
+
+
+# Only in processes that run a worker (app.main), not in every importer of this module.
+app.on_worker_init.connect(install_faust_sensor)
+
+
+# Routes -----------------------------------------------------------------------------------
+
+
+class _Started:
+    """Set by a task Faust starts with the app's timers, just before "Worker ready"."""
+
+    done = False
+
+
+def readiness_problem(*, started: bool, rebalancing: bool, recovering: bool, assigned: int) -> str | None:
+    """Why the worker should not get traffic yet, or None when it is ready."""
+    if not started:
+        return "starting: tables not recovered yet"
+    if rebalancing:
+        return "rebalancing"
+    if recovering:
+        return "recovering tables"
+    if assigned == 0:
+        return "no partitions assigned"
+    return None
+
+
+def _stream_partitions(changelogs: Collection[str]) -> set[Any]:
+    try:
+        assignment = app.consumer.assignment()
+    except Exception:  # no consumer yet (the worker is still starting)
+        return set()
+    return {tp for tp in assignment if tp.topic not in changelogs}
+
+
+def current_readiness() -> str | None:
+    tables: Any = app.tables  # `recovery` is TableManager's, missing from TableManagerT
+    recovery = tables.recovery
+    return readiness_problem(
+        started=_Started.done and recovery.completed.is_set(),
+        rebalancing=bool(app.rebalancing),
+        recovering=bool(recovery.in_recovery),
+        assigned=len(_stream_partitions(app.tables.changelog_topics)),
+    )
+
+
+@app.task
+async def mark_started() -> None:
+    _Started.done = True
+
+
+@app.page("/health")
+class Health(web.View):
+    """Liveness: the event loop answers."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        return self.json({"status": "ok"})
+
+
+@app.page("/ready")
+class Ready(web.View):
+    """Readiness: assigned, recovered, not rebalancing."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        problem = current_readiness()
+        if problem is not None:
+            return self.json({"status": "not_ready", "reason": problem}, status=503)
+        return self.json({"status": "ready"})
+
+
+@app.page("/metrics")
+class Metrics(web.View):
+    """Prometheus' text exposition of the worker's registry."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        body, content_type = metrics.exposition()
+        return self.bytes(body, headers={"Content-Type": content_type})
+
+
+def assignment_view(
+    actives: Iterable[Any], standbys: Iterable[Any], changelogs: Collection[str]
+) -> dict[str, Any]:
+    """This worker's partitions by topic: the stream partitions it consumes, the table
+    (changelog) partitions it serves, and those it keeps warm as standbys."""
+
+    def by_topic(tps: Iterable[Any]) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for tp in tps:
+            out.setdefault(tp.topic, []).append(tp.partition)
+        return {topic: sorted(partitions) for topic, partitions in sorted(out.items())}
+
+    held = list(actives)
+    return {
+        "streams": by_topic(tp for tp in held if tp.topic not in changelogs),
+        "tables": by_topic(tp for tp in held if tp.topic in changelogs),
+        "standbys": by_topic(standbys),
+    }
+
+
+@app.page("/assignment")
+class Assignment(web.View):
+    """The partitions the group's last rebalance gave this worker (no token: `/metrics` names
+    the same topics and partitions)."""
+
+    async def get(self, request: web.Request) -> web.Response:
+        assignor = app.assignor
+        body = assignment_view(
+            assignor.assigned_actives(), assignor.assigned_standbys(), app.tables.changelog_topics
+        )
+        body["worker"] = str(app.conf.canonical_url)
+        body["rebalancing"] = bool(app.rebalancing)
+        body["ready"] = current_readiness() is None
+        return self.json(body)
+
+
+# Sampled gauges ---------------------------------------------------------------------------
+
+
+def consumer_lag(consumer: Any, changelogs: Collection[str]) -> dict[tuple[str, int], int]:
+    """(topic, partition) → high watermark minus committed offset, for the stream partitions
+    this worker is assigned and has fetched from (the high watermark is known after a fetch).
+    Before the first commit the read position stands in for the committed offset."""
+    # Faust keeps these per partition and has no public accessor for them.
+    committed: dict[Any, int | None] = getattr(consumer, "_committed_offset", {})
+    read: dict[Any, int | None] = getattr(consumer, "_read_offset", {})
+    out: dict[tuple[str, int], int] = {}
+    for tp in consumer.assignment():
+        if tp.topic in changelogs:
+            continue
+        highwater = consumer.highwater(tp)
+        position = committed.get(tp)
+        if position is None:
+            last_read = read.get(tp)
+            position = None if last_read is None else last_read + 1
+        if highwater is None or position is None:
+            continue
+        out[(tp.topic, tp.partition)] = max(0, highwater - position)
+    return out
+
+
+@app.timer(interval=LAG_SAMPLE_S)
+async def sample_consumer_lag() -> None:
+    """Lag per partition, from what the consumer already knows (no broker request)."""
+    metrics.set_consumer_lag(consumer_lag(app.consumer, app.tables.changelog_topics))
+
+
+@app.service
+class OpenExceptionsReader(Service):
+    """Follows `ledgerflow.exceptions` from the start into `metrics.open_exceptions`."""
+
+    @Service.task
+    async def _follow(self) -> None:
+        while not self.should_stop:
+            try:
+                await self._read()
+            except (KafkaError, OSError) as exc:
+                log.warning("exceptions reader restarts", extra={"error": type(exc).__name__})
+                await self.sleep(EXCEPTIONS_RETRY_S)
+
+    async def _read(self) -> None:
+        consumer = AIOKafkaConsumer(
+            settings.topic(EXCEPTIONS),
+            bootstrap_servers=settings.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            metadata_max_age_ms=30_000,
+            **kafka_security(settings),
+        )
+        await consumer.start()
+        metrics.open_exceptions.clear()  # read again from the start
+        try:
+            while not self.should_stop:
+                batch = await consumer.getmany(timeout_ms=EXCEPTIONS_POLL_MS, max_records=5000)
+                for records in batch.values():
+                    for record in records:
+                        if record.value is not None:
+                            metrics.open_exceptions.apply(record.value)
+                await asyncio.sleep(0)
+        finally:
+            await consumer.stop()
