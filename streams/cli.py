@@ -13,6 +13,7 @@ import click
 from faust.cli.faust import cli
 
 from connectors.erp.sandbox import erp_sandbox_command
+from streams.bench import bench_command
 from streams.local_kafka import LocalKafka, LocalKafkaError, cache_root
 from streams.reconcile import reconcile_command
 from streams.replay import replay_command
@@ -158,6 +159,7 @@ for command in (
     replay_command,
     reconcile_command,
     erp_sandbox_command,
+    bench_command,
 ):
     cli.add_command(command)
 
@@ -172,6 +174,7 @@ Start here:
   ledgerflow replay    re-drive DLQ entries or open exceptions after a fix (--dry-run first)
   ledgerflow reconcile compare what was posted with the ERP (exit 1 on differences)
   ledgerflow erp-sandbox  a sandbox ERP (NetSuite REST and create-only shapes, fault injection)
+  ledgerflow bench     events/s, latency and RSS next to a bare Faust agent and a Quix Streams peer
   ledgerflow kafka     a local Apache Kafka (KRaft) in the foreground
   ledgerflow schemas   the JSON Schemas of the canonical model
 

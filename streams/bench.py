@@ -1,0 +1,1169 @@
+"""`ledgerflow bench` (design §7): one generated scenario through a real broker, measured for
+ledgerflow and, in the same run on the same broker and input, two references.
+
+* **ledgerflow** — real `ledgerflow worker` processes (every stage, the sink posting to a
+  sandbox ERP process), timed from the first message consumed to the last command emitted,
+  and only done when every posting the scenario's ground truth implies is confirmed on
+  `erp.results`. Latency is measured per stage from record timestamps: the source message
+  (produced by the bench with the correlation headers the webhook ingress sets) → the command
+  on `erp.commands` (matched by its correlation id) → its confirmation on `erp.results`
+  (matched by idempotency key). A pre-produced backlog makes those latencies queueing time,
+  so a second, *paced* run produces the scenario live at `--rate` events/s and measures them
+  at that load.
+* **faust** — a bare Faust agent forwarding the Stripe topics unchanged: the framework's own
+  per-event cost (`bench/peers/faust_passthrough.py`).
+* **quix** — the same Stripe pipeline in Quix Streams: decode and map with ledgerflow's own
+  mapper, re-key by customer, RocksDB dedup and invoice state, a command per postable invoice
+  (`bench/peers/quix_pipeline.py`).
+
+Each contender reads the same pre-produced topics from the start with its own consumer group,
+one after the other. Results go to `bench/results/<UTC timestamp>-<host>.json` (and a py-spy
+summary of the ledgerflow worker beside it with `--profile`) and are printed as a table; the
+rates are also given as ratios, which survive a noisy machine better than the rates do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from click.core import ParameterSource
+
+from connectors.simulation import Message, Scenario, generate
+from streams import headers as h
+from streams.local_kafka import LocalKafka, LocalKafkaError, free_port
+from streams.processes import ProcessFailed, terminate, wait_for_log
+from streams.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+PEERS = REPO / "bench" / "peers"
+RESULTS = REPO / "bench" / "results"
+CONTENDERS = ("ledgerflow", "faust", "quix")
+# Design §2 names (contract).
+STRIPE_TOPICS = ("billing.changes", "payments.changes")
+SOURCE_TOPICS = ("crm.changes", "clm.changes", *STRIPE_TOPICS)
+CANONICAL, ERP_COMMANDS, ERP_RESULTS = "ledgerflow.canonical", "erp.commands", "erp.results"
+ERP_TOKEN = "bench-token"
+# Variables a bench deployment must not inherit: its ERP is the sandbox, and no write-back
+# may reach a real CRM.
+NOT_INHERITED = (
+    "LEDGERFLOW_ERP_BASE_URL",
+    "LEDGERFLOW_ERP_TOKEN",
+    "LEDGERFLOW_ERP_TOKEN_URL",
+    "LEDGERFLOW_ERP_CLIENT_ID",
+    "LEDGERFLOW_ERP_CLIENT_SECRET",
+    "LEDGERFLOW_CRM_BASE_URL",
+    "LEDGERFLOW_CRM_TOKEN",
+    "LEDGERFLOW_CRM_TOKEN_URL",
+)
+PERCENTILES = (50, 95, 99)
+
+
+class BenchError(RuntimeError):
+    """A contender failed, or did not finish its input in time."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    customers: int = 300
+    months: int = 6
+    seed: int = 7
+    duplicate_rate: float = 0.1
+    reorder_rate: float = 0.1
+    partitions: int = 4
+    contenders: tuple[str, ...] = CONTENDERS
+    rate: float = 500.0
+    """Events/s of the paced ledgerflow run; 0 skips it."""
+    paced_customers: int | None = None
+    """Customers in the paced run's scenario (None: the same scenario as the backlog)."""
+    erp_latency_ms: float = 0.0
+    workers: int = 1
+    timeout_s: float = 900.0
+    profile: bool = False
+    results_dir: Path = RESULTS
+    keep_work: bool = False
+
+
+QUICK = {"customers": 8, "months": 2, "partitions": 2, "rate": 200.0, "timeout_s": 300.0}
+"""`--quick`: enough to see every contender work end to end, not to measure anything."""
+
+
+# --- input -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One scenario message as the webhook ingress would produce it (design topic name)."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    correlation_id: str
+    causation_id: str
+
+
+def source_records(messages: Sequence[Message]) -> list[SourceRecord]:
+    """The scenario with the ingress's correlation headers: a Stripe Event's follow from its
+    id (a redelivery carries the same), a relay message's from its place in the history."""
+    out = []
+    for i, m in enumerate(messages):
+        if m.topic in STRIPE_TOPICS:
+            event_id = str(orjson.loads(m.value)["id"])
+            causation = f"webhook:stripe:{event_id}"
+            correlation = h.stable_id("correlation", "stripe", event_id)
+        else:
+            source = "salesforce" if m.topic == "crm.changes" else "clm"
+            causation = f"bench:{source}:{i}"
+            correlation = h.stable_id("correlation", source, causation)
+        out.append(SourceRecord(m.topic, m.key.encode(), m.value, correlation, causation))
+    return out
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the ERP must have confirmed before a ledgerflow run counts as done."""
+
+    documents: frozenset[str]
+    """Idempotency keys of every invoice, payment and credit memo posting the truth implies."""
+    customers: int
+    """Customers that must each have a confirmed `upsert_customer`."""
+
+    @classmethod
+    def of(cls, truth: dict[str, Any]) -> Expected:
+        documents = (
+            {f"post_invoice-stripe-{i['invoice_id']}" for i in truth["invoices"]}
+            | {f"apply_payment-stripe-{p['payment_id']}" for p in truth["payments"]}
+            | {f"post_credit_memo-stripe-{m['credit_memo_id']}" for m in truth["credit_memos"]}
+        )
+        return cls(frozenset(documents), len(truth["customers"]))
+
+    def met_by(self, seen: Observed) -> bool:
+        return len(seen.customers_confirmed) >= self.customers and self.documents <= seen.confirmed_at.keys()
+
+    def shortfall(self, seen: Observed) -> str:
+        missing = sorted(self.documents - seen.confirmed_at.keys())
+        return (
+            f"{len(seen.customers_confirmed)}/{self.customers} customers and "
+            f"{len(self.documents) - len(missing)}/{len(self.documents)} documents confirmed; "
+            f"missing e.g. {missing[:3]}"
+        )
+
+
+@dataclass
+class Input:
+    """One scenario, ready to produce, with its ground truth."""
+
+    scenario: Scenario
+    records: list[SourceRecord]
+    expected: Expected
+
+    @classmethod
+    def generate(cls, options: BenchOptions, customers: int) -> Input:
+        scenario = generate(
+            customers, options.months, options.seed, options.duplicate_rate, options.reorder_rate
+        )
+        return cls(scenario, source_records(scenario.messages), Expected.of(scenario.truth))
+
+    def count(self, topics: Sequence[str]) -> int:
+        return sum(1 for r in self.records if r.topic in topics)
+
+
+# --- Kafka -----------------------------------------------------------------------------------
+
+
+async def create_topics(bootstrap: str, names: Sequence[str], partitions: int, replication: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, replication) for name in names])
+        # Wait for every partition's leader: the first sends would otherwise be refused and retried.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            described = await admin.describe_topics(list(names))
+            led = [p["leader"] >= 0 for t in described if t["error_code"] == 0 for p in t["partitions"]]
+            if len(led) == partitions * len(names) and all(led):
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+async def delete_topics_containing(bootstrap: str, marker: str) -> int:
+    """Remove a finished run's topics from a shared broker (best effort)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if marker in t]
+        if names:
+            await admin.delete_topics(names)
+        return len(names)
+    finally:
+        await admin.close()
+
+
+@dataclass
+class Produced:
+    source_at: dict[str, int]
+    """Correlation id → timestamp (ms) of its first source record."""
+    seconds: float
+
+
+async def produce(
+    bootstrap: str, prefix: str, records: Sequence[SourceRecord], rate: float = 0.0
+) -> Produced:
+    """Produce the records in order, each stamped when it is sent; with a rate, message i is
+    sent at start + i/rate (live traffic), else as fast as the broker takes them (a backlog)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=0 if rate else 10,
+        max_batch_size=1 << 18,
+    )
+    await producer.start()
+    source_at: dict[str, int] = {}
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        pending = []
+        for i, record in enumerate(records):
+            if rate:
+                delay = started + i / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            at = int(time.time() * 1000)
+            source_at.setdefault(record.correlation_id, at)
+            pending.append(
+                await producer.send(
+                    prefix + record.topic,
+                    record.value,
+                    key=record.key,
+                    timestamp_ms=at,
+                    headers=[
+                        (h.CORRELATION_ID, record.correlation_id.encode()),
+                        (h.CAUSATION_ID, record.causation_id.encode()),
+                    ],
+                )
+            )
+            if len(pending) >= 2000:
+                await asyncio.gather(*pending)
+                pending = []
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return Produced(source_at, loop.time() - started)
+
+
+async def earliest_timestamp(bootstrap: str, topic: str, timeout_s: float = 30.0) -> int | None:
+    """The smallest record timestamp of a topic (its first record in each partition)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetches metadata for every topic
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            return None
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        waiting = {tp for tp in partitions if ends[tp] > starts[tp]}
+        first: list[int] = []
+        deadline = time.monotonic() + timeout_s
+        while waiting and time.monotonic() < deadline:
+            batch = await consumer.getmany(*waiting, timeout_ms=500, max_records=50)
+            for tp, messages in batch.items():
+                if messages and tp in waiting:
+                    first.append(min(m.timestamp for m in messages))
+                    waiting.discard(tp)
+        return min(first) if first else None
+    finally:
+        await consumer.stop()
+
+
+@dataclass
+class Observed:
+    """What a ledgerflow deployment emitted and what the ERP confirmed, as record timestamps."""
+
+    command_at: dict[str, int] = field(default_factory=dict)
+    """Idempotency key → timestamp (ms) of its first `erp.commands` record."""
+    command_correlation: dict[str, str] = field(default_factory=dict)
+    confirmed_at: dict[str, int] = field(default_factory=dict)
+    """Idempotency key → timestamp (ms) of its first posted `erp.results` record."""
+    customers_confirmed: set[str] = field(default_factory=set)
+    commands: int = 0
+    results: int = 0
+    first_command_at: int = 0
+    last_command_at: int = 0
+
+    def add_command(self, at: int, value: bytes, headers: Sequence[tuple[str, bytes]]) -> None:
+        self.commands += 1
+        key = str(orjson.loads(value)["idempotency_key"])
+        if key not in self.command_at:
+            self.command_at[key] = at
+            correlation = dict(headers).get(h.CORRELATION_ID)
+            if correlation is not None:
+                self.command_correlation[key] = correlation.decode()
+        self.first_command_at = min(self.first_command_at or at, at)
+        self.last_command_at = max(self.last_command_at, at)
+
+    def add_result(self, at: int, value: bytes) -> None:
+        self.results += 1
+        result = orjson.loads(value)
+        if result["outcome"] != "posted":
+            return
+        key = str(result["idempotency_key"])
+        self.confirmed_at.setdefault(key, at)
+        if result["command"] == "upsert_customer":
+            self.customers_confirmed.add(str(result["customer_id"]))
+
+
+async def watch(
+    bootstrap: str, prefix: str, expected: Expected, timeout_s: float, alive: Callable[[], None]
+) -> Observed:
+    """Read `erp.commands` and `erp.results` from the start until the ERP has confirmed every
+    expected posting; `alive` raises if a process of the deployment died."""
+    consumer = AIOKafkaConsumer(
+        prefix + ERP_COMMANDS,
+        prefix + ERP_RESULTS,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        metadata_max_age_ms=1000,
+    )
+    await consumer.start()
+    seen = Observed()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not expected.met_by(seen):
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"ledgerflow did not finish within {timeout_s:.0f}s: {expected.shortfall(seen)}"
+                )
+            alive()
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for tp, messages in batch.items():
+                for m in messages:
+                    if m.value is None:
+                        continue
+                    if tp.topic.endswith(ERP_COMMANDS):
+                        seen.add_command(m.timestamp, m.value, list(m.headers or ()))
+                    else:
+                        seen.add_result(m.timestamp, m.value)
+    finally:
+        await consumer.stop()
+    return seen
+
+
+# --- measures --------------------------------------------------------------------------------
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float] | None:
+    """Nearest-rank p50/p95/p99 and the maximum (None for no values)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    out: dict[str, float] = {"count": len(ordered)}
+    for p in PERCENTILES:
+        out[f"p{p}"] = ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+    out["max"] = ordered[-1]
+    return out
+
+
+def stage_latencies(source_at: dict[str, int], seen: Observed) -> dict[str, dict[str, float] | None]:
+    """Per command (first emission of each idempotency key): source → emitted → confirmed."""
+    to_command: list[float] = []
+    to_confirmed: list[float] = []
+    end_to_end: list[float] = []
+    for key, emitted in seen.command_at.items():
+        source = source_at.get(seen.command_correlation.get(key, ""))
+        confirmed = seen.confirmed_at.get(key)
+        if source is not None:
+            to_command.append(emitted - source)
+        if confirmed is not None:
+            to_confirmed.append(confirmed - emitted)
+        if source is not None and confirmed is not None:
+            end_to_end.append(confirmed - source)
+    return {
+        "source_to_command": percentiles(to_command),
+        "command_to_confirmed": percentiles(to_confirmed),
+        "source_to_confirmed": percentiles(end_to_end),
+    }
+
+
+def _proc_status(pid: int, field_name: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field_name}:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident set of a live process: VmHWM from /proc, else psutil's current RSS."""
+    kb = _proc_status(pid, "VmHWM")
+    if kb is not None:
+        return round(kb / 1024, 1)
+    try:
+        import psutil
+    except ImportError:
+        return None
+    with contextlib.suppress(psutil.Error):
+        return round(psutil.Process(pid).memory_info().rss / (1 << 20), 1)
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process so far (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
+def rate(events: int, seconds: float) -> float:
+    return round(events / seconds, 1) if seconds > 0 else 0.0
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """A process the bench started, its output in a log file of the work dir."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "<no log>"
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            raise BenchError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+
+
+def spawn(name: str, args: Sequence[str], env: dict[str, str], work: Path) -> Child:
+    log = work / f"{name}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            list(args), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+        )
+    return Child(name, proc, log)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Deployment:
+    """A ledgerflow deployment of its own: sandbox ERP, workers, topics under `prefix`."""
+
+    bootstrap: str
+    prefix: str
+    app_id: str
+    partitions: int
+    work: Path
+    erp_latency_ms: float
+    workers: int
+    erp: Child | None = None
+    processes: list[Child] = field(default_factory=list)
+
+    def start(self) -> Deployment:
+        self.work.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        self.erp = spawn(
+            f"{self.app_id}-erp",
+            [
+                *(sys.executable, "-m", "streams", "erp-sandbox", "--port", str(port)),
+                *("--db", str(self.work / "erp.sqlite3"), "--token", ERP_TOKEN),
+                *("--latency-ms", str(self.erp_latency_ms)),
+            ],
+            child_env(),
+            self.work,
+        )
+        wait_for_log(self.erp.log, "ERP sandbox on", self.erp.proc, 60)
+        for index in range(self.workers):
+            env = child_env(
+                LEDGERFLOW_KAFKA_BOOTSTRAP=self.bootstrap,
+                LEDGERFLOW_APP_ID=self.app_id,
+                LEDGERFLOW_TOPIC_PREFIX=self.prefix,
+                LEDGERFLOW_PARTITIONS=str(self.partitions),
+                LEDGERFLOW_DATA_DIR=str(self.work / f"worker{index}"),
+                LEDGERFLOW_WEB_PORT=str(free_port()),
+                LEDGERFLOW_ERP_BASE_URL=f"http://127.0.0.1:{port}",
+                LEDGERFLOW_ERP_TOKEN=ERP_TOKEN,
+            )
+            command = [sys.executable, "-m", "streams", "worker", "-l", "info"]
+            self.processes.append(spawn(f"{self.app_id}-worker{index}", command, env, self.work))
+        for worker in self.processes:
+            try:
+                wait_for_log(worker.log, "Worker ready", worker.proc, 180)
+            except ProcessFailed as exc:
+                raise BenchError(f"{exc}:\n{worker.tail()}") from None
+        return self
+
+    def alive(self) -> None:
+        for child in [*self.processes, *([self.erp] if self.erp else [])]:
+            child.check()
+
+    def resources(self) -> dict[str, Any]:
+        rss = [peak_rss_mb(w.proc.pid) for w in self.processes]
+        cpu = [cpu_seconds(w.proc.pid) for w in self.processes]
+        known_rss = [r for r in rss if r is not None]
+        known_cpu = [c for c in cpu if c is not None]
+        return {
+            "peak_rss_mb": max(known_rss) if known_rss else None,
+            "peak_rss_mb_per_worker": rss,
+            "cpu_s": round(sum(known_cpu), 2) if known_cpu else None,
+            # The sandbox ERP shares the machine's cores with the workers.
+            "erp_cpu_s": cpu_seconds(self.erp.proc.pid) if self.erp is not None else None,
+        }
+
+    def stop(self) -> None:
+        for child in self.processes:
+            terminate(child.proc)
+        if self.erp is not None:
+            terminate(self.erp.proc)
+
+
+class Profiler:
+    """py-spy sampling one process until stopped; raw collapsed stacks to `out`."""
+
+    def __init__(self, pid: int, out: Path, log: Path) -> None:
+        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(exe).exists():
+            raise BenchError("--profile needs py-spy (pip install py-spy)")
+        self.out = out
+        with log.open("ab") as sink:
+            self.proc = subprocess.Popen(
+                [
+                    exe,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--format",
+                    "raw",
+                    "--nolineno",
+                    "--rate",
+                    "100",
+                    "-o",
+                    str(out),
+                ],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                terminate(self.proc)
+        return self.out.read_text(errors="replace") if self.out.exists() else ""
+
+
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")
+
+
+OWN_CODE = ("agents/", "canonical/", "connectors/", "streams/", "tables/")
+ENTRY_POINTS = ("streams/__main__.py", "streams/cli.py")
+
+
+def summarize_profile(raw: str, title: str, top: int = 15) -> str:
+    """py-spy's collapsed stacks → the frames with the most samples of their own (the leaf
+    frame: where the CPU was), own time by package, and ledgerflow's own functions with what
+    they call (which stage the time belongs to). Samples waiting in the event loop's select
+    are counted apart: py-spy cannot tell that wait from work."""
+    own: Counter[str] = Counter()
+    ours: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
+    total = idle = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [(f, m.group("file")) for f in stack.split(";") if (m := _FRAME.match(f))]
+        if not frames:
+            continue
+        leaf, leaf_file = frames[-1]
+        if leaf.endswith(".select (selectors.py)"):
+            idle += count  # the event loop waiting for I/O: py-spy samples it as running
+            continue
+        total += count
+        own[leaf] += count
+        packages[_package_of(leaf_file)] += count
+        for frame in {f for f, file in frames if file.startswith(OWN_CODE) and file not in ENTRY_POINTS}:
+            ours[frame] += count
+    if not total:
+        return f"{title}\n(no samples)\n"
+
+    def table(counter: Counter[str], heading: str) -> list[str]:
+        rows = [heading, f"{'samples':>8} {'share':>6}  frame"]
+        rows += [f"{n:>8} {n / total:>6.1%}  {frame}" for frame, n in counter.most_common(top)]
+        return rows
+
+    lines = [
+        title,
+        f"{total + idle} samples at 100 Hz; {idle} ({idle / (total + idle):.1%}) in the event loop's select "
+        f"(waiting for I/O), left out; shares below are of the {total} busy samples",
+        "",
+    ]
+    lines += table(own, f"Top {top} frames by own time (where the CPU was):")
+    lines += ["", *table(packages, "Own time by package:")]
+    lines += ["", *table(ours, f"Top {top} of ledgerflow's own functions, with what they call:")]
+    return "\n".join(lines) + "\n"
+
+
+def _package_of(filename: str) -> str:
+    """py-spy's short file name (`faust/streams.py`, `<frozen …>`, `asyncio/events.py`) → its
+    top-level package or module."""
+    if not filename or filename.startswith("<"):
+        return filename or "?"
+    head = filename.split("/", 1)[0]
+    return head.removesuffix(".py")
+
+
+# --- contenders ------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One bench run: its id, broker, work dir and input."""
+
+    options: BenchOptions
+    bootstrap: str
+    work: Path
+    run_id: str
+    input: Input
+    source_at: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        return f"bench-{self.run_id}."
+
+    @property
+    def replication(self) -> int:
+        return Settings().replication_factor
+
+
+def run_ledgerflow(run: Run) -> dict[str, Any]:
+    """The pre-produced backlog through a real deployment, until the ERP confirmed it all."""
+    options = run.options
+    deployment = Deployment(
+        run.bootstrap,
+        run.prefix,
+        f"bench-{run.run_id}-lf",
+        options.partitions,
+        run.work / "ledgerflow",
+        options.erp_latency_ms,
+        options.workers,
+    )
+    profiler: Profiler | None = None
+    profile_text: str | None = None
+    try:
+        deployment.start()
+        if options.profile:
+            pid = deployment.processes[0].proc.pid
+            profiler = Profiler(pid, run.work / "ledgerflow.pyspy.txt", run.work / "py-spy.log")
+        seen = asyncio.run(
+            watch(run.bootstrap, run.prefix, run.input.expected, options.timeout_s, deployment.alive)
+        )
+        resources = deployment.resources()
+        if profiler is not None:
+            profile_text = profiler.stop()
+            profiler = None
+        first = asyncio.run(earliest_timestamp(run.bootstrap, run.prefix + CANONICAL))
+    finally:
+        if profiler is not None:
+            profiler.stop()
+        deployment.stop()
+    events = len(run.input.records)
+    seconds = (seen.last_command_at - (first or seen.first_command_at)) / 1000
+    result: dict[str, Any] = {
+        "inputs": list(SOURCE_TOPICS),
+        "events": events,
+        "seconds": round(seconds, 2),
+        "events_per_s": rate(events, seconds),
+        "commands": seen.commands,
+        "documents_confirmed": len(run.input.expected.documents),
+        "customers_confirmed": len(seen.customers_confirmed),
+        "latency_ms": stage_latencies(run.source_at, seen),
+        **resources,
+    }
+    if profile_text is not None:
+        result["_profile_raw"] = profile_text
+    return result
+
+
+def run_ledgerflow_paced(run: Run) -> dict[str, Any]:
+    """A fresh deployment on empty topics, the scenario produced live at `--rate` events/s:
+    latency at that load rather than queueing time."""
+    options = run.options
+    paced_input = (
+        run.input
+        if options.paced_customers in (None, options.customers)
+        else Input.generate(options, options.paced_customers or options.customers)
+    )
+    prefix = f"bench-{run.run_id}-paced."
+    asyncio.run(
+        create_topics(run.bootstrap, [prefix + t for t in SOURCE_TOPICS], options.partitions, run.replication)
+    )
+    deployment = Deployment(
+        run.bootstrap,
+        prefix,
+        f"bench-{run.run_id}-lfpaced",
+        options.partitions,
+        run.work / "ledgerflow-paced",
+        options.erp_latency_ms,
+        options.workers,
+    )
+
+    async def drive() -> tuple[Produced, Observed]:
+        # Either failing fails the run at once; asyncio.run cancels the other.
+        return await asyncio.gather(
+            produce(run.bootstrap, prefix, paced_input.records, options.rate),
+            watch(run.bootstrap, prefix, paced_input.expected, options.timeout_s, deployment.alive),
+        )
+
+    try:
+        deployment.start()
+        time.sleep(1.0)  # let the group settle: the first events should not pay for a rebalance
+        produced, seen = asyncio.run(drive())
+        resources = deployment.resources()
+    finally:
+        deployment.stop()
+    events = len(paced_input.records)
+    return {
+        "inputs": list(SOURCE_TOPICS),
+        "target_rate": options.rate,
+        "events": events,
+        "produced_per_s": rate(events, produced.seconds),
+        "seconds": round(produced.seconds, 2),
+        # How long after the last event the last command came: far above the batch window,
+        # the deployment could not keep up with the rate and the latencies are queueing again.
+        "drain_s": round((seen.last_command_at - max(produced.source_at.values(), default=0)) / 1000, 2),
+        "commands": seen.commands,
+        "latency_ms": stage_latencies(produced.source_at, seen),
+        **resources,
+    }
+
+
+def run_peer(run: Run, name: str, script: str, args: Sequence[str], expect_outputs: int) -> dict[str, Any]:
+    """A reference pipeline on the pre-produced Stripe topics until it handled all of them."""
+    options = run.options
+    inputs = [run.prefix + t for t in STRIPE_TOPICS]
+    output = f"{run.prefix}bench.{name}-out"
+    asyncio.run(create_topics(run.bootstrap, [output], options.partitions, run.replication))
+    work = run.work / name
+    work.mkdir(parents=True, exist_ok=True)
+    stats = work / "stats.json"
+    events = run.input.count(STRIPE_TOPICS)
+    env = child_env(
+        BENCH_BOOTSTRAP=run.bootstrap,
+        BENCH_INPUTS=",".join(inputs),
+        BENCH_OUTPUT=output,
+        BENCH_GROUP=f"bench-{run.run_id}-{name}",
+        BENCH_EXPECT=str(events),
+        BENCH_STATS=str(stats),
+        BENCH_DATA_DIR=str(work),
+    )
+    child = spawn(name, [sys.executable, str(PEERS / script), *args], env, work)
+    deadline = time.monotonic() + options.timeout_s
+    try:
+        while not stats.exists():
+            if child.proc.poll() is not None and not stats.exists():
+                raise BenchError(f"{name} exited with {child.proc.returncode}:\n{child.tail()}")
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"{name} did not handle its input within {options.timeout_s:.0f}s:\n{child.tail()}"
+                )
+            time.sleep(0.2)
+    finally:
+        terminate(child.proc)
+    data = orjson.loads(stats.read_bytes())
+    seconds = float(data["last_at"]) - float(data["first_at"])
+    if data["outputs"] != expect_outputs:
+        raise BenchError(f"{name} emitted {data['outputs']} messages, expected {expect_outputs}")
+    return {
+        "inputs": list(STRIPE_TOPICS),
+        "events": int(data["events"]),
+        "seconds": round(seconds, 2),
+        "events_per_s": rate(int(data["events"]), seconds),
+        "outputs": int(data["outputs"]),
+        "peak_rss_mb": data["peak_rss_mb"],
+        "cpu_s": data["cpu_s"],
+    }
+
+
+def run_faust(run: Run) -> dict[str, Any]:
+    stripe = run.input.count(STRIPE_TOPICS)
+    return run_peer(run, "faust", "faust_passthrough.py", ["worker", "-l", "warn"], stripe)
+
+
+def run_quix(run: Run) -> dict[str, Any]:
+    return run_peer(run, "quix", "quix_pipeline.py", [], len(run.input.scenario.truth["invoices"]))
+
+
+RUNNERS: dict[str, Callable[[Run], dict[str, Any]]] = {
+    "ledgerflow": run_ledgerflow,
+    "faust": run_faust,
+    "quix": run_quix,
+}
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info(kafka_version: str) -> dict[str, Any]:
+    cpu_model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    memory_gb = None
+    kb = _proc_status_meminfo()
+    if kb is not None:
+        memory_gb = round(kb / (1 << 20), 1)
+    return {
+        "host": socket.gethostname(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_gb": memory_gb,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "kafka": kafka_version,
+        "faust_streaming": _version("faust-streaming"),
+        "aiokafka": _version("aiokafka"),
+        "quixstreams": _version("quixstreams"),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _proc_status_meminfo() -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1])
+    return None
+
+
+@contextlib.contextmanager
+def broker(work: Path) -> Iterator[tuple[str, str, bool]]:
+    """(bootstrap, Kafka version, external?): LEDGERFLOW_KAFKA_BOOTSTRAP's broker, or a local
+    Apache Kafka started here for the run."""
+    s = Settings()
+    if s.kafka_bootstrap:
+        if s.kafka_security_protocol != "PLAINTEXT":
+            raise BenchError("the bench's peers speak PLAINTEXT only: point it at a plaintext broker")
+        yield s.kafka_bootstrap, os.environ.get("LEDGERFLOW_KAFKA_VERSION", "external"), True
+        return
+    local = LocalKafka(data_dir=work / "kafka")
+    try:
+        local.start()
+    except LocalKafkaError as exc:
+        raise BenchError(str(exc)) from exc
+    try:
+        yield local.bootstrap, local.version, False
+    finally:
+        local.stop()
+
+
+def ratios(contenders: dict[str, dict[str, Any]]) -> dict[str, float]:
+    out = {}
+    ours = contenders.get("ledgerflow", {}).get("events_per_s")
+    for peer in ("faust", "quix"):
+        theirs = contenders.get(peer, {}).get("events_per_s")
+        if ours and theirs:
+            out[f"ledgerflow_to_{peer}"] = round(ours / theirs, 3)
+    return out
+
+
+def run_bench(options: BenchOptions, echo: Callable[[str], None] = click.echo) -> tuple[dict[str, Any], Path]:
+    """Everything: input, each contender in turn, the JSON. Returns (results, JSON path)."""
+    started = datetime.now(UTC)
+    run_id = uuid.uuid4().hex[:8]
+    work = Path(tempfile.mkdtemp(prefix=f"ledgerflow-bench-{run_id}-"))
+    ok = False
+    try:
+        with broker(work) as (bootstrap, kafka_version, external):
+            machine = machine_info(kafka_version)
+            echo(f"generating {options.customers} customers x {options.months} months (seed {options.seed})")
+            run = Run(options, bootstrap, work, run_id, Input.generate(options, options.customers))
+            names = [run.prefix + t for t in SOURCE_TOPICS]
+            asyncio.run(create_topics(bootstrap, names, options.partitions, run.replication))
+            produced = asyncio.run(produce(bootstrap, run.prefix, run.input.records))
+            run.source_at = produced.source_at
+            echo(
+                f"{len(run.input.records)} messages pre-produced to {options.partitions} partitions in "
+                f"{produced.seconds:.1f}s on {bootstrap}"
+            )
+            contenders: dict[str, dict[str, Any]] = {}
+            for name in options.contenders:
+                echo(f"{name}: running")
+                contenders[name] = RUNNERS[name](run)
+                echo(f"{name}: {contenders[name]['events_per_s']:.0f} events/s")
+                if name == "ledgerflow" and options.rate > 0:
+                    echo(f"ledgerflow paced at {options.rate:.0f} events/s: running")
+                    contenders[name]["paced"] = run_ledgerflow_paced(run)
+            if external:
+                with contextlib.suppress(Exception):
+                    asyncio.run(delete_topics_containing(bootstrap, run_id))
+        results = assemble(options, machine, run, contenders, started)
+        path = write_results(results, options.results_dir, started, machine["host"])
+        ok = True
+        return results, path
+    finally:
+        if ok and not options.keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            echo(f"work dir (logs, ERP database) kept: {work}")
+
+
+def assemble(
+    options: BenchOptions,
+    machine: dict[str, Any],
+    run: Run,
+    contenders: dict[str, dict[str, Any]],
+    started: datetime,
+) -> dict[str, Any]:
+    s = Settings()
+    parameters = {
+        "customers": options.customers,
+        "months": options.months,
+        "seed": options.seed,
+        "duplicate_rate": options.duplicate_rate,
+        "reorder_rate": options.reorder_rate,
+        "partitions": options.partitions,
+        "contenders": list(options.contenders),
+        "rate": options.rate,
+        "paced_customers": options.paced_customers or options.customers,
+        "erp_latency_ms": options.erp_latency_ms,
+        "workers": options.workers,
+        "profile": options.profile,
+        "ledgerflow_settings": {
+            "batch_size": s.batch_size,
+            "batch_window_ms": s.batch_window_ms,
+            "producer_linger_ms": s.producer_linger_ms,
+            "processing_guarantee": s.processing_guarantee,
+            "erp_concurrency": s.erp_concurrency,
+        },
+    }
+    by_topic = Counter(r.topic for r in run.input.records)
+    truth = run.input.scenario.truth
+    return {
+        "schema_version": 1,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine,
+        "parameters": parameters,
+        "input": {
+            "messages": len(run.input.records),
+            "by_topic": dict(sorted(by_topic.items())),
+            "customers": len(truth["customers"]),
+            "invoices": len(truth["invoices"]),
+            "documents": len(run.input.expected.documents),
+        },
+        "contenders": contenders,
+        "ratios": ratios(contenders),
+    }
+
+
+def write_results(results: dict[str, Any], directory: Path, started: datetime, host: str) -> Path:
+    """`<UTC timestamp>-<host>.json`, and the profile summary as `….profile.txt` beside it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"{started:%Y%m%dT%H%M%SZ}-{re.sub(r'[^A-Za-z0-9_.-]', '_', host)}"
+    ours = results["contenders"].get("ledgerflow", {})
+    raw = ours.pop("_profile_raw", None)
+    if raw is not None:
+        profile = directory / f"{stem}.profile.txt"
+        title = (
+            f"py-spy of the ledgerflow worker during the backlog run {stem} "
+            f"({results['input']['messages']} messages, {ours.get('events_per_s')} events/s)"
+        )
+        profile.write_text(summarize_profile(raw, title))
+        results["profile"] = profile.name
+    path = directory / f"{stem}.json"
+    path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    return path
+
+
+def _ms(latency: dict[str, Any] | None, stage: str) -> str:
+    stats = (latency or {}).get(stage)
+    if not stats:
+        return "-"
+    return "/".join(f"{stats[f'p{p}']:.0f}" for p in PERCENTILES)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The results as a plain-text table (the README shows the latest one)."""
+    machine, params, given = results["machine"], results["parameters"], results["input"]
+    header = (
+        f"ledgerflow bench {results['started_at']} on {machine['host']} ({machine['cpus']} CPUs, "
+        f"Kafka {machine['kafka']}, Python {machine['python']}): {params['customers']} customers x "
+        f"{params['months']} months = {given['messages']} messages, {params['partitions']} partitions"
+    )
+    columns = (
+        f"{'contender':<18} {'input':<17} {'events':>7} {'s':>7} {'events/s':>9} "
+        f"{'src→cmd ms p50/95/99':>21} {'cmd→ERP ms p50/95/99':>21} {'RSS MB':>7} {'CPU s':>6}"
+    )
+    rows = [header, "", columns]
+
+    def row(label: str, inputs: str, c: dict[str, Any], per_s: float) -> str:
+        latency = c.get("latency_ms")
+        rss = c.get("peak_rss_mb")
+        cpu = c.get("cpu_s")
+        return (
+            f"{label:<18} {inputs:<17} {c['events']:>7} {c['seconds']:>7.1f} {per_s:>9.0f} "
+            f"{_ms(latency, 'source_to_command'):>21} {_ms(latency, 'command_to_confirmed'):>21} "
+            f"{(f'{rss:.0f}' if rss is not None else '-'):>7} {(f'{cpu:.0f}' if cpu is not None else '-'):>6}"
+        )
+
+    for name, c in results["contenders"].items():
+        inputs = "all 4 sources" if name == "ledgerflow" else "billing+payments"
+        rows.append(row(name, inputs, c, c["events_per_s"]))
+        paced = c.get("paced")
+        if paced:
+            rows.append(row(f"  paced @{paced['target_rate']:.0f}/s", inputs, paced, paced["produced_per_s"]))
+            if paced.get("drain_s", 0) > 5:
+                rows.append(
+                    f"  (paced: fell behind; last command {paced['drain_s']:.0f}s after the last event)"
+                )
+    ratio_text = ", ".join(f"{k.replace('_to_', '/')} {v:.2f}" for k, v in results["ratios"].items())
+    if ratio_text:
+        rows += ["", f"events/s ratios: {ratio_text}"]
+    return "\n".join(rows)
+
+
+def _contenders(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    unknown = [n for n in names if n not in CONTENDERS]
+    if unknown or not names:
+        raise click.BadParameter(f"choose from {', '.join(CONTENDERS)} (got {value!r})")
+    return names
+
+
+@click.command("bench")
+@click.option("--customers", type=click.IntRange(1), default=300, show_default=True)
+@click.option("--months", type=click.IntRange(1, 60), default=6, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--duplicate-rate", type=click.FloatRange(0, 1), default=0.1, show_default=True)
+@click.option("--reorder-rate", type=click.FloatRange(0, 1), default=0.1, show_default=True)
+@click.option("--partitions", type=click.IntRange(1, 256), default=4, show_default=True)
+@click.option(
+    "--contenders",
+    default=",".join(CONTENDERS),
+    show_default=True,
+    callback=_contenders,
+    help="Which to run, comma-separated.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0),
+    default=500.0,
+    show_default=True,
+    help="Events/s of the paced ledgerflow run (latency under load); 0 skips it.",
+)
+@click.option(
+    "--paced-customers",
+    type=click.IntRange(1),
+    default=None,
+    help="Customers in the paced run's scenario [default: --customers].",
+)
+@click.option(
+    "--erp-latency-ms", type=click.FloatRange(0), default=0.0, show_default=True, help="Sandbox ERP latency."
+)
+@click.option(
+    "--workers", type=click.IntRange(1, 16), default=1, show_default=True, help="ledgerflow workers."
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(1),
+    default=900.0,
+    show_default=True,
+    help="Longest one contender may take.",
+)
+@click.option(
+    "--profile/--no-profile",
+    default=False,
+    show_default=True,
+    help="py-spy the ledgerflow worker during the backlog run; a text summary goes beside the JSON.",
+)
+@click.option(
+    "--quick", is_flag=True, help="A tiny run that checks every contender works (numbers mean little)."
+)
+@click.option(
+    "--results-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=RESULTS,
+    show_default=True,
+)
+@click.option(
+    "--keep-work", is_flag=True, help="Keep the work dir (logs, ERP database, state) after success."
+)
+@click.pass_context
+def bench_command(ctx: click.Context, quick: bool, **given: Any) -> None:
+    """Measure ledgerflow against a bare Faust agent and a Quix Streams peer on one broker."""
+    if quick:
+        for name, value in QUICK.items():
+            if ctx.get_parameter_source(name) is ParameterSource.DEFAULT:
+                given[name] = value
+    options = replace(BenchOptions(), **given)
+    # A freshly created partition may refuse the first sends once; aiokafka retries and says so.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    try:
+        results, path = run_bench(options)
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("")
+    click.echo(format_table(results))
+    click.echo(f"\nresults: {path}" + (f" (profile: {results['profile']})" if "profile" in results else ""))
