@@ -79,8 +79,7 @@ class LedgerflowApp(faust.App):
 
     def discover(self, *extra_modules: str, **kwargs: Any) -> None:
         super().discover(*extra_modules, **kwargs)
-        # Read now, not at import: `ledgerflow worker --stages` sets the variable in main().
-        stages = set(Settings().stages.split(","))
+        stages = set(settings.stages.split(","))
         dropped = keep_stages(self, stages)
         if dropped:
             logging.getLogger(__name__).info("stages %s: not running %s", sorted(stages), ", ".join(dropped))
@@ -128,7 +127,7 @@ def keep_stages(app: faust.App, stages: set[str]) -> list[str]:
 def create_app(s: Settings) -> LedgerflowApp:
     """Build the app from settings (tests build their own with other settings)."""
     return LedgerflowApp(
-        s.app_id,
+        s.group_id,
         broker=[f"kafka://{host}" for host in s.bootstrap.split(",")],
         broker_credentials=_broker_credentials(s),
         autodiscover=["agents", "streams.ingress", "streams.observability", "streams.views"],

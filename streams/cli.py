@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -183,12 +181,6 @@ Settings are LEDGERFLOW_* environment variables (see README, "Configuration").
 
 
 def main() -> NoReturn:
-    # `worker --stages ingest,core` is ours, not Faust's: hand it over as LEDGERFLOW_STAGES.
-    args = sys.argv
-    if "--stages" in args[:-1]:
-        at = args.index("--stages")
-        os.environ["LEDGERFLOW_STAGES"] = args[at + 1]
-        del args[at : at + 2]
     from streams.app import app
 
     app.main()

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+ALL_STAGES = ("ingest", "core", "sink")
+
 
 class Settings(BaseSettings):
     """Defaults suit `ledgerflow dev` on one machine; the docstring of each field names its
@@ -137,7 +139,9 @@ class Settings(BaseSettings):
 
     stages: str = Field(default="ingest,core,sink", pattern=r"^(ingest|core|sink)(,(ingest|core|sink))*$")
     """LEDGERFLOW_STAGES: which stages this worker runs (`ledgerflow worker --stages ingest,core`
-    sets it): to scale or isolate the sink, say. Every worker serves the web routes."""
+    sets it): to scale or isolate the sink, say. Such a worker joins the consumer group
+    `<app id>-<stages>` (see `group_id`). Every worker serves the web routes; the data views
+    answer from the tables of the worker's own stages."""
     session_timeout_s: float = Field(default=10.0, gt=0)
     """LEDGERFLOW_SESSION_TIMEOUT_S: how long the group waits for a silent worker before its
     partitions move (Faust's default is 60 s; a crashed pod's partitions stall that long)."""
@@ -159,6 +163,16 @@ class Settings(BaseSettings):
     """LEDGERFLOW_PRODUCER_LINGER_MS: lets the producer batch sends into one request."""
     log_level: str = "info"
     """LEDGERFLOW_LOG_LEVEL"""
+
+    @property
+    def group_id(self) -> str:
+        """The consumer group (and changelog prefix) of this worker: LEDGERFLOW_APP_ID, with the
+        stages appended when a worker runs only some, so each stage set is a group of its own
+        whose members all consume the same topics and keep the same tables."""
+        stages = self.stages.split(",")
+        if sorted(stages) == sorted(ALL_STAGES):
+            return self.app_id
+        return "-".join([self.app_id, *[st for st in ALL_STAGES if st in stages]])
 
     def topic(self, name: str) -> str:
         """The broker-side name of a design topic."""

@@ -81,13 +81,14 @@ def test_dev_runs_the_demo_scenario_end_to_end(kafka_bootstrap: str, tmp_path: P
 
 def test_a_worker_runs_only_the_stages_it_is_given() -> None:
     def agents_with(stages: str) -> subprocess.CompletedProcess[str]:
-        code = "from streams.app import app; app.discover(); print(sorted(app.agents))"
+        code = "from streams.app import app; app.discover(); print(app.conf.id); print(sorted(app.agents))"
         env = {**os.environ, "LEDGERFLOW_STAGES": stages}
         return subprocess.run(
             [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=False
         )
 
     sink = agents_with("sink")
+    assert sink.stdout.strip().splitlines()[-2] == "ledgerflow-sink"  # a consumer group of its own
     assert ast.literal_eval(sink.stdout.strip().splitlines()[-1]) == [
         "agents.sink.deliver_erp_commands",
         "agents.writeback.write_back_to_crm",
