@@ -86,6 +86,8 @@ class LedgerflowApp(faust.App):
 
     async def on_start(self) -> None:
         await super().on_start()
+        # httpx logs every ERP call at INFO; the sink logs what matters with the correlation id.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         # `kill -USR1 <pid>` logs every asyncio task's stack: a stalled worker is otherwise
         # idle in the event loop and says nothing about what it waits for.
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _log_task_stacks)

@@ -102,6 +102,9 @@ class BenchOptions:
     """Customers in the paced run's scenario (None: the same scenario as the backlog)."""
     erp_latency_ms: float = 0.0
     workers: int = 1
+    sink_workers: int = 1
+    """Workers running only the sink (`--stages sink`, their own consumer group) beside `workers`
+    running ingest and core; 0 runs every stage in every worker."""
     timeout_s: float = 900.0
     profile: bool = False
     results_dir: Path = RESULTS
@@ -503,6 +506,7 @@ class Deployment:
     work: Path
     erp_latency_ms: float
     workers: int
+    sink_workers: int = 0
     erp: Child | None = None
     processes: list[Child] = field(default_factory=list)
 
@@ -520,8 +524,10 @@ class Deployment:
             self.work,
         )
         wait_for_log(self.erp.log, "ERP sandbox on", self.erp.proc, 60)
-        for index in range(self.workers):
+        for index in range(self.workers + self.sink_workers):
+            stages = "ingest,core,sink" if not self.sink_workers else "ingest,core"
             env = child_env(
+                LEDGERFLOW_STAGES=stages if index < self.workers else "sink",
                 LEDGERFLOW_KAFKA_BOOTSTRAP=self.bootstrap,
                 LEDGERFLOW_APP_ID=self.app_id,
                 LEDGERFLOW_TOPIC_PREFIX=self.prefix,
@@ -698,6 +704,7 @@ def run_ledgerflow(run: Run) -> dict[str, Any]:
         run.work / "ledgerflow",
         options.erp_latency_ms,
         options.workers,
+        options.sink_workers,
     )
     profiler: Profiler | None = None
     profile_text: str | None = None
@@ -757,6 +764,7 @@ def run_ledgerflow_paced(run: Run) -> dict[str, Any]:
         run.work / "ledgerflow-paced",
         options.erp_latency_ms,
         options.workers,
+        options.sink_workers,
     )
 
     async def drive() -> tuple[Produced, Observed]:
@@ -988,6 +996,7 @@ def assemble(
         "paced_customers": options.paced_customers or options.customers,
         "erp_latency_ms": options.erp_latency_ms,
         "workers": options.workers,
+        "sink_workers": options.sink_workers,
         "profile": options.profile,
         "ledgerflow_settings": {
             "batch_size": s.batch_size,
@@ -1123,6 +1132,13 @@ def _contenders(_ctx: click.Context, _param: click.Parameter, value: str) -> tup
 )
 @click.option(
     "--workers", type=click.IntRange(1, 16), default=1, show_default=True, help="ledgerflow workers."
+)
+@click.option(
+    "--sink-workers",
+    type=click.IntRange(0, 16),
+    default=1,
+    show_default=True,
+    help="Workers running only the sink beside --workers running ingest and core (0: all stages in each).",
 )
 @click.option(
     "--timeout",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from canonical import AnyErpCommand, BusinessException, ChangeEvent, CrmWriteback, PostingResult
 from canonical.fingerprints import CustomerFingerprint
 from streams.app import app
-from streams.schemas import PydanticSchema, RawSchema
+from streams.schemas import ByTopicSchema, PydanticSchema, RawSchema
 from streams.settings import settings
 
 if TYPE_CHECKING:
@@ -69,7 +69,11 @@ app.declared_topics.extend(ALL_TOPICS.values())
 # Stage 2 reads what the ERP confirmed (erp.results) in the same actor as the canonical events:
 # both are keyed by canonical customer id, so each customer's state has one writer.
 core_inputs_topic = app.topic(
-    settings.topic(CANONICAL), settings.topic(ERP_RESULTS), schema=PydanticSchema(ChangeEvent | PostingResult)
+    settings.topic(CANONICAL),
+    settings.topic(ERP_RESULTS),
+    schema=ByTopicSchema(
+        {settings.topic(CANONICAL): ChangeEvent, settings.topic(ERP_RESULTS): PostingResult}
+    ),
 )
 
 # Stripe's two streams, read by ONE agent: both resolve customers through the same identity
