@@ -58,15 +58,12 @@ from streams import headers as h
 from streams.local_kafka import LocalKafka, LocalKafkaError, free_port
 from streams.processes import ProcessFailed, terminate, wait_for_log
 from streams.settings import Settings
+from streams.topic_names import CANONICAL, ERP_COMMANDS, ERP_RESULTS, SOURCE_TOPICS, STRIPE_TOPICS
 
 REPO = Path(__file__).resolve().parent.parent
 PEERS = REPO / "bench" / "peers"
 RESULTS = REPO / "bench" / "results"
 CONTENDERS = ("ledgerflow", "faust", "quix")
-# Design §2 names (contract).
-STRIPE_TOPICS = ("billing.changes", "payments.changes")
-SOURCE_TOPICS = ("crm.changes", "clm.changes", *STRIPE_TOPICS)
-CANONICAL, ERP_COMMANDS, ERP_RESULTS = "ledgerflow.canonical", "erp.commands", "erp.results"
 ERP_TOKEN = "bench-token"
 # Variables a bench deployment must not inherit: its ERP is the sandbox, and no write-back
 # may reach a real CRM.

@@ -22,9 +22,10 @@ from streams.kafka_io import Record, produce, read_topics
 from streams.local_kafka import LocalKafka, free_port
 from streams.processes import ProcessFailed, terminate, wait_for_log
 from streams.settings import settings
+from streams.topic_names import DLQ, ERP_COMMANDS, EXCEPTIONS
 
 DEV_ROOT = Path(".ledgerflow-dev")
-OUTPUT_TOPICS = ["erp.commands", "ledgerflow.exceptions", "ledgerflow.dlq"]
+OUTPUT_TOPICS = [ERP_COMMANDS, EXCEPTIONS, DLQ]
 DEV_ERP_TOKEN = "sandbox-token"
 
 
@@ -145,13 +146,11 @@ def _erp_summary(view: dict[str, Any]) -> list[str]:
 
 
 def _summary(found: dict[str, list[Record]]) -> list[str]:
-    parsed = [orjson.loads(v or b"{}") for _, v, _ in found["erp.commands"]]
+    parsed = [orjson.loads(v or b"{}") for _, v, _ in found[ERP_COMMANDS]]
     commands = Counter(c.get("command", "?") for c in parsed)
     keys = Counter(c.get("command", "?") for c in {c.get("idempotency_key"): c for c in parsed}.values())
-    exceptions = Counter(
-        orjson.loads(v or b"{}").get("reason", "?") for _, v, _ in found["ledgerflow.exceptions"]
-    )
-    dlq = Counter(h.get("x-dlq-reason", "?").split(":")[0] for _, _, h in found["ledgerflow.dlq"])
+    exceptions = Counter(orjson.loads(v or b"{}").get("reason", "?") for _, v, _ in found[EXCEPTIONS])
+    dlq = Counter(h.get("x-dlq-reason", "?").split(":")[0] for _, _, h in found[DLQ])
     lines = ["", "ERP commands (erp.commands):"]
     lines += [
         f"  {name:<20} {count} ({keys[name]} distinct keys)" for name, count in sorted(commands.items())

@@ -38,7 +38,7 @@ from streams import metrics
 from streams.app import app
 from streams.ingress import kafka_security
 from streams.settings import settings
-from streams.topics import EXCEPTIONS
+from streams.topic_names import EXCEPTIONS
 
 log = logging.getLogger(__name__)
 

@@ -747,7 +747,7 @@ def _decoded_results(records: Iterable[RawRecord]) -> tuple[list[PostingResult],
 
 def _contract_names() -> tuple[str, str, str]:
     # streams.topics builds the Faust app on import: only a running reconciliation needs them.
-    from streams.topics import ERP_COMMANDS, ERP_RESULTS, EXCEPTIONS
+    from streams.topic_names import ERP_COMMANDS, ERP_RESULTS, EXCEPTIONS
 
     return ERP_COMMANDS, ERP_RESULTS, EXCEPTIONS
 

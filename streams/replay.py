@@ -603,7 +603,7 @@ class KafkaLink:
 
 def _contract_names() -> tuple[str, str]:
     # streams.topics builds the Faust app on import: only a running replay needs the names.
-    from streams.topics import DLQ, EXCEPTIONS
+    from streams.topic_names import DLQ, EXCEPTIONS
 
     return DLQ, EXCEPTIONS
 

@@ -9,24 +9,22 @@ from canonical.fingerprints import CustomerFingerprint
 from streams.app import app
 from streams.schemas import ByTopicSchema, PydanticSchema, RawSchema
 from streams.settings import settings
+from streams.topic_names import (
+    BILLING_CHANGES,
+    CANONICAL,
+    CLM_CHANGES,
+    CRM_CHANGES,
+    CRM_WRITEBACK,
+    CUSTOMER_FINGERPRINTS,
+    DLQ,
+    ERP_COMMANDS,
+    ERP_RESULTS,
+    EXCEPTIONS,
+    PAYMENTS_CHANGES,
+)
 
 if TYPE_CHECKING:
     from faust.types import SchemaT, TopicT
-
-# Contract names (design §2): keep them, or change them there and in the README too.
-CRM_CHANGES = "crm.changes"
-CLM_CHANGES = "clm.changes"
-BILLING_CHANGES = "billing.changes"
-PAYMENTS_CHANGES = "payments.changes"
-CANONICAL = "ledgerflow.canonical"
-ERP_COMMANDS = "erp.commands"
-ERP_RESULTS = "erp.results"
-CRM_WRITEBACK = "crm.writeback"
-EXCEPTIONS = "ledgerflow.exceptions"
-DLQ = "ledgerflow.dlq"
-# Internal (not part of the design's contract): customer fingerprints re-keyed for the
-# likely-duplicate check.
-CUSTOMER_FINGERPRINTS = "ledgerflow.customer-fingerprints"
 
 
 def _topic(name: str, schema: SchemaT) -> TopicT:

@@ -34,6 +34,19 @@ from canonical import Source
 from streams import headers as h
 from streams.replay import KafkaLink, RawRecord, ReplayError, raw_record
 from streams.settings import Settings
+from streams.topic_names import (
+    BILLING_CHANGES,
+    CANONICAL,
+    CLM_CHANGES,
+    CRM_CHANGES,
+    CRM_WRITEBACK,
+    DLQ,
+    ERP_COMMANDS,
+    ERP_RESULTS,
+    EXCEPTIONS,
+    PAYMENTS_CHANGES,
+    SOURCE_TOPICS,
+)
 
 DEFAULT_WINDOW = timedelta(hours=24)
 DEFAULT_BUDGET = 200_000
@@ -41,19 +54,6 @@ DEFAULT_BUDGET = 200_000
 MAX_BUDGET = 2_000_000
 TRACE_TIMEOUT_S = 30.0
 
-# The design's topic names (streams.topics builds the Faust app on import; these must not).
-CRM_CHANGES = "crm.changes"
-CLM_CHANGES = "clm.changes"
-BILLING_CHANGES = "billing.changes"
-PAYMENTS_CHANGES = "payments.changes"
-CANONICAL = "ledgerflow.canonical"
-ERP_COMMANDS = "erp.commands"
-ERP_RESULTS = "erp.results"
-CRM_WRITEBACK = "crm.writeback"
-EXCEPTIONS = "ledgerflow.exceptions"
-DLQ = "ledgerflow.dlq"
-
-SOURCE_TOPICS = (CRM_CHANGES, CLM_CHANGES, BILLING_CHANGES, PAYMENTS_CHANGES)
 TRACE_TOPICS = (*SOURCE_TOPICS, CANONICAL, ERP_COMMANDS, ERP_RESULTS, CRM_WRITEBACK, EXCEPTIONS, DLQ)
 CUSTOMER_KEYED = (CANONICAL, ERP_COMMANDS, ERP_RESULTS, EXCEPTIONS)
 """Topics keyed by canonical customer id: with the customer known, one partition each is read."""

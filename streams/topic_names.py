@@ -1,0 +1,19 @@
+"""The design's topic names (§2, contract: keep them, or change them there and in the README
+too), importable without building the Faust app (CLI tools, the trace reader, the bench)."""
+
+CRM_CHANGES = "crm.changes"
+CLM_CHANGES = "clm.changes"
+BILLING_CHANGES = "billing.changes"
+PAYMENTS_CHANGES = "payments.changes"
+CANONICAL = "ledgerflow.canonical"
+ERP_COMMANDS = "erp.commands"
+ERP_RESULTS = "erp.results"
+CRM_WRITEBACK = "crm.writeback"
+EXCEPTIONS = "ledgerflow.exceptions"
+DLQ = "ledgerflow.dlq"
+# Internal (not part of the design's contract): customer fingerprints re-keyed for the
+# likely-duplicate check.
+CUSTOMER_FINGERPRINTS = "ledgerflow.customer-fingerprints"
+
+STRIPE_TOPICS = (BILLING_CHANGES, PAYMENTS_CHANGES)
+SOURCE_TOPICS = (CRM_CHANGES, CLM_CHANGES, *STRIPE_TOPICS)
