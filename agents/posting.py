@@ -582,6 +582,10 @@ async def post_customer_changes(
     book = CustomerBook(customer_id, docs, dict(contracts.contracts), master, mappings)
     for event in events:
         change = event.value
+        if isinstance(change, PostingResult | ChangeEvent) and change.customer_id != customer_id:
+            # Stage 1 and the sink key by customer id: another key would mix two customers' rows.
+            await send_to_dlq(outbox, event, "misrouted: the message key is not its customer_id")
+            continue
         if isinstance(change, PostingResult):
             outcome = book.apply_result(change, now)
             counts[outcome] = counts.get(outcome, 0) + 1

@@ -63,15 +63,21 @@ def _relay_key(source: str, data: dict[str, Any]) -> str | None:
     if source == "clm":
         key = data.get("crm_account_id")
         return key if isinstance(key, str) and key else None
-    payload = (data.get("data") or data).get("payload") or {}
+    # Signed is not well-formed: any level may be missing or not an object.
+    envelope = data.get("data")
+    payload = _object((envelope if isinstance(envelope, dict) and envelope else data).get("payload"))
     account = payload.get("AccountId")
     if isinstance(account, str) and account:
         return account
-    header = payload.get("ChangeEventHeader") or {}
-    ids = header.get("recordIds") or []
-    if header.get("entityName") == "Account" and ids and isinstance(ids[0], str):
+    header = _object(payload.get("ChangeEventHeader"))
+    ids = header.get("recordIds")
+    if header.get("entityName") == "Account" and isinstance(ids, list) and ids and isinstance(ids[0], str):
         return ids[0]
     return None
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 class WebhookIngress:

@@ -198,6 +198,8 @@ class LocalKafka:
             )
             if fmt.returncode != 0:
                 raise LocalKafkaError(f"formatting KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
+        # A restart appends to the same log: only a "started" line written after this counts.
+        log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         out = (self.data_dir / "broker.out").open("ab")
         self.process = subprocess.Popen(
             self._java("kafka.Kafka", str(config), heap=self.heap),
@@ -209,18 +211,20 @@ class LocalKafka:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise LocalKafkaError(f"broker exited with {self.process.returncode}; see {self.log_file}")
-            if _port_open(self.port) and self._started_in_log():
+            if _port_open(self.port) and self._started_in_log(log_offset):
                 return self
             time.sleep(0.1)
         self.stop()
         raise LocalKafkaError(f"broker did not start within {timeout}s; see {self.log_file}")
 
-    def _started_in_log(self) -> bool:
+    def _started_in_log(self, offset: int = 0) -> bool:
         try:
-            text = self.log_file.read_text(errors="replace")
+            with self.log_file.open("rb") as log:
+                log.seek(offset)
+                text = log.read()
         except FileNotFoundError:
             return False
-        return "Kafka Server started" in text
+        return b"Kafka Server started" in text
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM and wait (a clean shutdown); SIGKILL if it does not go in time."""

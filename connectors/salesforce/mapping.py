@@ -230,22 +230,35 @@ def map_cdc_event(
         raise rejection_from(
             exc, RejectionReason.SCHEMA_INVALID, detail=f"{header.entityName} does not map"
         ) from None
-    occurred = datetime.fromtimestamp(header.commitTimestamp / 1000, UTC)
-    return [
-        ChangeEvent(
-            event_id=f"{base_id}-{entity_id}" if len(header.recordIds) > 1 else base_id,
-            source=Source.SALESFORCE,
-            source_type=f"{header.entityName}.{header.changeType}",
-            entity_type=entity_type,
-            entity_id=entity_id,
-            entity_version=version,
-            customer_ref=customer_ref,
-            customer_id=resolve_customer(Source.SALESFORCE, customer_ref),
-            occurred_at=occurred,
-            correlation_id=correlation_id,
-            payload=entity,
-            changed_fields=changed,
-            deleted=deleted,
-        )
-        for entity_type, entity_id, customer_ref, entity, changed in out
-    ]
+    try:
+        occurred = datetime.fromtimestamp(header.commitTimestamp / 1000, UTC)
+    except (OverflowError, OSError, ValueError):  # past year 9999, or beyond the C time_t
+        raise Rejection(
+            RejectionReason.INVALID_VALUE,
+            "commitTimestamp is out of range",
+            ("ChangeEventHeader.commitTimestamp",),
+        ) from None
+    # The envelope's own limits (an id past 512 characters, say): input that cannot make a
+    # canonical event is a rejection too, never an error that stops the stage.
+    try:
+        events = [
+            ChangeEvent(
+                event_id=f"{base_id}-{entity_id}" if len(header.recordIds) > 1 else base_id,
+                source=Source.SALESFORCE,
+                source_type=f"{header.entityName}.{header.changeType}",
+                entity_type=entity_type,
+                entity_id=entity_id,
+                entity_version=version,
+                customer_ref=customer_ref,
+                customer_id=resolve_customer(Source.SALESFORCE, customer_ref),
+                occurred_at=occurred,
+                correlation_id=correlation_id,
+                payload=entity,
+                changed_fields=changed,
+                deleted=deleted,
+            )
+            for entity_type, entity_id, customer_ref, entity, changed in out
+        ]
+    except ValidationError as exc:
+        raise rejection_from(exc, RejectionReason.SCHEMA_INVALID, "event") from None
+    return events

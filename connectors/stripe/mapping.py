@@ -75,7 +75,10 @@ E = TypeVar("E")
 
 
 def _ts(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):  # past year 9999, or beyond the C time_t
+        raise Rejection(RejectionReason.INVALID_VALUE, "a timestamp is out of range") from None
 
 
 def _schema_rejection(exc: ValidationError, prefix: str) -> Rejection:
@@ -499,19 +502,25 @@ def map_stripe_event(
         dispute = map_dispute(obj)
         rank = DISPUTE_RANK.get(dispute.status, 1)
         entities.append((EntityType.REFUND, dispute.refund_id, (rank,), dispute.customer_ref, dispute))
-    return [
-        ChangeEvent(
-            event_id=event.id if len(entities) == 1 else f"{event.id}:{entity_id}",
-            source=Source.STRIPE,
-            source_type=kind,
-            entity_type=entity_type,
-            entity_id=entity_id,
-            entity_version=version,
-            customer_ref=customer_ref,
-            customer_id=resolve_customer(Source.STRIPE, customer_ref),
-            occurred_at=_ts(event.created),
-            correlation_id=correlation_id,
-            payload=payload,
-        )
-        for entity_type, entity_id, version, customer_ref, payload in entities
-    ]
+    # Every field was checked on its own; what is left is the envelope's own limits (an id past
+    # 512 characters, say): input that cannot make a canonical event is a rejection too.
+    try:
+        events = [
+            ChangeEvent(
+                event_id=event.id if len(entities) == 1 else f"{event.id}:{entity_id}",
+                source=Source.STRIPE,
+                source_type=kind,
+                entity_type=entity_type,
+                entity_id=entity_id,
+                entity_version=version,
+                customer_ref=customer_ref,
+                customer_id=resolve_customer(Source.STRIPE, customer_ref),
+                occurred_at=_ts(event.created),
+                correlation_id=correlation_id,
+                payload=payload,
+            )
+            for entity_type, entity_id, version, customer_ref, payload in entities
+        ]
+    except ValidationError as exc:
+        raise _schema_rejection(exc, "event") from None
+    return events

@@ -20,7 +20,8 @@ def stream_for(event_type: str) -> StripeStream:
 
 def billing_customer_of(event: dict[str, Any]) -> str | None:
     """The Stripe customer an Event is about, if its object names one."""
-    obj = (event.get("data") or {}).get("object") or {}
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
     if not isinstance(obj, dict):
         return None
     if obj.get("object") == "customer":

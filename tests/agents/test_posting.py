@@ -164,3 +164,41 @@ def test_every_invoice_transition_is_applied_ignored_as_stale_or_an_exception() 
             else:
                 assert decision.outcome is Outcome.ILLEGAL and decision.row.status is current, (current, new)
                 assert [e.reason for e in decision.exceptions] == [ExceptionReason.ILLEGAL_TRANSITION]
+
+
+async def test_a_message_keyed_by_another_customer_is_dead_lettered_not_taken_into_its_rows() -> None:
+    """Stage 1 and the sink key by customer id; a canonical event or a result under another key
+    (found by tests/integration/test_fuzz_topics.py) would write one customer's documents into
+    another's rows, and emit commands the sink then refuses."""
+    from agents import posting
+    from tests.agents.test_fuzz_ingest import Event, Message
+
+    dead: list[str] = []
+    rows: dict[bytes, bytes] = {}
+
+    async def fake_dlq(outbox: object, event: object, reason: str) -> None:
+        dead.append(reason)
+
+    change = invoice_event()  # customer cust-stripe-cus_100
+    events = [
+        Event(key, value, {}, Message("p.ledgerflow.canonical", b"", offset=i))
+        for i, (key, value) in enumerate([("cust-other", change), ("cust-other", posted(_command(change)))])
+    ]
+    with (
+        mock.patch.object(posting, "send_to_dlq", side_effect=fake_dlq),
+        mock.patch.object(posting, "invoice_table", rows),
+        mock.patch.object(posting, "contract_table", {}),
+        mock.patch.object(posting, "customer_table", {}),
+    ):
+        outbox = posting.Outbox()
+        counts = await posting.post_customer_changes(outbox, "cust-other", events, MAPPINGS, T0)  # type: ignore[arg-type]
+        await outbox.commit()
+    assert dead == ["misrouted: the message key is not its customer_id"] * 2
+    assert counts == {} and rows == {}
+
+
+def _command(change: object) -> PostInvoice:
+    decision = decide_invoice(None, change, MAPPINGS, T0)  # type: ignore[arg-type]
+    [command] = decision.commands
+    assert isinstance(command, PostInvoice)
+    return command
