@@ -99,7 +99,7 @@ class BenchOptions:
     """Customers in the paced run's scenario (None: the same scenario as the backlog)."""
     erp_latency_ms: float = 0.0
     workers: int = 1
-    sink_workers: int = 1
+    sink_workers: int = 0
     """Workers running only the sink (`--stages sink`, their own consumer group) beside `workers`
     running ingest and core; 0 runs every stage in every worker."""
     timeout_s: float = 900.0
@@ -1133,7 +1133,7 @@ def _contenders(_ctx: click.Context, _param: click.Parameter, value: str) -> tup
 @click.option(
     "--sink-workers",
     type=click.IntRange(0, 16),
-    default=1,
+    default=0,
     show_default=True,
     help="Workers running only the sink beside --workers running ingest and core (0: all stages in each).",
 )
