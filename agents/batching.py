@@ -39,8 +39,27 @@ async def batches(stream: StreamT[Any]) -> Any:
     agent = metrics.agent_label(stream.prefix)
     async for events in take_events(settings.batch_size, within=settings.batch_window_ms / 1000):
         started = metrics.batch_taken(agent, events)
-        yield events
+        handled = False
+        try:
+            yield events
+            handled = True
+        finally:
+            if not handled:
+                withhold_acks(events)
         metrics.batch_done(agent, started)
+
+
+def withhold_acks(events: Sequence[EventT]) -> None:
+    """Keep a batch the agent did not finish from ever counting as processed.
+
+    Faust's take_events acknowledges a batch when its generator closes, and an agent that raised
+    (or was cancelled) mid-batch closes it: the consumer then committed events that were never
+    handled (the scaling test lost 768 documents this way when table writes failed). A message
+    already marked acked is skipped by the consumer's ack(), so its offset is never committed by
+    this worker; the agent's crash stops the worker (agent_supervisor=CrashingSupervisor) and the
+    next owner of the partition processes the batch again."""
+    for event in events:
+        event.message.acked = True
 
 
 def group_by_key(events: Sequence[EventT]) -> dict[Any, list[EventT]]:

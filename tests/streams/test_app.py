@@ -1,0 +1,41 @@
+"""The app's start-up: every design topic is known to the broker before any group assigns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.app import wait_for_topic_metadata
+
+
+class Cluster:
+    def __init__(self, known: dict[str, set[int]]) -> None:
+        self.known = known
+
+    def partitions_for_topic(self, name: str) -> set[int] | None:
+        return self.known.get(name)
+
+
+class Client:
+    """An aiokafka client whose broker lists a just-created topic only from the third fetch."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+
+    async def fetch_all_metadata(self) -> Any:
+        self.fetches += 1
+        known = {"ledgerflow.canonical": {0, 1}}
+        if self.fetches >= 3:
+            known["erp.results"] = {0, 1}
+        return Cluster(known)
+
+
+async def test_the_worker_waits_until_the_broker_lists_every_topic() -> None:
+    client = Client()
+    assert await wait_for_topic_metadata(client, ["ledgerflow.canonical", "erp.results"]) == []
+    assert client.fetches == 3
+
+
+async def test_a_topic_that_never_appears_is_reported_after_the_timeout() -> None:
+    client = Client()
+    assert await wait_for_topic_metadata(client, ["erp.missing"], timeout_s=0.25) == ["erp.missing"]
+    assert client.fetches >= 2

@@ -1,0 +1,97 @@
+"""The strict offset bookkeeping of streams/kafka_consumer.py, one function at a time (the
+scaling and chaos tests prove it with real workers)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from faust.types import TP
+
+from streams.app import RUNNING_MARKER, forget_tables_after_unclean_stop
+from streams.kafka_consumer import MAX_SEEKS_TO_ONE_OFFSET, Consumer
+
+TOPIC_PARTITION = TP("billing.changes", 3)
+
+
+def consumer(next_commit: int | None = None, next_read: int | None = None) -> Any:
+    """A Consumer with only the bookkeeping these functions use (no broker, no app)."""
+    c: Any = object.__new__(Consumer)
+    c._acked = defaultdict(list)
+    c._acked_index = defaultdict(set)
+    c._next_commit = {} if next_commit is None else {TOPIC_PARTITION: next_commit}
+    c._next_read = {} if next_read is None else {TOPIC_PARTITION: next_read}
+    c._seeks = {}
+    return c
+
+
+def ack(c: Any, *offsets: int) -> None:
+    c._acked[TOPIC_PARTITION].extend(offsets)
+    c._acked_index[TOPIC_PARTITION].update(offsets)
+
+
+def test_commits_only_a_run_that_starts_at_the_committed_offset() -> None:
+    c = consumer(next_commit=147)
+    ack(c, 149, 150, 151)  # 147 and 148 never handed over (the rebalance loss)
+    assert c._new_offset(TOPIC_PARTITION) is None  # held back, not skipped
+    ack(c, 148)
+    assert c._new_offset(TOPIC_PARTITION) is None
+    ack(c, 147)
+    assert c._new_offset(TOPIC_PARTITION) == 152
+    assert c._acked[TOPIC_PARTITION] == [] and not c._acked_index[TOPIC_PARTITION]
+
+
+def test_a_run_stops_at_the_first_missing_offset_and_resumes_from_it() -> None:
+    c = consumer(next_commit=10)
+    ack(c, 12, 10, 11, 14)
+    assert c._new_offset(TOPIC_PARTITION) == 13
+    assert c._acked[TOPIC_PARTITION] == [14]
+    ack(c, 13)
+    assert c._new_offset(TOPIC_PARTITION) == 15
+
+
+def test_acks_below_the_committed_offset_are_forgotten() -> None:
+    c = consumer(next_commit=20)
+    ack(c, 5, 6, 20)
+    assert c._new_offset(TOPIC_PARTITION) == 21
+    assert c._acked[TOPIC_PARTITION] == []
+
+
+def test_no_commit_without_a_baseline() -> None:
+    c = consumer()
+    ack(c, 0, 1, 2)
+    assert c._new_offset(TOPIC_PARTITION) is None
+
+
+def test_records_are_handed_over_in_offset_order() -> None:
+    c = consumer(next_read=147)
+    assert c._accept(TOPIC_PARTITION, 147) is True
+    c._next_read[TOPIC_PARTITION] = 148
+    assert c._accept(TOPIC_PARTITION, 147) is False  # already handed over: dropped
+    assert c._accept(TOPIC_PARTITION, 150) is None  # 148, 149 missing: seek back
+    assert c._accept(TOPIC_PARTITION, 148) is True
+
+
+def test_a_missing_offset_that_never_comes_back_is_skipped_after_bounded_seeks() -> None:
+    c = consumer(next_read=5)
+    verdicts = [c._accept(TOPIC_PARTITION, 9) for _ in range(MAX_SEEKS_TO_ONE_OFFSET + 1)]
+    assert verdicts == [None] * MAX_SEEKS_TO_ONE_OFFSET + [True]
+
+
+def test_a_partition_without_a_read_position_takes_any_offset() -> None:
+    assert consumer()._accept(TOPIC_PARTITION, 42) is True
+
+
+def test_table_stores_are_dropped_only_after_an_unclean_stop(tmp_path: Path) -> None:
+    datadir, tabledir = tmp_path / "data", tmp_path / "data" / "v1" / "tables"
+    tabledir.mkdir(parents=True)
+    (tabledir / "invoice-state-0.db").write_bytes(b"rows")
+    assert forget_tables_after_unclean_stop(datadir, tabledir) is False  # first start
+    assert (tabledir / "invoice-state-0.db").exists() and (datadir / RUNNING_MARKER).exists()
+    # killed: the marker stays, so the next start drops the stores
+    assert forget_tables_after_unclean_stop(datadir, tabledir) is True
+    assert not tabledir.exists() and (datadir / RUNNING_MARKER).exists()
+    (datadir / RUNNING_MARKER).unlink()  # a clean stop removes it (LedgerflowApp.on_stop)
+    tabledir.mkdir(parents=True)
+    assert forget_tables_after_unclean_stop(datadir, tabledir) is False
