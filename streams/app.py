@@ -87,6 +87,9 @@ def _log_task_stacks() -> None:
     producer = getattr(app._producer, "_producer", None)
     if producer is not None:
         log.warning("producer %s", _producer_state(producer))
+    consumer = app._consumer
+    if isinstance(consumer, kafka_consumer.Consumer):
+        log.warning("consumer %s", consumer.offsets_state())
 
 
 class LedgerflowApp(faust.App):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from bisect import bisect_left
 from typing import Any, cast
 
@@ -37,6 +38,8 @@ from mode import Service, ServiceT
 
 log = logging.getLogger(__name__)
 
+HELD_LOG_S = 30.0
+"""How often a partition whose commit is held back by a missing acknowledgement is logged."""
 MAX_SEEKS_TO_ONE_OFFSET = 5
 """Seeks back to the same missing offset before accepting the skip (the offset has gone, e.g.
 deleted by retention while the partition was unassigned); each is logged."""
@@ -52,9 +55,16 @@ class Consumer(driver.Consumer):
         """Per partition of an acked topic, the offset to hand to the streams next."""
         self._seeks: dict[TP, tuple[int, int]] = {}
         """Per partition, (offset, times) of the seeks back to a missing offset."""
+        self._positions_reset = 0
+        """Bumped by every perform_seek: a record whose hand-over straddled one (the fetcher hands
+        records over while Faust's recovery seeks) must not move `_next_read` past the offsets
+        the seek will hand over again."""
+        self._held_since: dict[TP, tuple[float, float]] = {}
+        """Per partition whose commit is held back: since when, and when it was last logged."""
         super().__init__(*args, **kwargs)
 
     async def perform_seek(self) -> None:
+        self._positions_reset += 1
         await super().perform_seek()
         acked_tps = {tp for tp in self.assignment() if self.app.topics.acks_enabled_for(tp.topic)}
         committed = {tp: self._committed_offset.get(tp) for tp in acked_tps}
@@ -70,6 +80,7 @@ class Consumer(driver.Consumer):
             self._acked.pop(tp, None)
             self._acked_index.pop(tp, None)
             self._gap.pop(tp, None)
+        self._positions_reset += 1  # and after: a hand-over begun meanwhile straddled it too
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
@@ -99,11 +110,49 @@ class Consumer(driver.Consumer):
                 break
             end += 1
         if end == start:
+            self._held_back(tp, start, acked)
             return None
+        self._held_since.pop(tp, None)
         index.difference_update(acked[: end - start])
         del acked[: end - start]
         self._next_commit[tp] = end
         return end
+
+    def offsets_state(self) -> str:
+        """Per assigned partition of an acked topic: fetch position, paused, next to hand over,
+        next to commit, acknowledgements waiting (for the SIGUSR1 dump)."""
+        subscription = self._thread._ensure_consumer()._subscription.subscription
+        assignment = subscription.assignment if subscription is not None else None
+        lines = []
+        for tp in sorted(self.assignment()):
+            if not self.app.topics.acks_enabled_for(tp.topic):
+                continue
+            state = assignment.state_value(tp) if assignment is not None else None
+            position = state.position if state is not None and state.has_valid_position else None
+            acked = sorted(self._acked.get(tp, ()))
+            lines.append(
+                f"{tp.topic}:{tp.partition} position={position} paused={state.paused if state else None} "
+                f"next_read={self._next_read.get(tp)} next_commit={self._next_commit.get(tp)} "
+                f"committed={self._committed_offset.get(tp)} acked={len(acked)}{acked[:3]}"
+            )
+        return "\n  ".join(["flow " + ("active" if self.flow_active else "stopped"), *lines])
+
+    def _held_back(self, tp: TP, start: int, acked: list[int]) -> None:
+        """Log a partition whose commit waits for a missing acknowledgement, every HELD_LOG_S."""
+        now = time.monotonic()
+        since, logged = self._held_since.setdefault(tp, (now, now))
+        if now - logged >= HELD_LOG_S:
+            self._held_since[tp] = (since, now)
+            log.warning(
+                "%s: commit held back at offset %d for %.0fs: %d later offsets acknowledged (from %d), "
+                "next to hand over %s",
+                tp,
+                start,
+                now - since,
+                len(acked),
+                acked[0],
+                self._next_read.get(tp),
+            )
 
     def _accept(self, tp: TP, offset: int) -> bool | None:
         """True: hand the record over; False: drop it (already handed over); None: a record
@@ -175,12 +224,15 @@ class Consumer(driver.Consumer):
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
+                    positions_reset = self._positions_reset
                     delivery = callback(message)
                     outcome = await self.wait_first(delivery, self.suspend_flow.wait())
                     read_offset[tp] = offset
-                    if tp in next_read and delivery in outcome.done:
-                        # (not delivered when a rebalance suspended the flow first: the
-                        # next record then seeks back to this one)
+                    if (
+                        tp in next_read
+                        and delivery in outcome.done  # not when a rebalance suspended the flow
+                        and positions_reset == self._positions_reset  # nor across a seek
+                    ):
                         next_read[tp] = offset + 1
                 self.diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -130,6 +131,14 @@ class NotSettled(AssertionError):
     def __init__(self, what: str, last: Coverage, timeout: float) -> None:
         super().__init__(f"{what}: still {last.problem} after {timeout}s")
         self.last = last
+
+
+def dump_state(workers: Iterable[Worker]) -> None:
+    """Each live worker logs its tasks, producer and consumer state (SIGUSR1) for the evidence."""
+    for worker in workers:
+        if worker.proc is not None and worker.proc.poll() is None:
+            os.kill(worker.proc.pid, signal.SIGUSR1)
+    time.sleep(2.0)
 
 
 def wait_for(what: str, check: Callable[[], Coverage], want_ready: bool, timeout: float) -> float:
@@ -357,6 +366,7 @@ def test_kill_one_of_three_then_add_a_fourth(new_stack: NewStack, tmp_path: Any,
     missing = sorted(set(expected) - {(d["record_type"], d["external_id"]) for d in view["documents"]})
     left = backlog(stack, timeout=5 if missing else 120)
     if missing or left:
+        dump_state(live)
         evidence = [f"backlog {left}", *trail(stack, missing)]
         report.known_gap(
             f"{len(missing)} documents never reached the ERP, backlog {sum(left.values())}", evidence

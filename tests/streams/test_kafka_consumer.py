@@ -23,6 +23,7 @@ def consumer(next_commit: int | None = None, next_read: int | None = None) -> An
     c._next_commit = {} if next_commit is None else {TOPIC_PARTITION: next_commit}
     c._next_read = {} if next_read is None else {TOPIC_PARTITION: next_read}
     c._seeks = {}
+    c._held_since = {}
     return c
 
 
