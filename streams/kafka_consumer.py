@@ -98,6 +98,12 @@ class Consumer(driver.Consumer):
         if not acked or start is None:
             # No baseline (not assigned through perform_seek): commit nothing rather than guess.
             return None
+        committed = self._committed_offset.get(tp)
+        if committed is not None and committed > start:
+            # A commit (ours, or read from the broker) landed past the baseline while a seek
+            # reset it; Faust's ack() drops acks below its committed offset, so waiting for them
+            # would hold the partition for good. What lies below it was processed.
+            start = committed
         acked.sort()
         index = self._acked_index[tp]
         stale = bisect_left(acked, start)

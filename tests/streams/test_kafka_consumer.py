@@ -24,6 +24,7 @@ def consumer(next_commit: int | None = None, next_read: int | None = None) -> An
     c._next_read = {} if next_read is None else {TOPIC_PARTITION: next_read}
     c._seeks = {}
     c._held_since = {}
+    c._committed_offset = defaultdict(lambda: None)
     return c
 
 
@@ -57,6 +58,15 @@ def test_acks_below_the_committed_offset_are_forgotten() -> None:
     ack(c, 5, 6, 20)
     assert c._new_offset(TOPIC_PARTITION) == 21
     assert c._acked[TOPIC_PARTITION] == []
+
+
+def test_a_commit_that_landed_past_the_baseline_moves_it() -> None:
+    """Seen in the scaling test: a seek reset the baseline to 41 while a commit of 59 landed;
+    Faust's ack() drops acks below 59, so waiting for 41..58 would hold the partition for good."""
+    c = consumer(next_commit=41)
+    c._committed_offset[TOPIC_PARTITION] = 59
+    ack(c, 59, 60)
+    assert c._new_offset(TOPIC_PARTITION) == 61
 
 
 def test_no_commit_without_a_baseline() -> None:
