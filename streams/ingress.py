@@ -71,8 +71,9 @@ def _relay_key(source: str, data: dict[str, Any]) -> str | None:
         return account
     header = _object(payload.get("ChangeEventHeader"))
     ids = header.get("recordIds")
-    if header.get("entityName") == "Account" and isinstance(ids, list) and ids and isinstance(ids[0], str) and ids[0]:
-        return ids[0]
+    first = ids[0] if isinstance(ids, list) and ids else None
+    if header.get("entityName") == "Account" and isinstance(first, str) and first:
+        return first
     return None
 
 
