@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import httpx
 import orjson
 
+from connectors.http_transport import AiohttpTransport
 from streams.headers import CORRELATION_ID
 
 if TYPE_CHECKING:
@@ -37,7 +38,8 @@ class BearerJsonClient(ABC):
         self._tokens = token_provider
         self._timeout = timeout
         self._owns_http = http is None
-        self._http = http or httpx.AsyncClient(timeout=timeout)
+        # httpx's API and errors over aiohttp's connections (connectors/http_transport.py says why).
+        self._http = http or httpx.AsyncClient(timeout=timeout, transport=AiohttpTransport())
         self._headers = {"accept": "application/json", **(headers or {})}
         # Each connector logs under its own name (connectors.erp.client, …), not this module's.
         self._log = logging.getLogger(type(self).__module__)

@@ -99,9 +99,11 @@ class BenchOptions:
     """Customers in the paced run's scenario (None: the same scenario as the backlog)."""
     erp_latency_ms: float = 0.0
     workers: int = 1
-    sink_workers: int = 0
+    sink_workers: int = 1
     """Workers running only the sink (`--stages sink`, their own consumer group) beside `workers`
-    running ingest and core; 0 runs every stage in every worker."""
+    running ingest and core; 0 runs every stage in every worker. The sink's ERP calls wait on
+    the event loop, which stage 1 and 2 hold for a whole batch at a time: in a process of its
+    own it kept up (README, "Measuring it")."""
     timeout_s: float = 900.0
     profile: bool = False
     results_dir: Path = RESULTS
@@ -843,7 +845,10 @@ def run_peer(run: Run, name: str, script: str, args: Sequence[str], expect_outpu
 
 def run_faust(run: Run) -> dict[str, Any]:
     stripe = run.input.count(STRIPE_TOPICS)
-    return run_peer(run, "faust", "faust_passthrough.py", ["worker", "-l", "warn"], stripe)
+    # `faust worker` turns the app's web_enabled=False back on (its --with-web default), and
+    # port 6066 may be a test worker's beside the bench.
+    args = ["worker", "-l", "warn", "--without-web"]
+    return run_peer(run, "faust", "faust_passthrough.py", args, stripe)
 
 
 def run_quix(run: Run) -> dict[str, Any]:
@@ -1133,7 +1138,7 @@ def _contenders(_ctx: click.Context, _param: click.Parameter, value: str) -> tup
 @click.option(
     "--sink-workers",
     type=click.IntRange(0, 16),
-    default=0,
+    default=BenchOptions.sink_workers,
     show_default=True,
     help="Workers running only the sink beside --workers running ingest and core (0: all stages in each).",
 )

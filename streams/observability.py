@@ -50,6 +50,36 @@ EXCEPTIONS_RETRY_S = 5.0
 # Faust's own sensor -----------------------------------------------------------------------
 
 
+class _CachedLabels:
+    """`labels()` remembering its children: Faust's sensor labels a metric by keyword several
+    times per message (topic, partition, stream, table), and prometheus-client's `labels` takes
+    a lock and rebuilds the key on every call."""
+
+    def labels(self, *values: Any, **by_name: Any) -> Any:
+        cache: dict[Any, Any] = self.__dict__.setdefault("_children_by_call", {})
+        key = (values, tuple(by_name.items()))
+        child = cache.get(key)
+        if child is None:
+            child = cache[key] = super().labels(*values, **by_name)  # type: ignore[misc]
+        return child
+
+    def remove(self, *values: Any) -> None:
+        self.__dict__.pop("_children_by_call", None)
+        super().remove(*values)  # type: ignore[misc]
+
+    def clear(self) -> None:
+        self.__dict__.pop("_children_by_call", None)
+        super().clear()  # type: ignore[misc]
+
+
+class _Counter(_CachedLabels, Counter):
+    pass
+
+
+class _Gauge(_CachedLabels, Gauge):
+    pass
+
+
 class _MillisecondsAsSeconds(Histogram):
     """Faust's monitor observes latencies in milliseconds; Prometheus wants seconds."""
 
@@ -61,10 +91,10 @@ def faust_metrics(registry: CollectorRegistry, prefix: str = "ledgerflow_faust")
     """The metrics Faust's PrometheusMonitor updates, named by Prometheus' conventions."""
 
     def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
-        return Counter(f"{prefix}_{name}", doc, list(labels), registry=registry)
+        return _Counter(f"{prefix}_{name}", doc, list(labels), registry=registry)
 
     def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
-        return Gauge(f"{prefix}_{name}", doc, list(labels), registry=registry)
+        return _Gauge(f"{prefix}_{name}", doc, list(labels), registry=registry)
 
     def seconds(name: str, doc: str) -> Histogram:
         buckets = [b / 1000.0 for b in MS_LATENCY_BUCKETS]

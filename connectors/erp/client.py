@@ -52,6 +52,12 @@ Documents = list[ErpDocument]
 MASTER_RECORD_TYPES = frozenset({RecordType.CUSTOMER, RecordType.SALES_ORDER})
 """Records that are updated in place when they change, in either API shape."""
 
+READ_BACK_RECORD_TYPES = frozenset({RecordType.CUSTOMER, RecordType.INVOICE})
+"""Records the NetSuite client reads back after writing them, for the document number NetSuite
+assigns (entityId, tranId): the CRM write-back shows the customer's and the last invoice's.
+Nothing reads a payment's, credit memo's or sales order's number, and the read was half of the
+sink's ERP calls."""
+
 
 @runtime_checkable
 class ErpClient(Protocol):
@@ -123,7 +129,8 @@ class NetSuiteClient(_HttpErpClient):
         return f"{url}/{key}" if key is not None else url
 
     async def deliver(self, command: ErpCommand, uncertain: bool = False) -> ErpReceipt:
-        """`PUT …/{recordType}/eid:{externalId}` (upsert), then `GET` it for the document number.
+        """`PUT …/{recordType}/eid:{externalId}` (upsert); then, for a record whose document
+        number the pipeline uses (`READ_BACK_RECORD_TYPES`), `GET` it for that number.
 
         `uncertain` changes nothing here: the upsert is idempotent by external id. A void is a
         `PATCH` of the existing invoice (status voided), so it can never create one."""
@@ -131,13 +138,22 @@ class NetSuiteClient(_HttpErpClient):
         url = self._url(record.record_type, f"eid:{record.external_id}")
         method = "PATCH" if record.action == "void" else "PUT"
         response = await self._call(method, url, command.correlation_id, body=record.body)
+        location_id = _id_from_location(response.headers.get("location"))
+        if location_id is not None and record.record_type not in READ_BACK_RECORD_TYPES:
+            # NetSuite answers 204 with the record's Location only: its internal id is all a
+            # payment, credit memo or sales order receipt needs, so the read is skipped.
+            return ErpReceipt(
+                record_type=record.record_type,
+                external_id=record.external_id,
+                erp_internal_id=location_id,
+                created=None,
+            )
         document = await self.get(record.record_type, record.external_id, command.correlation_id)
         if document is None:
             # Written (2xx) but not readable: retrying the upsert is safe and will read again.
             raise ErpTransientError(
                 "READ_AFTER_WRITE", f"{record.record_type} {record.external_id} not found"
             )
-        location_id = _id_from_location(response.headers.get("location"))
         if location_id is not None and location_id != document.erp_internal_id:
             log.warning(
                 "erp Location and record id differ",

@@ -48,13 +48,16 @@ class ErpReceipt(_ErpModel):
     """What the ERP confirmed for one delivered command.
 
     `created` is True when this delivery made a new record, False when the record already
-    existed (an update, a replay, or a document an uncertain earlier attempt had created)."""
+    existed (an update, a replay, or a document an uncertain earlier attempt had created), None
+    when the ERP did not say (a NetSuite upsert that was not read back). `document_number` is
+    None for a NetSuite payment, credit memo or sales order: only customers and invoices are
+    read back for theirs (`client.READ_BACK_RECORD_TYPES`)."""
 
     record_type: RecordType
     external_id: str
     erp_internal_id: str
     document_number: str | None = None
-    created: bool
+    created: bool | None
 
 
 class ErpDocument(_ErpModel):

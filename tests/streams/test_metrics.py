@@ -297,6 +297,27 @@ def test_faust_sensor_metrics_are_named_by_convention_and_in_seconds() -> None:
     assert not [n for n in names if re.search(r"_(ms|latency)$", n)]
 
 
+def test_faust_sensor_labels_each_series_once_and_counts_every_call() -> None:
+    """Faust's sensor labels by keyword several times per message: the child is looked up once."""
+    from streams.observability import faust_metrics
+
+    registry = CollectorRegistry()
+    faust = faust_metrics(registry)
+    sent = faust.topic_messages_sent
+    first = sent.labels(topic="topic.erp.commands")
+    assert sent.labels(topic="topic.erp.commands") is first
+    for _ in range(3):
+        sent.labels(topic="topic.erp.commands").inc()
+    sent.labels("topic.erp.results").inc()
+    sample = "ledgerflow_faust_topic_messages_sent_total"
+    assert registry.get_sample_value(sample, {"topic": "topic.erp.commands"}) == 3
+    assert registry.get_sample_value(sample, {"topic": "topic.erp.results"}) == 1
+    sent.remove("topic.erp.commands")
+    assert registry.get_sample_value(sample, {"topic": "topic.erp.commands"}) is None
+    sent.labels(topic="topic.erp.commands").inc()  # a fresh child after the removal
+    assert registry.get_sample_value(sample, {"topic": "topic.erp.commands"}) == 1
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (make tools)")
 def test_promtool_finds_no_problem_in_the_whole_exposition() -> None:
     from streams.observability import faust_metrics

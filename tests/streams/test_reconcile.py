@@ -661,7 +661,8 @@ async def test_reconcile_finds_a_deleted_and_an_altered_document_and_raises_them
         ]
         assert [(d.ledgerflow, d.erp) for d in report.differences] == [
             ("10720 USD", "9999 USD"),
-            ("posted as ERP id 3 (PYMT000001)", "absent"),  # the sandbox's ids on a fresh database
+            # The sandbox's ids on a fresh database; a payment's number is not read back.
+            ("posted as ERP id 3", "absent"),
         ]
         assert sum(ticks) == 8 and report.exceptions_raised == 2
 

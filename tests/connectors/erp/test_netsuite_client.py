@@ -94,14 +94,40 @@ async def test_payments_credit_memos_and_contracts_are_booked(
     memo = await netsuite.deliver(post_credit_memo())
     # The contract started in 2019, a closed period: a sales order posts nothing, so it is accepted.
     order = await netsuite.deliver(upsert_contract())
-    assert (payment.document_number, memo.document_number, order.document_number) == (
-        "PYMT000001",
-        "CM000001",
-        "SO000001",
-    )
     paid = await netsuite.get(RecordType.CUSTOMER_PAYMENT, "stripe-pi_1")
     assert paid is not None and paid.total == 5000 and paid.body["invoice"] == {"externalId": "stripe-in_1"}
-    assert len((await documents(admin))["documents"]) == 5
+    assert paid.document_number == "PYMT000001"
+    state = await documents(admin)
+    assert len(state["documents"]) == 5
+    numbers = {d["record_type"]: d["document_number"] for d in state["documents"]}
+    assert (numbers["creditMemo"], numbers["salesOrder"]) == ("CM000001", "SO000001")
+    # Nothing reads their numbers: the receipt takes the internal id from the upsert's Location.
+    ids = {d["record_type"]: str(d["internal_id"]) for d in state["documents"]}
+    assert (payment.erp_internal_id, memo.erp_internal_id, order.erp_internal_id) == (
+        ids["customerPayment"],
+        ids["creditMemo"],
+        ids["salesOrder"],
+    )
+    assert (payment.document_number, payment.created) == (None, None)
+
+
+async def test_only_customers_and_invoices_are_read_back_after_the_upsert(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient
+) -> None:
+    """Their numbers reach the CRM write-back; the other records' numbers nothing reads."""
+    commands = (upsert_customer(), post_invoice(), apply_payment(), post_credit_memo(), upsert_contract())
+    for command in commands:
+        await netsuite.deliver(command)
+    log = await requests_log(admin)
+    assert [(e["method"], e["path"].split("/")[-2]) for e in log] == [
+        ("PUT", "customer"),
+        ("GET", "customer"),
+        ("PUT", "invoice"),
+        ("GET", "invoice"),
+        ("PUT", "customerPayment"),
+        ("PUT", "creditMemo"),
+        ("PUT", "salesOrder"),
+    ]
 
 
 async def test_void_updates_the_invoice_and_a_replayed_post_does_not_undo_it(
