@@ -107,6 +107,17 @@ class LedgerflowApp(faust.App):
         await super().on_stop()  # streams drained, tables stopped, producer flushed
         (Path(self.conf.datadir) / RUNNING_MARKER).unlink(missing_ok=True)
 
+    def Table(self, name: str, **kwargs: Any) -> Any:
+        """Every table's RocksDB stores sized by settings (Faust's defaults: three 64 MB memtables
+        and a 2 GB block cache per store, one store per table and partition)."""
+        options = {
+            "write_buffer_size": settings.rocksdb_write_buffer_mb << 20,
+            "max_write_buffer_number": 2,
+            "block_cache_size": settings.rocksdb_block_cache_mb << 20,
+            **(kwargs.pop("options", None) or {}),
+        }
+        return super().Table(name, options=options, **kwargs)
+
     def _new_transport(self) -> Any:
         # Faust's consumer with strict offset bookkeeping (streams/kafka_consumer.py).
         return kafka_consumer.Transport(self.conf.broker_consumer, self)

@@ -145,6 +145,13 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(default=10.0, gt=0)
     """LEDGERFLOW_SESSION_TIMEOUT_S: how long the group waits for a silent worker before its
     partitions move (Faust's default is 60 s; a crashed pod's partitions stall that long)."""
+    rocksdb_write_buffer_mb: int = Field(default=4, ge=1, le=1024)
+    """LEDGERFLOW_ROCKSDB_WRITE_BUFFER_MB: the memtable of each table store (one store per table
+    and partition; at most two memtables each). Faust's default, three 64 MB memtables per store, kept a
+    worker's whole state in memory: 751 MB at 60,000 customers (bench/state_rss.py)."""
+    rocksdb_block_cache_mb: int = Field(default=16, ge=1, le=65536)
+    """LEDGERFLOW_ROCKSDB_BLOCK_CACHE_MB: the block cache of each table store (Faust's default
+    is 2 GB each, filled as rows are read)."""
     standby_replicas: int = Field(default=0, ge=0, le=8)
     """LEDGERFLOW_STANDBY_REPLICAS: warm copies of every table partition kept by other workers
     (Faust's `table_standby_replicas`). With 1, the worker that takes over a lost worker's
