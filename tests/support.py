@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.kafka_io import Record, produce, read_topics
 from streams.local_kafka import free_port
@@ -305,3 +307,34 @@ def env_vars(**values: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+VOLATILE = {"age_s"}
+"""Fields of a view that change between two reads of the same state (an exception's age)."""
+
+
+def without_volatile(value: Any) -> Any:
+    """A view's answer without its VOLATILE fields, to compare two workers' answers."""
+    if isinstance(value, dict):
+        return {k: without_volatile(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [without_volatile(v) for v in value]
+    return value
+
+
+async def unconsumed(bootstrap: str, group: str, topics: list[str], partitions: int) -> dict[str, int]:
+    """Per `topic:partition` with a backlog: its end offset minus the group's committed offset
+    (the whole partition when the group never committed there)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        left = {tp: ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps}
+        return {f"{tp.topic}:{tp.partition}": n for tp, n in left.items() if n > 0}
+    finally:
+        await consumer.stop()
+        await admin.close()

@@ -32,7 +32,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
 from agents.identity import provisional_customer_id
@@ -47,7 +46,14 @@ from streams.settings import Settings
 from tables.invoices import InvoiceErpStatus
 from tests.chaos.accounting import SOURCE_TOPICS, Accounting, Fate, Outcomes, account, read_outcomes
 from tests.fuzz.seeds import adapters
-from tests.support import REPO, ErpSandbox, Stack, assert_erp_holds_exactly, erp_documents_of
+from tests.support import (
+    REPO,
+    ErpSandbox,
+    Stack,
+    assert_erp_holds_exactly,
+    erp_documents_of,
+    unconsumed,
+)
 
 pytestmark = pytest.mark.chaos
 
@@ -217,21 +223,6 @@ async def _read(s: Settings, names: list[str]) -> dict[str, list[RawRecord]]:
         return {name: await link.read_to_end(name) for name in names}
 
 
-async def _lag(s: Settings, topics: tuple[str, ...]) -> int:
-    """Messages of `topics` the workers' consumer group has not committed yet."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, group_id=s.group_id, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(s.topic(t), p) for t in topics for p in range(s.partitions)]
-        ends = await consumer.end_offsets(partitions)
-        lag = 0
-        for tp in partitions:
-            lag += ends[tp] - (await consumer.committed(tp) or 0)
-        return lag
-    finally:
-        await consumer.stop()
-
-
 def read_back(run: ChaosRun, topics: tuple[str, ...], changelogs: tuple[str, ...] = ()) -> dict[str, Any]:
     """Design topics (by design name) and table changelogs (by table name), read to their end."""
     s = run.settings()
@@ -353,7 +344,11 @@ def test_chaos_every_document_once_and_every_event_accounted_for(
         )
         unconfirmed = set(outcomes.commands) - outcomes.posted_keys
         # ... and stages 2 and the sink have taken in everything (the tables are read next).
-        lag = asyncio.run(_lag(run.settings(), ("ledgerflow.canonical", "erp.commands", "erp.results")))
+        group = run.settings()
+        stage_inputs = [group.topic(t) for t in ("ledgerflow.canonical", "erp.commands", "erp.results")]
+        lag = sum(
+            asyncio.run(unconsumed(group.bootstrap, group.group_id, stage_inputs, group.partitions)).values()
+        )
         if not unconfirmed and not outcomes.parked_ids and lag == 0:
             break
         assert time.monotonic() < deadline, (

@@ -32,7 +32,6 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.routing import same_worker
 from tests.conftest import ARTIFACTS
@@ -44,6 +43,8 @@ from tests.support import (
     erp_documents_of,
     finish_simulation,
     start_simulation,
+    unconsumed,
+    without_volatile,
 )
 
 PARTITIONS = 8
@@ -62,7 +63,6 @@ STREAM_TOPICS = (
     "erp.results",
 )
 SOURCE_TOPICS = STREAM_TOPICS[:4]
-VOLATILE = {"age_s"}
 NewStack = Callable[..., Stack]
 
 
@@ -179,39 +179,16 @@ def first_written_after(stack: Stack, topic: str, partitions: set[int], since_s:
     return round(found[0] - since_s, 2) if found else None
 
 
-async def _unconsumed(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
-    """Per topic:partition with a backlog, end offset minus the group's committed offset."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await admin.start()
-    await consumer.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-        tps = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
-        ends = await consumer.end_offsets(tps)
-        left = {tp: ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps}
-        return {f"{tp.topic}:{tp.partition}": n for tp, n in left.items() if n > 0}
-    finally:
-        await consumer.stop()
-        await admin.close()
-
-
 def backlog(stack: Stack, timeout: float = 120.0) -> dict[str, int]:
     """What the group has not consumed of the stream topics, once it stops shrinking (or is 0)."""
     topics = [stack.topic(t) for t in STREAM_TOPICS]
     group = stack.env(0)["LEDGERFLOW_APP_ID"]
     deadline = time.monotonic() + timeout
-    while (left := asyncio.run(_unconsumed(stack.bootstrap, group, topics))) and time.monotonic() < deadline:
+    while (
+        left := asyncio.run(unconsumed(stack.bootstrap, group, topics, PARTITIONS))
+    ) and time.monotonic() < deadline:
         time.sleep(1.0)
     return left
-
-
-def without_volatile(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: without_volatile(v) for k, v in value.items() if k not in VOLATILE}
-    if isinstance(value, list):
-        return [without_volatile(v) for v in value]
-    return value
 
 
 def customer_360(worker: Worker, customer: str, timeout: float = 60.0) -> dict[str, Any]:

@@ -22,13 +22,20 @@ import pytest
 from streams.mappings import EXAMPLE_MAPPINGS
 from tests.browser import Chromium, chromium_path
 from tests.conftest import ARTIFACTS
-from tests.support import REPO, Stack, Worker, erp_documents_of, finish_simulation, start_simulation
+from tests.support import (
+    REPO,
+    Stack,
+    Worker,
+    erp_documents_of,
+    finish_simulation,
+    start_simulation,
+    without_volatile,
+)
 
 TOKEN = "views-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 STRIPE_SECRET = "whsec_views_test"
 RELAY_SECRET = "relay_views_test"
-VOLATILE = {"age_s"}
 
 
 @dataclass
@@ -86,14 +93,6 @@ def settled(d: Deployment) -> bool:
     ready = [w for w in body["workers"] if w["ready"]]
     stages = body["stages"].values()
     return len(ready) == 2 and all(s["assigned"] == s["expected"] > 0 for s in stages)
-
-
-def without_volatile(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: without_volatile(v) for k, v in value.items() if k not in VOLATILE}
-    if isinstance(value, list):
-        return [without_volatile(v) for v in value]
-    return value
 
 
 def expected_postings(truth: dict[str, Any], held: set[str]) -> dict[tuple[str, str], int]:
