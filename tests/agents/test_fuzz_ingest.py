@@ -7,7 +7,6 @@ reason, never a mix."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,7 @@ from connectors.errors import RejectionReason
 from streams import headers as h
 from tables.identity import ParkedChanges
 from tests.connectors.stripe.test_fuzz import json_values
-from tests.fuzz.seeds import EDGE_VALUES, SOURCE_TOPICS, adapters, mangle_drawn, source_seeds
+from tests.fuzz.seeds import EDGE_VALUES, SOURCE_TOPICS, adapters, dumps_json, mangle_drawn, source_seeds
 
 SEEDS = source_seeds()
 ALL_SEEDS = [raw for values in SEEDS.values() for raw in values]
@@ -33,11 +32,6 @@ ADAPTERS = adapters()
 REASONS = tuple(f"{r.value}: " for r in RejectionReason)
 VALUES = json_values | st.sampled_from(EDGE_VALUES)
 """What a mangled field becomes: any small JSON value, or one past the limits real payloads keep."""
-
-
-def _dumps(value: Any) -> bytes:
-    """JSON of any value, integers past 64 bits included (orjson refuses them)."""
-    return json.dumps(value).encode()
 
 
 @dataclass
@@ -142,7 +136,7 @@ def test_arbitrary_bytes(
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(SOURCE_TOPICS), keys, json_values, headers)
 def test_arbitrary_json(patched: Tables, topic: str, key: str | None, value: Any, hdrs: Any) -> None:
-    _ingest(patched, topic, key, _dumps(value), hdrs)
+    _ingest(patched, topic, key, dumps_json(value), hdrs)
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -155,7 +149,7 @@ def test_mangled_platform_payloads_on_any_source_topic(
     document = orjson.loads(seed)
     if data.draw(st.booleans()):
         mangle_drawn(document, data, VALUES)
-    _ingest(patched, topic, key, _dumps(document), hdrs)
+    _ingest(patched, topic, key, dumps_json(document), hdrs)
 
 
 def test_every_seed_maps_on_its_own_topic(patched: Tables) -> None:

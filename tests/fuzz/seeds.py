@@ -23,7 +23,7 @@ SOURCE_TOPICS = ("crm.changes", "clm.changes", "billing.changes", "payments.chan
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
-def _dumps(value: Any) -> bytes:
+def dumps_json(value: Any) -> bytes:
     """JSON of any value, integers past 64 bits included (orjson refuses them)."""
     return json.dumps(value).encode()
 
@@ -185,7 +185,7 @@ def mangle_drawn(document: Any, data: Any, values: Any) -> None:
     from hypothesis import strategies as st
 
     for _ in range(data.draw(st.integers(1, 4))):
-        paths = _paths(document)
+        paths = json_paths(document)
         if not paths:
             break
         path = data.draw(st.sampled_from(paths))
@@ -223,14 +223,15 @@ def _json_value(rng: random.Random, depth: int = 0) -> Any:
     }
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def json_paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path into a JSON document (keys, and the first three items of a list)."""
     out = [prefix] if prefix else []
     if isinstance(node, dict):
         for k, v in node.items():
-            out += _paths(v, (*prefix, k))
+            out += json_paths(v, (*prefix, k))
     elif isinstance(node, list):
         for i, v in enumerate(node[:3]):
-            out += _paths(v, (*prefix, i))
+            out += json_paths(v, (*prefix, i))
     return out
 
 
@@ -238,7 +239,7 @@ def mangle_json(rng: random.Random, raw: bytes) -> bytes:
     """Delete or replace one to four values anywhere in a JSON document."""
     document = orjson.loads(raw)
     for _ in range(rng.randint(1, 4)):
-        paths = _paths(document)
+        paths = json_paths(document)
         if not paths:
             break
         path = rng.choice(paths)
@@ -249,7 +250,7 @@ def mangle_json(rng: random.Random, raw: bytes) -> bytes:
             parent.pop(path[-1], None)
         else:
             parent[path[-1]] = _json_value(rng)
-    return _dumps(document)
+    return dumps_json(document)
 
 
 def mangle_bytes(rng: random.Random, raw: bytes) -> bytes:
@@ -282,5 +283,5 @@ def garbage(rng: random.Random, seeds: tuple[bytes, ...], others: tuple[bytes, .
     if kind == 5:
         return rng.randbytes(rng.randrange(64))
     if kind == 6:
-        return _dumps(_json_value(rng))
+        return dumps_json(_json_value(rng))
     return rng.choice([None, b"", b"null", b"{}", b"[]", b'"x"', b"{" * 300])

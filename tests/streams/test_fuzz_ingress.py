@@ -7,7 +7,6 @@ forever); and no header without a matching signature produces anything."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import orjson
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 from connectors import signing
 from connectors.signing import SignatureProblem
 from tests.connectors.stripe.test_fuzz import json_values
-from tests.fuzz.seeds import EDGE_VALUES, mangle_drawn, source_seeds
+from tests.fuzz.seeds import EDGE_VALUES, dumps_json, mangle_drawn, source_seeds
 from tests.streams.test_ingress import NOW, _ingress
 
 REFUSALS = {p.value for p in SignatureProblem} | {"malformed_body"}
@@ -36,11 +35,6 @@ ROUTE_SEEDS = {
 }
 VALUES = json_values | st.sampled_from(EDGE_VALUES)
 """What a mangled field becomes: any small JSON value, or one past the limits real payloads keep."""
-
-
-def _dumps(value: Any) -> bytes:
-    """JSON of any value, integers past 64 bits included (orjson refuses them)."""
-    return json.dumps(value).encode()
 
 
 def _post(route: str, header: str | None, body: bytes) -> tuple[Any, list[Any]]:
@@ -76,7 +70,7 @@ def test_signed_bodies_of_any_shape(route: str, body: dict[str, Any], event_id: 
         body["id"] = event_id
     if event_type is not None:
         body["type"] = event_type
-    raw = _dumps(body)
+    raw = dumps_json(body)
     _post(route, signing.sign(SECRETS[route], raw, NOW), raw)
 
 
@@ -85,7 +79,7 @@ def test_signed_bodies_of_any_shape(route: str, body: dict[str, Any], event_id: 
 def test_signed_mangled_platform_payloads(route: str, data: st.DataObject) -> None:
     document = orjson.loads(data.draw(st.sampled_from(ROUTE_SEEDS[route])))
     mangle_drawn(document, data, VALUES)
-    raw = _dumps(document)
+    raw = dumps_json(document)
     answer, _ = _post(route, signing.sign(SECRETS[route], raw, NOW), raw)
     try:
         orjson.loads(raw)  # Python writes Infinity for an infinite float: not JSON

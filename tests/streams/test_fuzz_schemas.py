@@ -4,7 +4,6 @@ reason, and never raises (Faust would crash the agent on a decoding error)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 from canonical import ErpCommand
 from streams.schemas import ByTopicSchema, PydanticSchema, Undecodable
 from tests.connectors.stripe.test_fuzz import json_values
-from tests.fuzz.seeds import EDGE_VALUES, internal_models, internal_seeds, mangle_drawn
+from tests.fuzz.seeds import EDGE_VALUES, dumps_json, internal_models, internal_seeds, mangle_drawn
 
 MODELS = internal_models()
 SEEDS = internal_seeds()
@@ -28,11 +27,6 @@ CORE = ByTopicSchema(
 )
 VALUES = json_values | st.sampled_from(EDGE_VALUES)
 """What a mangled field becomes: any small JSON value, or one past the limits real payloads keep."""
-
-
-def _dumps(value: Any) -> bytes:
-    """JSON of any value, integers past 64 bits included (orjson refuses them)."""
-    return json.dumps(value).encode()
 
 
 @dataclass
@@ -68,7 +62,7 @@ def test_arbitrary_bytes(topic: str, value: bytes | None) -> None:
 @settings(max_examples=300)
 @given(st.sampled_from(sorted(MODELS)), json_values)
 def test_arbitrary_json(topic: str, value: Any) -> None:
-    _decoded(SCHEMAS[topic], topic, _dumps(value))
+    _decoded(SCHEMAS[topic], topic, dumps_json(value))
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
@@ -78,7 +72,7 @@ def test_mangled_valid_messages_of_any_topic(topic: str, seed: bytes, data: st.D
     four values deleted or replaced anywhere."""
     document = orjson.loads(seed)
     mangle_drawn(document, data, VALUES)
-    _decoded(SCHEMAS[topic], topic, _dumps(document))
+    _decoded(SCHEMAS[topic], topic, dumps_json(document))
 
 
 @st.composite

@@ -14,6 +14,7 @@ from agents.identity import provisional_customer_id
 from canonical import ChangeEvent
 from connectors.errors import Rejection
 from connectors.stripe import map_stripe_event
+from tests.fuzz.seeds import json_paths
 from tests.support import stripe_event, stripe_fixture
 
 EVENT_TYPES = [
@@ -54,21 +55,10 @@ def test_arbitrary_json(value: Any) -> None:
     _outcome(json.dumps(value).encode())
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix] if prefix else []
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node[:3]):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
 def mangle(message: Any, data: st.DataObject) -> None:
     """Delete or replace one to four values anywhere in a JSON document, in place."""
     for _ in range(data.draw(st.integers(1, 4))):
-        paths = _paths(message)
+        paths = json_paths(message)
         if not paths:
             break
         path = data.draw(st.sampled_from(paths))
