@@ -48,7 +48,16 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
 from connectors.simulation import Message, generate  # noqa: E402
-from streams.bench import child_env, create_topics, machine_info, produce, source_records, spawn  # noqa: E402
+from streams.bench import (  # noqa: E402
+    child_env,
+    cpu_seconds,
+    create_topics,
+    machine_info,
+    proc_status,
+    produce,
+    source_records,
+    spawn,
+)
 from streams.local_kafka import LocalKafka, free_port  # noqa: E402
 from streams.processes import terminate, wait_for_log  # noqa: E402
 from streams.topic_names import SOURCE_TOPICS  # noqa: E402
@@ -86,26 +95,6 @@ def chunks(customers: int, events: str, seed: int) -> Any:
 
 
 # --- measures --------------------------------------------------------------------------------
-
-
-def proc_status(pid: int) -> dict[str, int]:
-    """VmHWM, VmRSS, RssAnon, RssFile of a live process, in kB."""
-    wanted = ("VmHWM", "VmRSS", "RssAnon", "RssFile")
-    out: dict[str, int] = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            name, _, rest = line.partition(":")
-            if name in wanted:
-                out[name] = int(rest.split()[0])
-    return out
-
-
-def cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
 
 
 def disk_usage(root: Path) -> tuple[int, dict[str, int]]:
@@ -148,18 +137,12 @@ async def group_lag(bootstrap: str, group: str) -> tuple[int | None, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        committed = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    committed = {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
-    if not committed:
-        return None, 0
-    # Every partition of every topic the group committed to: one not committed yet counts whole.
-    topics = sorted({tp.topic for tp in committed})
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics(topics)
+        offsets = await admin.list_consumer_group_offsets(group)
+        committed = {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+        if not committed:
+            return None, 0
+        # Every partition of every topic the group committed to: one not committed yet counts whole.
+        described = await admin.describe_topics(sorted({tp.topic for tp in committed}))
     finally:
         await admin.close()
     partitions = [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]

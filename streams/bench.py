@@ -418,19 +418,22 @@ def stage_latencies(source_at: dict[str, int], seen: Observed) -> dict[str, dict
     }
 
 
-def _proc_status(pid: int, field_name: str) -> int | None:
-    try:
+def proc_status(pid: int) -> dict[str, int]:
+    """The numeric fields of a live process's /proc status (memory in kB: VmHWM, VmRSS,
+    RssAnon …); empty once it is gone."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field_name}:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+            name, _, rest = line.partition(":")
+            value = rest.split()
+            if value and value[0].isdigit():
+                out[name] = int(value[0])
+    return out
 
 
 def peak_rss_mb(pid: int) -> float | None:
     """Peak resident set of a live process: VmHWM from /proc, else psutil's current RSS."""
-    kb = _proc_status(pid, "VmHWM")
+    kb = proc_status(pid).get("VmHWM")
     if kb is not None:
         return round(kb / 1024, 1)
     try:
