@@ -39,3 +39,18 @@ async def test_a_topic_that_never_appears_is_reported_after_the_timeout() -> Non
     client = Client()
     assert await wait_for_topic_metadata(client, ["erp.missing"], timeout_s=0.25) == ["erp.missing"]
     assert client.fetches >= 2
+
+
+def test_every_table_store_is_sized_by_the_settings() -> None:
+    """Faust's RocksDB defaults (three 64 MB memtables, a 2 GB block cache per store) kept a
+    worker's whole state in memory; LedgerflowApp.Table sizes every table's stores."""
+    from streams.app import app
+    from streams.settings import settings
+
+    app.discover()  # every tables module
+    assert app.tables, "no tables registered"
+    for table in app.tables.values():
+        options = table.options or {}
+        assert options["write_buffer_size"] == settings.rocksdb_write_buffer_mb << 20, table.name
+        assert options["max_write_buffer_number"] == 2, table.name
+        assert options["block_cache_size"] == settings.rocksdb_block_cache_mb << 20, table.name
