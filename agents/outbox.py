@@ -22,6 +22,7 @@ from agents.batching import acting_for
 from canonical import BusinessException, codec
 from streams import headers as h
 from streams import metrics
+from streams.app import app
 from streams.topics import dlq_topic, exceptions_topic
 
 if TYPE_CHECKING:
@@ -100,6 +101,8 @@ class Outbox:
     async def commit(self) -> None:
         """Deliver every send (raises if the broker refuses), then write the rows."""
         delivering, self._delivering = self._delivering, []
+        if delivering:
+            app.expedite_sends()
         await asyncio.gather(*delivering)
         writes, self._writes = self._writes, {}
         for (_, key), (table, event, raw) in writes.items():

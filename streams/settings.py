@@ -166,8 +166,12 @@ class Settings(BaseSettings):
     """LEDGERFLOW_BATCH_SIZE: events an agent takes at once (Faust's per-event cost is high)."""
     batch_window_ms: int = Field(default=20, ge=1)
     """LEDGERFLOW_BATCH_WINDOW_MS: longest an agent waits to fill a batch."""
-    producer_linger_ms: int = Field(default=5, ge=0)
-    """LEDGERFLOW_PRODUCER_LINGER_MS: lets the producer batch sends into one request."""
+    producer_linger_ms: int = Field(default=50, ge=0)
+    """LEDGERFLOW_PRODUCER_LINGER_MS: how long the producer holds a send so that others join it
+    in one request. An agent's batch does not wait for it: the batch's commit sends at once
+    (`LedgerflowApp.expedite_sends`); what lingers is what nobody waits for, like table
+    changelogs. Produce requests are costly here (one that wakes the broker ~50 µs CPU in the
+    socket write): 5 ms → 50 ms took the bench from 370 to 462 events/s."""
     log_level: str = "info"
     """LEDGERFLOW_LOG_LEVEL"""
 
