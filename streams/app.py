@@ -118,24 +118,6 @@ class LedgerflowApp(faust.App):
         }
         return super().Table(name, options=options, **kwargs)
 
-    def expedite_sends(self) -> None:
-        """Send what the producer holds now instead of when each batch's linger runs out.
-
-        Batches linger so that many sends share one produce request: on this VM a request that
-        wakes the broker costs ~50 µs of CPU in the socket write alone, whatever its size. An
-        agent that has queued a whole batch's messages and now waits for their acks gains
-        nothing from lingering, so it closes the open batches (aiokafka's own
-        `flush_for_commit` does the same) and wakes the sender: one request for all of them."""
-        producer = getattr(self.producer, "_producer", None)  # aiokafka's, once started
-        accumulator = getattr(producer, "_message_accumulator", None)
-        if accumulator is None:
-            return
-        for batches in accumulator._batches.values():
-            for batch in batches:
-                batch._builder.close()
-        if not accumulator._waiter_future.done():
-            accumulator._waiter_future.set_result(None)
-
     def _new_transport(self) -> Any:
         # Faust's consumer with strict offset bookkeeping (streams/kafka_consumer.py).
         return kafka_consumer.Transport(self.conf.broker_consumer, self)
