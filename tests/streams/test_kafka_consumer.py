@@ -3,10 +3,12 @@ scaling and chaos tests prove it with real workers)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
 from faust.types import TP
 
 from streams.app import RUNNING_MARKER, forget_tables_after_unclean_stop
@@ -106,3 +108,79 @@ def test_table_stores_are_dropped_only_after_an_unclean_stop(tmp_path: Path) -> 
     (datadir / RUNNING_MARKER).unlink()  # a clean stop removes it (LedgerflowApp.on_stop)
     tabledir.mkdir(parents=True)
     assert forget_tables_after_unclean_stop(datadir, tabledir) is False
+
+
+def delivering_consumer() -> Any:
+    """A Consumer with only what `_deliver` uses: the flow's suspension and mode's wait_first."""
+    from mode.utils.locks import Event
+
+    c: Any = object.__new__(Consumer)
+    c.suspend_flow = Event()
+    c._stopped = Event()
+    c._crashed = Event()
+    c._loop = asyncio.get_running_loop()
+    return c
+
+
+async def test_a_delivery_that_never_suspends_is_done_without_a_task() -> None:
+    c = delivering_consumer()
+    steps: list[str] = []
+
+    async def delivery() -> None:
+        steps.append("delivered")
+
+    tasks_before = len(asyncio.all_tasks())
+    assert await c._deliver(delivery()) is True
+    assert steps == ["delivered"] and len(asyncio.all_tasks()) == tasks_before
+
+
+async def test_a_delivery_that_waits_on_a_full_queue_is_finished_with_its_result() -> None:
+    c = delivering_consumer()
+    room: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    steps: list[str] = []
+
+    async def delivery() -> None:
+        steps.append("waiting")
+        steps.append(await room)
+        await asyncio.sleep(0)  # a bare yield after it
+        steps.append("delivered")
+
+    asyncio.get_running_loop().call_later(0.01, room.set_result, "room")
+    assert await c._deliver(delivery()) is True
+    assert steps == ["waiting", "room", "delivered"]
+
+
+async def test_a_failure_while_waiting_is_thrown_into_the_delivery() -> None:
+    c = delivering_consumer()
+    room: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    seen: list[BaseException] = []
+
+    async def delivery() -> None:
+        try:
+            await room
+        except ValueError as exc:
+            seen.append(exc)
+            raise
+
+    asyncio.get_running_loop().call_later(0.01, room.set_exception, ValueError("queue closed"))
+    with pytest.raises(ValueError, match="queue closed"):
+        await c._deliver(delivery())
+    assert len(seen) == 1
+
+
+async def test_a_rebalance_while_a_delivery_waits_abandons_it() -> None:
+    c = delivering_consumer()
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    cancelled: list[bool] = []
+
+    async def delivery() -> None:
+        try:
+            await never
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    asyncio.get_running_loop().call_later(0.01, c.suspend_flow.set)
+    assert await c._deliver(delivery()) is False
+    await asyncio.sleep(0.01)
+    assert cancelled == [True]
