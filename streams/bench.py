@@ -561,6 +561,7 @@ class Deployment:
             "peak_rss_mb": max(known_rss) if known_rss else None,
             "peak_rss_mb_per_worker": rss,
             "cpu_s": round(sum(known_cpu), 2) if known_cpu else None,
+            "cpu_s_per_worker": cpu,
             # The sandbox ERP shares the machine's cores with the workers.
             "erp_cpu_s": cpu_seconds(self.erp.proc.pid) if self.erp is not None else None,
         }

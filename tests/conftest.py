@@ -52,7 +52,7 @@ def _isolated_stack(
             target.mkdir(parents=True, exist_ok=True)
             for log in root.glob("*.log"):
                 (target / log.name).write_bytes(log.read_bytes())
-            for db in root.glob("*.sqlite3"):
+            for db in root.glob("*.sqlite3*"):  # with its -wal file
                 (target / db.name).write_bytes(db.read_bytes())
 
 

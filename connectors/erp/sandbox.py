@@ -196,8 +196,11 @@ class DocumentStore:
         self._now = now
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.row_factory = sqlite3.Row
-        # The default rollback journal keeps the sandbox one file between transactions (easy to
-        # copy or delete); NORMAL sync is plenty for a dev tool.
+        # Write-ahead log with NORMAL sync: a commit survives the sandbox being killed, only not
+        # the machine losing power. The rollback journal made every commit create, sync and
+        # delete a journal file (0.7 ms here, against 0.02 ms), with the event loop blocked.
+        # A copy of the database takes its -wal file along (or is made after a clean stop).
+        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
 
