@@ -11,8 +11,10 @@ written re-sends on restart, with the same idempotency keys, instead of losing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from pydantic import BaseModel
@@ -21,7 +23,7 @@ from agents.batching import acting_for
 from canonical import BusinessException, codec
 from streams import headers as h
 from streams import metrics
-from streams.publishing import Outgoing, publish
+from streams.publishing import Outgoing, Record, aiokafka_producer, count_table_writes, publish, submit
 from streams.topics import dlq_topic, exceptions_topic
 
 if TYPE_CHECKING:
@@ -112,12 +114,62 @@ class Outbox:
         sending, self._sending = self._sending, []
         await publish(sending)
         writes, self._writes = self._writes, {}
-        for (_, key), (table, event, raw) in writes.items():
+        await write_rows([(table, key, event, raw) for (_, key), (table, event, raw) in writes.items()])
+
+
+async def write_rows(rows: list[tuple[Rows, bytes, EventT, bytes | None]]) -> None:
+    """Each row (None deletes it) into the store of its event's partition, and onto its table's
+    changelog: what a Faust table's `__setitem__` does, for a whole batch at once.
+
+    Faust sends every row's changelog record on its own (`send_soon`: a buffer, a task and a
+    `Topic.send` per row, 9% of the worker in the bench profile). Here the records go as one
+    record batch per changelog partition, not awaited, like Faust's: the consumer flushes the
+    producer before it commits offsets. When a batch is acknowledged, the store remembers the
+    changelog offset it holds, as Faust's `_on_changelog_sent` does, so a restart recovers only
+    the changelog's tail. Inside transactions, or for a table without RocksDB partitions (a
+    dict in tests), the table's own path."""
+    producer = aiokafka_producer()
+    records: list[Record] = []
+    stores: dict[tuple[str, int], Any] = {}
+    updated: Counter[str] = Counter()
+    for table, key, event, raw in rows:
+        store: Any = getattr(table, "data", None)
+        db_for_partition = getattr(store, "_db_for_partition", None)
+        if producer is None or db_for_partition is None:
             with acting_for(event):
                 if raw is None:
                     table.pop(key, None)
                 else:
                     table[key] = raw
+            continue
+        partition = event.message.partition
+        db = db_for_partition(partition)
+        if raw is None:
+            db.delete(key)
+            store._key_index.pop(key, None)
+        else:
+            db.put(key, raw)
+            store._key_index[key] = partition
+        name = table.changelog_topic.get_topic_name()  # type: ignore[attr-defined]
+        records.append((name, partition, key, raw, []))
+        stores[name, partition] = store
+        updated[table.name] += 1  # type: ignore[attr-defined]
+    if not records:
+        return
+    for future, count in await submit(producer, records):
+        future.add_done_callback(partial(_persisted, stores, count))
+    count_table_writes(updated)
+
+
+def _persisted(stores: dict[tuple[str, int], Any], count: int, future: asyncio.Future[Any]) -> None:
+    if future.cancelled():
+        return
+    error = future.exception()
+    if error is not None:
+        log.error("changelog records not written: %r", error)
+        return
+    sent = future.result()
+    stores[sent.topic, sent.partition].set_persisted_offset(sent.topic_partition, sent.offset + count - 1)
 
 
 async def send_to_dlq(outbox: Outbox, event: EventT, reason: str) -> None:

@@ -26,7 +26,7 @@ Outgoing: TypeAlias = "tuple[TopicT, Any, Any, Mapping[str, bytes]]"
 """(topic, key, value, headers) as `Topic.send` takes them."""
 
 
-def _aiokafka_producer() -> Any:
+def aiokafka_producer() -> Any:
     """The started aiokafka producer behind Faust's, or None (not started, or transactions)."""
     if app.in_transaction:
         return None
@@ -42,7 +42,7 @@ def expedite_sends() -> None:
     agent that has handed over a whole batch's messages and now waits for their acks gains
     nothing from lingering, so it closes the open batches (aiokafka's own `flush_for_commit`
     does the same) and wakes the sender: one request for all of them."""
-    producer = _aiokafka_producer()
+    producer = aiokafka_producer()
     if producer is None:
         return
     accumulator = producer._message_accumulator
@@ -53,23 +53,69 @@ def expedite_sends() -> None:
         accumulator._waiter_future.set_result(None)
 
 
+Record: TypeAlias = "tuple[str, int | None, bytes | None, bytes | None, list[tuple[str, bytes]]]"
+"""(topic name, partition or None for the partitioner's, key, value, headers), serialised."""
+
+
 async def publish(messages: Sequence[Outgoing]) -> None:
     """Send every message and wait until the broker acknowledged all of them (raises if it
     refused one)."""
     if not messages:
         return
-    producer = _aiokafka_producer()
+    producer = aiokafka_producer()
     if producer is None:
         pending: list[Any] = [
             await topic.send(key=key, value=value, headers=headers, force=True)
             for topic, key, value, headers in messages
         ]
     else:
-        pending = await _publish_batched(producer, messages)
+        pending = [future for future, _ in await submit(producer, [_serialised(m) for m in messages])]
     expedite_sends()
     await asyncio.gather(*pending)
     if producer is not None:
         _count_sent(messages)
+
+
+def _serialised(message: Outgoing) -> Record:
+    topic, key, value, given = message
+    schema = topic.schema
+    headers: Any = dict(given)
+    key_bytes, headers = schema.dumps_key(app, key, headers=headers)
+    value_bytes, headers = schema.dumps_value(app, value, headers=headers)
+    return (topic.get_topic_name(), None, key_bytes, value_bytes, list(headers.items()))
+
+
+async def submit(producer: Any, records: Sequence[Record]) -> list[tuple[asyncio.Future[Any], int]]:
+    """Hand records to the producer, one record batch per partition in record order; returns
+    each batch's future (its result names the batch's first offset) and its record count."""
+    builders: dict[tuple[str, int], Any] = {}
+    counts: dict[tuple[str, int], int] = {}
+    pending: list[tuple[asyncio.Future[Any], int]] = []
+    known: set[str] = set()
+    for name, given_partition, key, value, headers in records:
+        if name not in known:
+            await producer.client._wait_on_metadata(name)
+            known.add(name)
+        partition = producer._partition(name, given_partition, None, None, key, value)
+        slot = (name, partition)
+        builder = builders.get(slot)
+        if builder is None:
+            builder = builders[slot] = producer.create_batch()
+            counts[slot] = 0
+        record = {"timestamp": None, "key": key, "value": value, "headers": headers}
+        if builder.append(**record) is None:
+            # Full (producer_max_batch_size): submit it and start the partition's next one.
+            pending.append((await producer.send_batch(builder, name, partition=partition), counts[slot]))
+            builder = builders[slot] = producer.create_batch()
+            counts[slot] = 0
+            if builder.append(**record) is None:
+                raise ValueError(f"a message for {name} is larger than the producer's batch size")
+        counts[slot] += 1
+    for (name, partition), builder in builders.items():
+        pending.append(
+            (await producer.send_batch(builder, name, partition=partition), counts[name, partition])
+        )
+    return pending
 
 
 def _count_sent(messages: Sequence[Outgoing]) -> None:
@@ -84,31 +130,10 @@ def _count_sent(messages: Sequence[Outgoing]) -> None:
     sent.total_sent_messages.inc(len(messages))
 
 
-async def _publish_batched(producer: Any, messages: Sequence[Outgoing]) -> list[asyncio.Future[Any]]:
-    builders: dict[tuple[str, int], Any] = {}
-    pending: list[asyncio.Future[Any]] = []
-    known: set[str] = set()
-    for topic, key, value, given in messages:
-        name = topic.get_topic_name()
-        if name not in known:
-            await producer.client._wait_on_metadata(name)
-            known.add(name)
-        schema = topic.schema
-        headers: Any = dict(given)
-        key_bytes, headers = schema.dumps_key(app, key, headers=headers)
-        value_bytes, headers = schema.dumps_value(app, value, headers=headers)
-        partition = producer._partition(name, None, key, value, key_bytes, value_bytes)
-        record = {"timestamp": None, "key": key_bytes, "value": value_bytes, "headers": list(headers.items())}
-        slot = (name, partition)
-        builder = builders.get(slot)
-        if builder is None:
-            builder = builders[slot] = producer.create_batch()
-        if builder.append(**record) is None:
-            # Full (producer_max_batch_size): submit it and start the partition's next one.
-            pending.append(await producer.send_batch(builder, name, partition=partition))
-            builder = builders[slot] = producer.create_batch()
-            if builder.append(**record) is None:
-                raise ValueError(f"a message for {name} is larger than the producer's batch size")
-    for (name, partition), builder in builders.items():
-        pending.append(await producer.send_batch(builder, name, partition=partition))
-    return pending
+def count_table_writes(updated: Counter[str]) -> None:
+    """What Faust's Prometheus sensor counts for every table write, once per table."""
+    metrics = getattr(app.monitor, "_metrics", None)
+    if metrics is None:
+        return
+    for table, count in updated.items():
+        metrics.table_operations.labels(table=f"table.{table}", operation="keys_updated").inc(count)
