@@ -314,6 +314,8 @@ class Observed:
     command_at: dict[str, int] = field(default_factory=dict)
     """Idempotency key → timestamp (ms) of its first `erp.commands` record."""
     command_correlation: dict[str, str] = field(default_factory=dict)
+    command_kind: dict[str, str] = field(default_factory=dict)
+    """Idempotency key → its command (`post_invoice`, …)."""
     confirmed_at: dict[str, int] = field(default_factory=dict)
     """Idempotency key → timestamp (ms) of its first posted `erp.results` record."""
     customers_confirmed: set[str] = field(default_factory=set)
@@ -324,9 +326,11 @@ class Observed:
 
     def add_command(self, at: int, value: bytes, headers: Sequence[tuple[str, bytes]]) -> None:
         self.commands += 1
-        key = str(orjson.loads(value)["idempotency_key"])
+        command = orjson.loads(value)
+        key = str(command["idempotency_key"])
         if key not in self.command_at:
             self.command_at[key] = at
+            self.command_kind[key] = str(command.get("command"))
             correlation = dict(headers).get(h.CORRELATION_ID)
             if correlation is not None:
                 self.command_correlation[key] = correlation.decode()
@@ -397,7 +401,7 @@ def percentiles(values: Sequence[float]) -> dict[str, float] | None:
     return out
 
 
-def stage_latencies(source_at: dict[str, int], seen: Observed) -> dict[str, dict[str, float] | None]:
+def stage_latencies(source_at: dict[str, int], seen: Observed) -> dict[str, Any]:
     """Per command (first emission of each idempotency key): source → emitted → confirmed."""
     to_command: list[float] = []
     to_confirmed: list[float] = []
@@ -411,10 +415,18 @@ def stage_latencies(source_at: dict[str, int], seen: Observed) -> dict[str, dict
             to_confirmed.append(confirmed - emitted)
         if source is not None and confirmed is not None:
             end_to_end.append(confirmed - source)
+    by_kind: dict[str, list[float]] = {}
+    for key, emitted in seen.command_at.items():
+        source = source_at.get(seen.command_correlation.get(key, ""))
+        if source is not None:
+            by_kind.setdefault(seen.command_kind.get(key, "?"), []).append(emitted - source)
     return {
         "source_to_command": percentiles(to_command),
         "command_to_confirmed": percentiles(to_confirmed),
         "source_to_confirmed": percentiles(end_to_end),
+        # An invoice waits for the ERP to confirm its customer, a payment or credit memo for
+        # its invoice (design invariant 4): their source → command includes those round trips.
+        "source_to_command_by_command": {kind: percentiles(v) for kind, v in sorted(by_kind.items())},
     }
 
 

@@ -203,6 +203,16 @@ class Consumer(driver.Consumer):
         outcome = await self.wait_first(delivery, self.suspend_flow.wait())
         return delivery in outcome.done
 
+    async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        # Faust flushes the producer before it commits (the changelogs first): without the
+        # linger, so the fetch loop, which commits every LEDGERFLOW_BATCH_SIZE acks, is not
+        # held for it.
+        producer = getattr(self.app.producer, "_producer", None)
+        if producer is not None and not self.app.in_transaction:
+            send_open_batches(producer)
+        committed: bool = await super()._commit_offsets(offsets, start_new_transaction)
+        return committed
+
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover
         """Faust's fetch loop (faust/transport/consumer.py, 0.15.3), the per-record checks
         replaced by `_accept` for acked topics; changelogs keep Faust's (gaps are real there)."""
@@ -274,6 +284,22 @@ class Consumer(driver.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+def send_open_batches(producer: Any) -> None:
+    """Have an aiokafka producer send the batches it holds now, not when their linger runs out.
+
+    Batches linger (LEDGERFLOW_PRODUCER_LINGER_MS) so that many sends share one produce
+    request: on this VM a request that wakes the broker costs ~50 µs of CPU in the socket write
+    alone, whatever its size. Whoever is about to wait for what it sent gains nothing from the
+    linger, so this closes the open batches (aiokafka's own `flush_for_commit` does the same)
+    and wakes the sender: one request for all of them."""
+    accumulator = producer._message_accumulator
+    for batches in accumulator._batches.values():
+        for batch in batches:
+            batch._builder.close()
+    if not accumulator._waiter_future.done():
+        accumulator._waiter_future.set_result(None)
 
 
 async def _resume(coro: Any, yielded: Any) -> Any:

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from streams.app import app
+from streams.kafka_consumer import send_open_batches
 
 if TYPE_CHECKING:
     from faust.types import TopicT
@@ -35,22 +36,12 @@ def aiokafka_producer() -> Any:
 
 
 def expedite_sends() -> None:
-    """Send what the producer holds now instead of when each batch's linger runs out.
-
-    Batches linger so that many sends share one produce request: on this VM a request that
-    wakes the broker costs ~50 µs of CPU in the socket write alone, whatever its size. An
-    agent that has handed over a whole batch's messages and now waits for their acks gains
-    nothing from lingering, so it closes the open batches (aiokafka's own `flush_for_commit`
-    does the same) and wakes the sender: one request for all of them."""
+    """Send what the producer holds now instead of when each batch's linger runs out (see
+    `send_open_batches`): an agent that handed over its batch's messages and now waits for
+    their acks gains nothing from lingering."""
     producer = aiokafka_producer()
-    if producer is None:
-        return
-    accumulator = producer._message_accumulator
-    for batches in accumulator._batches.values():
-        for batch in batches:
-            batch._builder.close()
-    if not accumulator._waiter_future.done():
-        accumulator._waiter_future.set_result(None)
+    if producer is not None:
+        send_open_batches(producer)
 
 
 Record: TypeAlias = "tuple[str, int | None, bytes | None, bytes | None, list[tuple[str, bytes]]]"
