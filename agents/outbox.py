@@ -23,7 +23,9 @@ from agents.batching import acting_for
 from canonical import BusinessException, codec
 from streams import headers as h
 from streams import metrics
-from streams.publishing import Outgoing, Record, aiokafka_producer, count_table_writes, publish, submit
+from streams.app import app
+from streams.kafka_consumer import aiokafka_producer
+from streams.publishing import Outgoing, Record, count_table_writes, publish, submit
 from streams.topics import dlq_topic, exceptions_topic
 
 if TYPE_CHECKING:
@@ -128,7 +130,7 @@ async def write_rows(rows: list[tuple[Rows, bytes, EventT, bytes | None]]) -> No
     changelog offset it holds, as Faust's `_on_changelog_sent` does, so a restart recovers only
     the changelog's tail. Inside transactions, or for a table without RocksDB partitions (a
     dict in tests), the table's own path."""
-    producer = aiokafka_producer()
+    producer = aiokafka_producer(app)
     records: list[Record] = []
     stores: dict[tuple[str, int], Any] = {}
     updated: Counter[str] = Counter()

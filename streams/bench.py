@@ -404,6 +404,7 @@ def percentiles(values: Sequence[float]) -> dict[str, float] | None:
 def stage_latencies(source_at: dict[str, int], seen: Observed) -> dict[str, Any]:
     """Per command (first emission of each idempotency key): source → emitted → confirmed."""
     to_command: list[float] = []
+    by_kind: dict[str, list[float]] = {}
     to_confirmed: list[float] = []
     end_to_end: list[float] = []
     for key, emitted in seen.command_at.items():
@@ -411,15 +412,11 @@ def stage_latencies(source_at: dict[str, int], seen: Observed) -> dict[str, Any]
         confirmed = seen.confirmed_at.get(key)
         if source is not None:
             to_command.append(emitted - source)
+            by_kind.setdefault(seen.command_kind.get(key, "?"), []).append(emitted - source)
         if confirmed is not None:
             to_confirmed.append(confirmed - emitted)
         if source is not None and confirmed is not None:
             end_to_end.append(confirmed - source)
-    by_kind: dict[str, list[float]] = {}
-    for key, emitted in seen.command_at.items():
-        source = source_at.get(seen.command_correlation.get(key, ""))
-        if source is not None:
-            by_kind.setdefault(seen.command_kind.get(key, "?"), []).append(emitted - source)
     return {
         "source_to_command": percentiles(to_command),
         "command_to_confirmed": percentiles(to_confirmed),

@@ -207,8 +207,8 @@ class Consumer(driver.Consumer):
         # Faust flushes the producer before it commits (the changelogs first): without the
         # linger, so the fetch loop, which commits every LEDGERFLOW_BATCH_SIZE acks, is not
         # held for it.
-        producer = getattr(self.app.producer, "_producer", None)
-        if producer is not None and not self.app.in_transaction:
+        producer = aiokafka_producer(self.app)
+        if producer is not None:
             send_open_batches(producer)
         committed: bool = await super()._commit_offsets(offsets, start_new_transaction)
         return committed
@@ -284,6 +284,15 @@ class Consumer(driver.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+def aiokafka_producer(app: Any) -> Any:
+    """The started aiokafka producer behind the app's, or None (not started, or inside Kafka
+    transactions, where Faust picks a producer per partition)."""
+    if app.in_transaction:
+        return None
+    producer = getattr(app.producer, "_producer", None)
+    return producer if getattr(producer, "_message_accumulator", None) is not None else None
 
 
 def send_open_batches(producer: Any) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from streams.app import app
-from streams.kafka_consumer import send_open_batches
+from streams.kafka_consumer import aiokafka_producer, send_open_batches
 
 if TYPE_CHECKING:
     from faust.types import TopicT
@@ -27,19 +27,11 @@ Outgoing: TypeAlias = "tuple[TopicT, Any, Any, Mapping[str, bytes]]"
 """(topic, key, value, headers) as `Topic.send` takes them."""
 
 
-def aiokafka_producer() -> Any:
-    """The started aiokafka producer behind Faust's, or None (not started, or transactions)."""
-    if app.in_transaction:
-        return None
-    producer = getattr(app.producer, "_producer", None)
-    return producer if getattr(producer, "_message_accumulator", None) is not None else None
-
-
 def expedite_sends() -> None:
     """Send what the producer holds now instead of when each batch's linger runs out (see
     `send_open_batches`): an agent that handed over its batch's messages and now waits for
     their acks gains nothing from lingering."""
-    producer = aiokafka_producer()
+    producer = aiokafka_producer(app)
     if producer is not None:
         send_open_batches(producer)
 
@@ -53,7 +45,7 @@ async def publish(messages: Sequence[Outgoing]) -> None:
     refused one)."""
     if not messages:
         return
-    producer = aiokafka_producer()
+    producer = aiokafka_producer(app)
     if producer is None:
         pending: list[Any] = [
             await topic.send(key=key, value=value, headers=headers, force=True)

@@ -169,7 +169,7 @@ class Settings(BaseSettings):
     producer_linger_ms: int = Field(default=50, ge=0)
     """LEDGERFLOW_PRODUCER_LINGER_MS: how long the producer holds a send so that others join it
     in one request. An agent's batch does not wait for it: the batch's commit sends at once
-    (`LedgerflowApp.expedite_sends`); what lingers is what nobody waits for, like table
+    (`streams.publishing.expedite_sends`); what lingers is what nobody waits for, like table
     changelogs. Produce requests are costly here (one that wakes the broker ~50 µs CPU in the
     socket write): 5 ms → 50 ms took the bench from 370 to 462 events/s."""
     log_level: str = "info"
