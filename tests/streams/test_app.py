@@ -54,3 +54,18 @@ def test_every_table_store_is_sized_by_the_settings() -> None:
         assert options["write_buffer_size"] == settings.rocksdb_write_buffer_mb << 20, table.name
         assert options["max_write_buffer_number"] == 2, table.name
         assert options["block_cache_size"] == settings.rocksdb_block_cache_mb << 20, table.name
+
+
+def test_a_worker_collects_less_often_and_never_rescans_what_it_started_with() -> None:
+    import gc
+
+    from streams.app import GC_THRESHOLDS, tune_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

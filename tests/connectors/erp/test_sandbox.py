@@ -230,3 +230,16 @@ async def test_scoped_faults_hit_only_the_matching_customer(
     with pytest.raises(ErpTransientError):
         await netsuite.deliver(upsert_customer(customer_id="cust-sick"))
     assert [d["external_id"] for d in (await documents(admin))["documents"]] == ["cust-well"]
+
+
+def test_the_sandbox_database_writes_ahead_to_its_log(tmp_path: Path) -> None:
+    import sqlite3
+
+    from connectors.erp.sandbox import DocumentStore
+
+    store = DocumentStore(tmp_path / "erp.sqlite3")
+    try:
+        mode = sqlite3.connect(tmp_path / "erp.sqlite3").execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"  # a rollback-journal commit blocked the event loop 0.7 ms
+    finally:
+        store.close()
