@@ -61,6 +61,8 @@ class Consumer(driver.Consumer):
         the seek will hand over again."""
         self._held_since: dict[TP, tuple[float, float]] = {}
         """Per partition whose commit is held back: since when, and when it was last logged."""
+        self._refetch: set[TP] = set()
+        """Partitions whose missing record is to be fetched again (seeked back to) by the fetch loop."""
         super().__init__(*args, **kwargs)
 
     async def perform_seek(self) -> None:
@@ -144,11 +146,18 @@ class Consumer(driver.Consumer):
         return "\n  ".join(["flow " + ("active" if self.flow_active else "stopped"), *lines])
 
     def _held_back(self, tp: TP, start: int, acked: list[int]) -> None:
-        """Log a partition whose commit waits for a missing acknowledgement, every HELD_LOG_S."""
+        """Log a partition whose commit waits for a missing acknowledgement, every HELD_LOG_S;
+        if the missing record was never handed over, have the fetch loop fetch it again.
+
+        Seen once in the scaling test, on a worker that had just joined: offsets 875 onwards
+        acknowledged, 872-874 never handed over and never fetched again, the commit held for
+        good (most likely records fetched before the rebalance's seek handed over after it)."""
         now = time.monotonic()
         since, logged = self._held_since.setdefault(tp, (now, now))
         if now - logged >= HELD_LOG_S:
             self._held_since[tp] = (since, now)
+            if self._next_read.get(tp) == start:
+                self._refetch.add(tp)
             log.warning(
                 "%s: commit held back at offset %d for %.0fs: %d later offsets acknowledged (from %d), "
                 "next to hand over %s",
@@ -183,6 +192,15 @@ class Consumer(driver.Consumer):
             return True
         self._seeks[tp] = (expected, times + 1 if seeking == expected else 1)
         return None
+
+    async def _fetch_missing_again(self) -> None:
+        """Seek each partition `_held_back` named back to the record it waits for."""
+        refetch, self._refetch = self._refetch, set()
+        for tp in refetch:
+            expected = self._next_read.get(tp)
+            if expected is not None:
+                log.warning("%s: offset %d never handed over: fetching from it again", tp, expected)
+                await self.seek(tp, expected)
 
     async def _deliver(self, delivery: Any) -> bool:
         """Run one record's delivery coroutine (the conductor's `on_message`); False if a
@@ -228,6 +246,7 @@ class Consumer(driver.Consumer):
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                await self._fetch_missing_again()
                 self.diag.set_flag(CONSUMER_FETCHING)
                 records = cast(Any, getmany(timeout=1.0))
                 await self.sleep(0)

@@ -26,6 +26,7 @@ def consumer(next_commit: int | None = None, next_read: int | None = None) -> An
     c._next_read = {} if next_read is None else {TOPIC_PARTITION: next_read}
     c._seeks = {}
     c._held_since = {}
+    c._refetch = set()
     c._committed_offset = defaultdict(lambda: None)
     return c
 
@@ -94,6 +95,22 @@ def test_a_missing_offset_that_never_comes_back_is_skipped_after_bounded_seeks()
 
 def test_a_partition_without_a_read_position_takes_any_offset() -> None:
     assert consumer()._accept(TOPIC_PARTITION, 42) is True
+
+
+def test_a_held_commit_whose_record_never_came_has_it_fetched_again() -> None:
+    c = consumer(next_commit=872, next_read=872)
+    ack(c, 875, 876)
+    c._held_since[TOPIC_PARTITION] = (0.0, 0.0)  # held for longer than HELD_LOG_S
+    assert c._new_offset(TOPIC_PARTITION) is None
+    assert c._refetch == {TOPIC_PARTITION}
+
+
+def test_a_held_commit_whose_record_is_being_handled_is_not_fetched_again() -> None:
+    c = consumer(next_commit=872, next_read=873)  # 872 handed over, not acknowledged yet
+    ack(c, 873)
+    c._held_since[TOPIC_PARTITION] = (0.0, 0.0)
+    assert c._new_offset(TOPIC_PARTITION) is None
+    assert c._refetch == set()
 
 
 def test_table_stores_are_dropped_only_after_an_unclean_stop(tmp_path: Path) -> None:
