@@ -131,6 +131,18 @@ class ErpCounts:
         self.client.close()
 
 
+ROCKSDB_MEMORY = re.compile(r'^ledgerflow_rocksdb_memory_bytes\{kind="(\w+)"\} (\S+)$', re.M)
+
+
+def rocksdb_memory_mb(web_url: str) -> dict[str, float]:
+    """The worker's `ledgerflow_rocksdb_memory_bytes` by kind, in MB (empty if not served)."""
+    try:
+        text = httpx.get(f"{web_url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return {}
+    return {kind: round(float(value) / (1 << 20), 1) for kind, value in ROCKSDB_MEMORY.findall(text)}
+
+
 async def group_lag(bootstrap: str, group: str) -> tuple[int | None, int]:
     """(messages the group has not committed yet over the partitions it committed, partitions);
     None before its first commit. Changelogs are produced, not consumed, so not counted."""
@@ -187,6 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         children.append(erp)
         wait_for_log(erp.log, "ERP sandbox on", erp.proc, 60)
         data_dir = work / "worker"
+        web_port = free_port()
         worker = spawn(
             "worker",
             [sys.executable, "-m", "streams", "worker", "-l", "info"],
@@ -197,7 +210,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 LEDGERFLOW_TOPIC_PREFIX=prefix,
                 LEDGERFLOW_PARTITIONS=str(args.partitions),
                 LEDGERFLOW_DATA_DIR=str(data_dir),
-                LEDGERFLOW_WEB_PORT=str(free_port()),
+                LEDGERFLOW_WEB_PORT=str(web_port),
                 LEDGERFLOW_WEB_BIND="127.0.0.1",
                 LEDGERFLOW_ERP_BASE_URL=f"http://127.0.0.1:{port}",
                 LEDGERFLOW_ERP_TOKEN=ERP_TOKEN,
@@ -231,6 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "vm_rss_mb": mb(status.get("VmRSS")),
                 "rss_anon_mb": mb(status.get("RssAnon")),
                 "data_dir_mb": mb(disk, 1 << 20),
+                "rocksdb_mb": rocksdb_memory_mb(f"http://127.0.0.1:{web_port}"),
             }
             samples.append(row)
             return row
@@ -266,7 +280,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(
                     f"  {row['t_s']:>7.0f}s  ERP {row['erp_customers']}/{expected['customers']} customers "
                     f"{row['erp_invoices']}/{expected['invoices']} invoices  lag {lag}  "
-                    f"RSS {row['vm_rss_mb']} MB (peak {row['vm_hwm_mb']})  disk {row['data_dir_mb']} MB",
+                    f"RSS {row['vm_rss_mb']} MB (peak {row['vm_hwm_mb']})  disk {row['data_dir_mb']} MB  "
+                    f"rocksdb {row['rocksdb_mb']}",
                     flush=True,
                 )
             if settled >= 2:  # lag 0 twice in a row: the results' follow-ups are in the tables too

@@ -9,13 +9,14 @@ import shutil
 import signal
 import ssl
 import sys
+import tracemalloc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
 import mode
 
-from streams import kafka_consumer
+from streams import kafka_consumer, rocksdb
 from streams.settings import Settings, settings
 
 if TYPE_CHECKING:
@@ -81,6 +82,9 @@ def _producer_state(producer: Any) -> str:
     )
 
 
+TRACEMALLOC_TOP = 25
+
+
 def _log_task_stacks() -> None:
     log = logging.getLogger(__name__)
     for task in asyncio.all_tasks():
@@ -91,6 +95,9 @@ def _log_task_stacks() -> None:
     consumer = app._consumer
     if isinstance(consumer, kafka_consumer.Consumer):
         log.warning("consumer %s", consumer.offsets_state())
+    if tracemalloc.is_tracing():  # PYTHONTRACEMALLOC=1 (or more frames) in the worker's env
+        top = tracemalloc.take_snapshot().statistics("lineno")[:TRACEMALLOC_TOP]
+        log.warning("python heap, largest allocation sites:\n  %s", "\n  ".join(map(str, top)))
 
 
 class LedgerflowApp(faust.App):
@@ -261,6 +268,7 @@ def create_app(s: Settings) -> LedgerflowApp:
         autodiscover=["agents", "streams.ingress", "streams.observability", "streams.views"],
         origin="streams",
         store="rocksdb://",
+        Table=rocksdb.Table,  # stores share one block cache and memtable budget
         datadir=str(s.data_dir),
         topic_partitions=s.partitions,
         topic_replication_factor=s.replication_factor,

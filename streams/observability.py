@@ -34,7 +34,7 @@ from faust.sensors.prometheus import MS_LATENCY_BUCKETS, FaustMetrics, Prometheu
 from mode import Service
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streams import metrics
+from streams import metrics, rocksdb
 from streams.app import app
 from streams.ingress import kafka_security
 from streams.settings import settings
@@ -134,9 +134,11 @@ def faust_metrics(registry: CollectorRegistry, prefix: str = "ledgerflow_faust")
 
 
 def install_faust_sensor(*_: Any, **__: Any) -> None:
-    """Replace the app's monitor by Faust's Prometheus sensor (before the app starts)."""
+    """Replace the app's monitor by Faust's Prometheus sensor (before the app starts), and
+    expose what RocksDB holds in memory."""
     if not isinstance(app.monitor, PrometheusMonitor):
         app.monitor = PrometheusMonitor(metrics=faust_metrics(metrics.registry))
+        metrics.registry.register(rocksdb.RocksDBMemory(app.tables.values))
 
 
 # Only in processes that run a worker (app.main), not in every importer of this module.

@@ -149,9 +149,13 @@ class Settings(BaseSettings):
     """LEDGERFLOW_ROCKSDB_WRITE_BUFFER_MB: the memtable of each table store (one store per table
     and partition; at most two memtables each). Faust's default, three 64 MB memtables per store, kept a
     worker's whole state in memory: 751 MB at 60,000 customers (bench/state_rss.py)."""
-    rocksdb_block_cache_mb: int = Field(default=16, ge=1, le=65536)
-    """LEDGERFLOW_ROCKSDB_BLOCK_CACHE_MB: the block cache of each table store (Faust's default
-    is 2 GB each, filled as rows are read)."""
+    rocksdb_memtables_mb: int = Field(default=64, ge=1, le=65536)
+    """LEDGERFLOW_ROCKSDB_MEMTABLES_MB: all memtables of a worker together (one RocksDB write
+    buffer manager shared by every store): past it the fullest are flushed to disk."""
+    rocksdb_block_cache_mb: int = Field(default=64, ge=1, le=65536)
+    """LEDGERFLOW_ROCKSDB_BLOCK_CACHE_MB: the one block cache every table store of a worker
+    shares, index and filter blocks included (Faust's default is a 2 GB cache per store,
+    filled as rows are read). See streams/rocksdb.py."""
     standby_replicas: int = Field(default=0, ge=0, le=8)
     """LEDGERFLOW_STANDBY_REPLICAS: warm copies of every table partition kept by other workers
     (Faust's `table_standby_replicas`). With 1, the worker that takes over a lost worker's
