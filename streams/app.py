@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
 import shutil
@@ -116,12 +118,12 @@ class LedgerflowApp(faust.App):
         (Path(self.conf.datadir) / RUNNING_MARKER).unlink(missing_ok=True)
 
     def Table(self, name: str, **kwargs: Any) -> Any:
-        """Every table's RocksDB stores sized by settings (Faust's defaults: three 64 MB memtables
-        and a 2 GB block cache per store, one store per table and partition)."""
+        """Every table's RocksDB memtables sized by settings (Faust's defaults: three 64 MB
+        memtables and a 2 GB block cache per store, one store per table and partition); the
+        block cache is the worker's one (streams/rocksdb.py)."""
         options = {
             "write_buffer_size": settings.rocksdb_write_buffer_mb << 20,
             "max_write_buffer_number": 2,
-            "block_cache_size": settings.rocksdb_block_cache_mb << 20,
             **(kwargs.pop("options", None) or {}),
         }
         return super().Table(name, options=options, **kwargs)
@@ -140,6 +142,7 @@ class LedgerflowApp(faust.App):
     async def on_start(self) -> None:
         forget_tables_after_unclean_stop(Path(self.conf.datadir), Path(self.conf.tabledir))
         tune_garbage_collector()
+        tune_malloc()
         await super().on_start()
         # httpx logs every ERP call at INFO; the sink logs what matters with the correlation id.
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -210,6 +213,36 @@ def tune_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+MALLOC_ARENAS = 2
+"""glibc malloc arenas a worker may use (glibc's default is 8 per core, grown on contention)."""
+_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
+
+
+def _glibc() -> Any:
+    """glibc (None on another C library: musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+
+
+def tune_malloc() -> None:
+    """Cap glibc's malloc arenas before RocksDB starts its threads: every thread that finds the
+    main arena locked gets an arena of its own, and freed memory stays in the arena it came
+    from. `release_free_memory` hands what is free back to the OS now and then."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+
+
+def release_free_memory() -> None:
+    """glibc's malloc_trim: free pages inside the heap go back to the OS, not only its top."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 RUNNING_MARKER = "worker.running"

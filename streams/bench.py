@@ -705,6 +705,12 @@ class Run:
         return Settings().replication_factor
 
 
+def worker_role(deployment: Deployment, worker: Child) -> str:
+    """`worker0` (ingest,core or every stage), `sink-worker1`: names a worker's profile."""
+    index = deployment.processes.index(worker)
+    return f"{'sink-' if index >= deployment.workers else ''}worker{index}"
+
+
 def run_ledgerflow(run: Run) -> dict[str, Any]:
     """The pre-produced backlog through a real deployment, until the ERP confirmed it all."""
     options = run.options
@@ -718,23 +724,26 @@ def run_ledgerflow(run: Run) -> dict[str, Any]:
         options.workers,
         options.sink_workers,
     )
-    profiler: Profiler | None = None
-    profile_text: str | None = None
+    profilers: dict[str, Profiler] = {}
+    profiles: dict[str, str] = {}
     try:
         deployment.start()
         if options.profile:
-            pid = deployment.processes[0].proc.pid
-            profiler = Profiler(pid, run.work / "ledgerflow.pyspy.txt", run.work / "py-spy.log")
+            for worker in deployment.processes:  # every worker: ingest+core and the sink apart
+                name = worker_role(deployment, worker)
+                profilers[name] = Profiler(
+                    worker.proc.pid, run.work / f"{name}.pyspy.txt", run.work / f"{name}.py-spy.log"
+                )
         seen = asyncio.run(
             watch(run.bootstrap, run.prefix, run.input.expected, options.timeout_s, deployment.alive)
         )
         resources = deployment.resources()
-        if profiler is not None:
-            profile_text = profiler.stop()
-            profiler = None
+        while profilers:
+            name, profiler = profilers.popitem()
+            profiles[name] = profiler.stop()
         first = asyncio.run(earliest_timestamp(run.bootstrap, run.prefix + CANONICAL))
     finally:
-        if profiler is not None:
+        for profiler in profilers.values():
             profiler.stop()
         deployment.stop()
     events = len(run.input.records)
@@ -750,8 +759,8 @@ def run_ledgerflow(run: Run) -> dict[str, Any]:
         "latency_ms": stage_latencies(run.source_at, seen),
         **resources,
     }
-    if profile_text is not None:
-        result["_profile_raw"] = profile_text
+    if profiles:
+        result["_profile_raw"] = dict(sorted(profiles.items()))
     return result
 
 
@@ -1046,14 +1055,19 @@ def write_results(results: dict[str, Any], directory: Path, started: datetime, h
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"{started:%Y%m%dT%H%M%SZ}-{re.sub(r'[^A-Za-z0-9_.-]', '_', host)}"
     ours = results["contenders"].get("ledgerflow", {})
-    raw = ours.pop("_profile_raw", None)
-    if raw is not None:
+    raws: dict[str, str] = ours.pop("_profile_raw", None) or {}
+    if raws:
         profile = directory / f"{stem}.profile.txt"
-        title = (
-            f"py-spy of the ledgerflow worker during the backlog run {stem} "
-            f"({results['input']['messages']} messages, {ours.get('events_per_s')} events/s)"
+        profile.write_text(
+            "\n\n".join(
+                summarize_profile(
+                    raw,
+                    f"py-spy of ledgerflow's {name} during the backlog run {stem} "
+                    f"({results['input']['messages']} messages, {ours.get('events_per_s')} events/s)",
+                )
+                for name, raw in raws.items()
+            )
         )
-        profile.write_text(summarize_profile(raw, title))
         results["profile"] = profile.name
     path = directory / f"{stem}.json"
     path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
