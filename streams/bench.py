@@ -1181,7 +1181,7 @@ def _contenders(_ctx: click.Context, _param: click.Parameter, value: str) -> tup
     "--profile/--no-profile",
     default=False,
     show_default=True,
-    help="py-spy the ledgerflow worker during the backlog run; a text summary goes beside the JSON.",
+    help="py-spy every ledgerflow worker during the backlog run; a text summary goes beside the JSON.",
 )
 @click.option(
     "--quick", is_flag=True, help="A tiny run that checks every contender works (numbers mean little)."
