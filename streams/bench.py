@@ -404,6 +404,7 @@ def percentiles(values: Sequence[float]) -> dict[str, float] | None:
 def stage_latencies(source_at: dict[str, int], seen: Observed) -> dict[str, Any]:
     """Per command (first emission of each idempotency key): source → emitted → confirmed."""
     to_command: list[float] = []
+    by_time: list[tuple[int, float]] = []
     by_kind: dict[str, list[float]] = {}
     to_confirmed: list[float] = []
     end_to_end: list[float] = []
@@ -412,6 +413,7 @@ def stage_latencies(source_at: dict[str, int], seen: Observed) -> dict[str, Any]
         confirmed = seen.confirmed_at.get(key)
         if source is not None:
             to_command.append(emitted - source)
+            by_time.append((source, emitted - source))
             by_kind.setdefault(seen.command_kind.get(key, "?"), []).append(emitted - source)
         if confirmed is not None:
             to_confirmed.append(confirmed - emitted)
@@ -424,7 +426,21 @@ def stage_latencies(source_at: dict[str, int], seen: Observed) -> dict[str, Any]
         # An invoice waits for the ERP to confirm its customer, a payment or credit memo for
         # its invoice (design invariant 4): their source → command includes those round trips.
         "source_to_command_by_command": {kind: percentiles(v) for kind, v in sorted(by_kind.items())},
+        # Tenths of the run by source time: a slow start (cold worker) shows in the first.
+        "source_to_command_by_tenth": [percentiles(tenth) for tenth in tenths(by_time)],
     }
+
+
+def tenths(samples: list[tuple[int, float]]) -> list[list[float]]:
+    """(time, value) pairs → the values of each tenth of the time span, in time order."""
+    if not samples:
+        return []
+    start = min(t for t, _ in samples)
+    span = max(t for t, _ in samples) - start or 1
+    out: list[list[float]] = [[] for _ in range(10)]
+    for t, value in samples:
+        out[min(9, (t - start) * 10 // span)].append(value)
+    return out
 
 
 def proc_status(pid: int) -> dict[str, int]:

@@ -14,6 +14,7 @@ from streams.bench import (
     source_records,
     stage_latencies,
     summarize_profile,
+    tenths,
 )
 
 
@@ -66,6 +67,16 @@ def test_latency_per_stage_follows_correlation_then_idempotency_key() -> None:
     assert latency["command_to_confirmed"] == {"count": 1, "p50": 250, "p95": 250, "p99": 250, "max": 250}
     assert latency["source_to_confirmed"] == {"count": 1, "p50": 400, "p95": 400, "p99": 400, "max": 400}
     assert (seen.commands, seen.first_command_at, seen.last_command_at) == (3, 1_150, 1_900)
+    assert latency["source_to_command_by_tenth"][0]["p50"] == 150
+
+
+def test_latencies_split_into_tenths_of_the_run_by_source_time() -> None:
+    samples = [(t, float(t // 100)) for t in range(0, 1000, 10)] + [(1000, 99.0)]
+    parts = tenths(samples)
+    assert len(parts) == 10 and [min(p) for p in parts] == [float(i) for i in range(10)]
+    assert parts[9][-1] == 99.0  # the last instant falls in the last tenth
+    assert tenths([]) == []
+    assert tenths([(5, 1.0)]) == [[1.0]] + [[]] * 9
 
 
 def test_profile_summary_ranks_leaf_frames_and_packages_and_sets_the_loops_wait_apart() -> None:
