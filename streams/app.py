@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 import shutil
@@ -220,6 +221,7 @@ MALLOC_ARENAS = 2
 _M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
 
 
+@functools.cache
 def _glibc() -> Any:
     """glibc (None on another C library: musl, macOS)."""
     try:

@@ -403,7 +403,6 @@ def percentiles(values: Sequence[float]) -> dict[str, float] | None:
 
 def stage_latencies(source_at: dict[str, int], seen: Observed) -> dict[str, Any]:
     """Per command (first emission of each idempotency key): source → emitted → confirmed."""
-    to_command: list[float] = []
     by_time: list[tuple[int, float]] = []
     by_kind: dict[str, list[float]] = {}
     to_confirmed: list[float] = []
@@ -412,7 +411,6 @@ def stage_latencies(source_at: dict[str, int], seen: Observed) -> dict[str, Any]
         source = source_at.get(seen.command_correlation.get(key, ""))
         confirmed = seen.confirmed_at.get(key)
         if source is not None:
-            to_command.append(emitted - source)
             by_time.append((source, emitted - source))
             by_kind.setdefault(seen.command_kind.get(key, "?"), []).append(emitted - source)
         if confirmed is not None:
@@ -420,7 +418,7 @@ def stage_latencies(source_at: dict[str, int], seen: Observed) -> dict[str, Any]
         if source is not None and confirmed is not None:
             end_to_end.append(confirmed - source)
     return {
-        "source_to_command": percentiles(to_command),
+        "source_to_command": percentiles([latency for _, latency in by_time]),
         "command_to_confirmed": percentiles(to_confirmed),
         "source_to_confirmed": percentiles(end_to_end),
         # An invoice waits for the ERP to confirm its customer, a payment or credit memo for

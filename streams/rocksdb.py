@@ -24,7 +24,6 @@ from typing import Any
 
 import faust
 import rocksdict
-from faust import stores
 from faust.stores import rocksdb as faust_rocksdb
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -65,36 +64,18 @@ class SharedMemoryOptions(faust_rocksdb.RocksDBOptions):
         return options
 
 
-class Store(faust_rocksdb.Store):
-    """Faust's RocksDB store with `SharedMemoryOptions`."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Faust's __init__ popped read_only/driver off self.options; what is left are the
-        # RocksDBOptions fields the table was given.
-        self.rocksdb_options = SharedMemoryOptions(**(self.options or {}), use_rocksdict=self.use_rocksdict)
-
-
 class Table(faust.Table):
-    """`app.conf.Table`: Faust's table on `Store` when its store is RocksDB."""
+    """`app.conf.Table`: Faust's table, its RocksDB store on `SharedMemoryOptions`."""
 
     def _new_store_by_url(self, url: Any) -> Any:
-        store_type = stores.by_url(url)
-        if store_type is faust_rocksdb.Store:  # not memory:// (unit tests)
-            store_type = Store
-        # The arguments of Faust's own Collection._new_store_by_url.
-        return store_type(
-            url,
-            self.app,
-            self,
-            table_name=self.name,
-            key_type=self.key_type,
-            key_serializer=self.key_serializer,
-            value_serializer=self.value_serializer,
-            value_type=self.value_type,
-            loop=self.loop,
-            options=self.options,
-        )
+        store = super()._new_store_by_url(url)
+        if isinstance(store, faust_rocksdb.Store):  # not memory:// (unit tests)
+            # No database is open yet. Faust's __init__ popped read_only/driver off
+            # store.options; what is left are the RocksDBOptions fields the table was given.
+            store.rocksdb_options = SharedMemoryOptions(
+                **(store.options or {}), use_rocksdict=store.use_rocksdict
+            )
+        return store
 
 
 def open_databases(tables: Iterable[Any]) -> Iterable[rocksdict.Rdict]:

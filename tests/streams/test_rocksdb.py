@@ -8,6 +8,7 @@ from typing import Any
 
 import rocksdict
 from faust.stores.memory import Store as MemoryStore
+from faust.stores.rocksdb import Store as FaustRocksDBStore
 
 from streams import rocksdb
 from streams.app import app
@@ -69,6 +70,6 @@ def test_the_apps_tables_get_the_shared_store_on_rocksdb_and_faust_s_otherwise(t
     assert app.conf.Table is rocksdb.Table
     table: Any = customer_table
     store = table._new_store_by_url("rocksdb://")
-    assert isinstance(store, rocksdb.Store)
+    assert isinstance(store, FaustRocksDBStore)
     assert isinstance(store.rocksdb_options, rocksdb.SharedMemoryOptions)
     assert isinstance(table._new_store_by_url("memory://"), MemoryStore)
