@@ -566,6 +566,29 @@ def credit_memo_command(
     )
 
 
+async def _post_one(
+    outbox: Outbox, book: CustomerBook, customer_id: str, event: EventT, now: datetime, counts: dict[str, int]
+) -> None:
+    """One message of the customer's batch into its book."""
+    change = event.value
+    if isinstance(change, PostingResult | ChangeEvent) and change.customer_id != customer_id:
+        # Stage 1 and the sink key by customer id: another key would mix two customers' rows.
+        await send_to_dlq(outbox, event, "misrouted: the message key is not its customer_id")
+        return
+    if isinstance(change, PostingResult):
+        outcome = book.apply_result(change, now)
+        counts[outcome] = counts.get(outcome, 0) + 1
+        return
+    if not isinstance(change, ChangeEvent):
+        reason = change.reason if isinstance(change, Undecodable) else type(change).__name__
+        await send_to_dlq(outbox, event, f"undecodable canonical event: {reason}")
+        return
+    replay = h.header(event.headers, h.REPLAY_OF) is not None
+    outcome = book.apply(change, now, _ref(event, change), replay)
+    counts[outcome] = counts.get(outcome, 0) + 1
+    metrics.stage2_outcome(change.entity_type, outcome)
+
+
 async def post_customer_changes(
     outbox: Outbox, customer_id: str, events: list[EventT], mappings: Mappings, now: datetime
 ) -> dict[str, int]:
@@ -580,27 +603,16 @@ async def post_customer_changes(
     )
     master = outbox.get(customer_table, customer_id, CustomerMaster, first)
     book = CustomerBook(customer_id, docs, dict(contracts.contracts), master, mappings)
+    decided_on: list[int | None] = []  # per command: when the message it was decided on was ready
     for event in events:
-        change = event.value
-        if isinstance(change, PostingResult | ChangeEvent) and change.customer_id != customer_id:
-            # Stage 1 and the sink key by customer id: another key would mix two customers' rows.
-            await send_to_dlq(outbox, event, "misrouted: the message key is not its customer_id")
-            continue
-        if isinstance(change, PostingResult):
-            outcome = book.apply_result(change, now)
-            counts[outcome] = counts.get(outcome, 0) + 1
-            continue
-        if not isinstance(change, ChangeEvent):
-            reason = change.reason if isinstance(change, Undecodable) else type(change).__name__
-            await send_to_dlq(outbox, event, f"undecodable canonical event: {reason}")
-            continue
-        replay = h.header(event.headers, h.REPLAY_OF) is not None
-        outcome = book.apply(change, now, _ref(event, change), replay)
-        counts[outcome] = counts.get(outcome, 0) + 1
-        metrics.stage2_outcome(change.entity_type, outcome)
+        emitted = len(book.commands)
+        await _post_one(outbox, book, customer_id, event, now, counts)
+        decided_on += [metrics.ready_ms(event)] * (len(book.commands) - emitted)
     stamps = metrics.source_stamps(events, docs.waiting) if book.commands else {}
-    for command, causation in book.commands:
-        source = metrics.stamp(stamps.get(causation))
+    for (command, causation), ready in zip(book.commands, decided_on, strict=True):
+        # A document released by a later message (its customer's, its invoice's or the ERP's
+        # confirmation of them) was ready when that message was.
+        source = metrics.stamp(stamps.get(causation), ready)
         await outbox.send(
             erp_commands_topic, customer_id, command, h.outgoing(command.correlation_id, causation, **source)
         )

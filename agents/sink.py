@@ -175,7 +175,7 @@ class Lane:
         key = command.idempotency_key
         entry = self.ledger.entries.get(key)
         if entry is not None and entry.state is DeliveryState.POSTED:
-            await self._result(command, entry)  # a redelivery or replay: say it again, post nothing
+            await self._result(command, entry, event)  # a redelivery or replay: say it again, post nothing
             return
         blocked = self.ledger.blocked_on
         if blocked is not None and blocked.idempotency_key != key:
@@ -232,7 +232,7 @@ class Lane:
         self.ledger = self.ledger.model_copy(
             update={"entries": {**self.ledger.entries, key: entry}, "blocked_on": blocked_on}
         )
-        await self._result(command, entry)
+        await self._result(command, entry, event)
         if entry.state is not DeliveryState.POSTED:
             log.warning(
                 "erp delivery failed",
@@ -268,12 +268,19 @@ class Lane:
             updated_at=now,
         )
 
-    async def _result(self, command: ErpCommand, entry: LedgerEntry) -> None:
-        await self.outbox.send(
+    async def _result(self, command: ErpCommand, entry: LedgerEntry, event: EventT) -> None:
+        # The command's ready time goes on with its result: a document the result releases in
+        # stage 2 was ready no earlier (`metrics.READY_TIMESTAMP`). A command that queued behind
+        # a parked one is delivered on another's event: its result carries none.
+        own = getattr(event.value, "idempotency_key", None) == command.idempotency_key
+        ready = metrics.stamp(None, metrics.ready_ms(event) if own else None)
+        # At once, not with the batch: stage 2 holds this customer's next documents until it
+        # reads what the ERP confirmed, and a batch's last lane can finish long after this one.
+        await self.outbox.send_now(
             erp_results_topic,
             command.customer_id,
             posting_result(command, entry),
-            h.outgoing(command.correlation_id, command.idempotency_key),
+            h.outgoing(command.correlation_id, command.idempotency_key, **ready),
         )
 
 
@@ -314,7 +321,7 @@ async def deliver_erp_commands(stream: StreamT[Any]) -> None:
     link = erp_link(settings)
     metrics.watch_breaker("erp", link.breaker)
     try:
-        async for events in batches(stream):
+        async for events in batches(stream, settings.sink_batch_size, settings.sink_batch_window_ms):
             outbox = await deliver_batch(link, events, datetime.now(UTC))
             await outbox.commit()
     finally:

@@ -56,6 +56,7 @@ from click.core import ParameterSource
 from connectors.simulation import Message, Scenario, generate
 from streams import headers as h
 from streams.local_kafka import LocalKafka, LocalKafkaError, free_port
+from streams.metrics import READY_TIMESTAMP
 from streams.processes import ProcessFailed, terminate, wait_for_log
 from streams.settings import Settings
 from streams.topic_names import CANONICAL, ERP_COMMANDS, ERP_RESULTS, SOURCE_TOPICS, STRIPE_TOPICS
@@ -316,6 +317,8 @@ class Observed:
     command_correlation: dict[str, str] = field(default_factory=dict)
     command_kind: dict[str, str] = field(default_factory=dict)
     """Idempotency key → its command (`post_invoice`, …)."""
+    command_ready_at: dict[str, int] = field(default_factory=dict)
+    """Idempotency key → its `x-ready-timestamp` (ms), where it waited for a later input."""
     confirmed_at: dict[str, int] = field(default_factory=dict)
     """Idempotency key → timestamp (ms) of its first posted `erp.results` record."""
     customers_confirmed: set[str] = field(default_factory=set)
@@ -331,9 +334,13 @@ class Observed:
         if key not in self.command_at:
             self.command_at[key] = at
             self.command_kind[key] = str(command.get("command"))
-            correlation = dict(headers).get(h.CORRELATION_ID)
+            given = dict(headers)
+            correlation = given.get(h.CORRELATION_ID)
             if correlation is not None:
                 self.command_correlation[key] = correlation.decode()
+            ready = given.get(READY_TIMESTAMP, b"")
+            if ready.isdigit():
+                self.command_ready_at[key] = int(ready)
         self.first_command_at = min(self.first_command_at or at, at)
         self.last_command_at = max(self.last_command_at, at)
 
@@ -405,14 +412,18 @@ def stage_latencies(source_at: dict[str, int], seen: Observed) -> dict[str, Any]
     """Per command (first emission of each idempotency key): source → emitted → confirmed."""
     by_time: list[tuple[int, float]] = []
     by_kind: dict[str, list[float]] = {}
+    ready_by_kind: dict[str, list[float]] = {}
     to_confirmed: list[float] = []
     end_to_end: list[float] = []
     for key, emitted in seen.command_at.items():
         source = source_at.get(seen.command_correlation.get(key, ""))
         confirmed = seen.confirmed_at.get(key)
         if source is not None:
+            kind = seen.command_kind.get(key, "?")
             by_time.append((source, emitted - source))
-            by_kind.setdefault(seen.command_kind.get(key, "?"), []).append(emitted - source)
+            by_kind.setdefault(kind, []).append(emitted - source)
+            ready = max(source, seen.command_ready_at.get(key, source))
+            ready_by_kind.setdefault(kind, []).append(emitted - ready)
         if confirmed is not None:
             to_confirmed.append(confirmed - emitted)
         if source is not None and confirmed is not None:
@@ -424,6 +435,11 @@ def stage_latencies(source_at: dict[str, int], seen: Observed) -> dict[str, Any]
         # An invoice waits for the ERP to confirm its customer, a payment or credit memo for
         # its invoice (design invariant 4): their source → command includes those round trips.
         "source_to_command_by_command": {kind: percentiles(v) for kind, v in sorted(by_kind.items())},
+        # From the last input a command needed (metrics.READY_TIMESTAMP): without the time it
+        # waited for a prerequisite that arrived after it (Stripe's reordering, a customer's
+        # CRM account after its Stripe customer), with the ERP round trips of the gates.
+        "ready_to_command": percentiles([v for values in ready_by_kind.values() for v in values]),
+        "ready_to_command_by_command": {kind: percentiles(v) for kind, v in sorted(ready_by_kind.items())},
         # Tenths of the run by source time: a slow start (cold worker) shows in the first.
         "source_to_command_by_tenth": [percentiles(tenth) for tenth in tenths(by_time)],
     }
@@ -1105,7 +1121,8 @@ def format_table(results: dict[str, Any]) -> str:
     )
     columns = (
         f"{'contender':<18} {'input':<17} {'events':>7} {'s':>7} {'events/s':>9} "
-        f"{'src→cmd ms p50/95/99':>21} {'cmd→ERP ms p50/95/99':>21} {'RSS MB':>7} {'CPU s':>6}"
+        f"{'src→cmd ms p50/95/99':>21} {'ready→cmd p50/95/99':>20} {'cmd→ERP ms p50/95/99':>21} "
+        f"{'RSS MB':>7} {'CPU s':>6}"
     )
     rows = [header, "", columns]
 
@@ -1115,7 +1132,8 @@ def format_table(results: dict[str, Any]) -> str:
         cpu = c.get("cpu_s")
         return (
             f"{label:<18} {inputs:<17} {c['events']:>7} {c['seconds']:>7.1f} {per_s:>9.0f} "
-            f"{_ms(latency, 'source_to_command'):>21} {_ms(latency, 'command_to_confirmed'):>21} "
+            f"{_ms(latency, 'source_to_command'):>21} {_ms(latency, 'ready_to_command'):>20} "
+            f"{_ms(latency, 'command_to_confirmed'):>21} "
             f"{(f'{rss:.0f}' if rss is not None else '-'):>7} {(f'{cpu:.0f}' if cpu is not None else '-'):>6}"
         )
 

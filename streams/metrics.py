@@ -59,6 +59,14 @@ disable_created_metrics()
 SOURCE_TIMESTAMP = "x-source-timestamp"
 """Header: Kafka timestamp (ms since the epoch) of the source message a canonical event or a
 command descends from."""
+READY_TIMESTAMP = "x-ready-timestamp"
+"""Header: Kafka timestamp (ms since the epoch) of the *last* source message a command needed,
+where that is later than its own source message: a document that waited for a prerequisite
+which arrived after it (an invoice before its customer, a payment before its invoice: Stripe
+does not promise order) was ready only then. Stage 2 sets it on commands, the sink copies it
+onto the command's result, so a document released by that result inherits it. `source → ready`
+is the input's disorder; `ready → command` is ledgerflow's own latency, ERP round trips of the
+gates included (the bench reports both)."""
 SERIES_PER_METRIC_MAX = 500
 LABEL_VALUE_MAX_CHARS = 64
 OTHER = "other"
@@ -324,9 +332,9 @@ def set_parked(stage: str, count: int) -> None:
 # Source timestamps ------------------------------------------------------------------------
 
 
-def _header_ms(headers: Any) -> int | None:
+def _header_ms(headers: Any, name: str = SOURCE_TIMESTAMP) -> int | None:
     try:
-        value = headers.get(SOURCE_TIMESTAMP) if headers else None
+        value = headers.get(name) if headers else None
     except AttributeError:
         return None
     if isinstance(value, bytes):
@@ -343,9 +351,22 @@ def source_ms(event: Any) -> int | None:
     return int(timestamp * 1000) if isinstance(timestamp, int | float) and timestamp > 0 else None
 
 
-def stamp(ms: int | None) -> dict[str, str]:
-    """Extra headers (for `headers.outgoing`) carrying a source timestamp on."""
-    return {} if ms is None else {SOURCE_TIMESTAMP: str(ms)}
+def ready_ms(event: Any) -> int | None:
+    """When the last source message an internal message (a canonical event, a command, a
+    result) depends on arrived: its ready timestamp, else its source timestamp (None without
+    either: then nothing downstream is timed from it)."""
+    headers = getattr(event, "headers", None)
+    carried = _header_ms(headers, READY_TIMESTAMP)
+    return carried if carried is not None else _header_ms(headers)
+
+
+def stamp(ms: int | None, ready: int | None = None) -> dict[str, str]:
+    """Extra headers (for `headers.outgoing`) carrying a source timestamp on, and a ready
+    timestamp where it is later."""
+    out = {} if ms is None else {SOURCE_TIMESTAMP: str(ms)}
+    if ready is not None and (ms is None or ready > ms):
+        out[READY_TIMESTAMP] = str(ready)
+    return out
 
 
 class _Waiting(Protocol):

@@ -5,6 +5,7 @@ amendment, drops a redelivery and ignores a stale invoice snapshot."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -117,3 +118,39 @@ async def test_stage_2_resequences_amendments_and_drops_duplicates_and_stale_sna
     assert invoice_row.status is InvoiceStatus.PAID  # the stale open snapshot changed nothing
     commands = [v.idempotency_key for _, _, v in sent if isinstance(v, PostInvoice)]
     assert commands == ["post_invoice-stripe-in_100"]  # once, despite the redelivery
+
+
+async def test_stage_2_stamps_a_released_invoice_ready_when_what_released_it_was() -> None:
+    """An invoice that came before its customer was ready only when the customer's last input
+    was: the ERP's confirmation carries that time (x-ready-timestamp) and the invoice's command
+    takes it, so the bench can tell the input's disorder from ledgerflow's own latency."""
+    from agents import posting
+    from streams import metrics
+
+    out: list[tuple[Any, dict[str, bytes]]] = []
+
+    async def record(self: Outbox, topic: Any, key: Any, value: Any, headers: Any) -> None:
+        out.append((value, dict(headers)))
+
+    now_ms = int(time.time() * 1000)
+    customer_ready = now_ms + 60_000  # later than when stage 2 parked the invoice
+    with (
+        mock.patch.object(Outbox, "send", record),
+        mock.patch.object(posting, "contract_table", {}),
+        mock.patch.object(posting, "invoice_table", {}),
+        mock.patch.object(posting, "customer_table", {}),
+    ):
+        async with posting.build_posting_commands.test_context() as agent:
+            early = invoice_event(invoice(status=InvoiceStatus.OPEN, contract_id=None), "evt_early")
+            stamp = {metrics.SOURCE_TIMESTAMP: str(now_ms - 1000).encode()}
+            await agent.put(early.model_copy(update={"customer_id": CID}), key=CID, headers=stamp, wait=False)
+            await agent.put(account_change(), key=CID, headers=stamp, wait=False)
+            await until(lambda: any(isinstance(v, UpsertCustomer) for v, _ in out))
+            assert not any(isinstance(v, PostInvoice) for v, _ in out)  # it waits for the ERP
+            [upsert] = [v for v, _ in out if isinstance(v, UpsertCustomer)]
+            confirmed = {metrics.READY_TIMESTAMP: str(customer_ready).encode()}
+            await agent.put(posted(upsert), key=CID, headers=confirmed, wait=False)
+            await until(lambda: any(isinstance(v, PostInvoice) for v, _ in out))
+    [(_, headers)] = [(v, hs) for v, hs in out if isinstance(v, PostInvoice)]
+    assert headers[metrics.READY_TIMESTAMP] == str(customer_ready).encode()
+    assert int(headers[metrics.SOURCE_TIMESTAMP]) < customer_ready  # its own source time stays

@@ -82,7 +82,7 @@ def sent() -> Iterator[list[Any]]:
     async def record(self: Outbox, topic: Any, key: Any, value: Any, headers: Any) -> None:
         out.append(value)
 
-    with mock.patch.object(Outbox, "send", record):
+    with mock.patch.object(Outbox, "send", record), mock.patch.object(Outbox, "send_now", record):
         yield out
 
 
@@ -170,3 +170,27 @@ async def test_an_uncertain_outcome_makes_the_next_attempt_look_first(sent: list
     )
     await lane(erp, [cmd]).run(T0)
     assert erp.calls == [(cmd.idempotency_key, False), (cmd.idempotency_key, True)]
+
+
+async def test_a_result_goes_out_at_once_carrying_its_commands_ready_time() -> None:
+    from streams import metrics
+
+    [command] = commands(1)
+    handed: list[tuple[Any, dict[str, bytes]]] = []
+
+    async def send_now(self: Outbox, topic: Any, key: Any, value: Any, headers: Any) -> None:
+        handed.append((value, dict(headers)))
+
+    run = lane(ScriptedErp(), [command])
+    event = mock.Mock(
+        message=mock.Mock(topic="erp.commands", partition=0, offset=1),
+        key=CID,
+        value=command,
+        headers={metrics.SOURCE_TIMESTAMP: b"1767229200000", metrics.READY_TIMESTAMP: b"1767229202500"},
+    )
+    run.work = [(command, event)]
+    with mock.patch.object(Outbox, "send_now", send_now):
+        await run.run(T0)
+    [(result, headers)] = handed  # handed over during the lane, not staged for the batch's commit
+    assert isinstance(result, PostingResult) and result.outcome.value == "posted"
+    assert headers[metrics.READY_TIMESTAMP] == b"1767229202500"

@@ -118,6 +118,22 @@ def test_the_source_timestamp_is_carried_or_taken_from_the_source_message() -> N
     assert metrics.stamp(None) == {}
 
 
+def test_a_ready_timestamp_is_carried_only_where_it_is_later_than_the_source() -> None:
+    source, ready = 1_767_229_200_000, 1_767_229_202_500
+    assert metrics.stamp(source, ready) == {
+        metrics.SOURCE_TIMESTAMP: str(source),
+        metrics.READY_TIMESTAMP: str(ready),
+    }
+    assert metrics.stamp(ready, source) == {metrics.SOURCE_TIMESTAMP: str(ready)}  # ready when it came
+    assert metrics.stamp(None, ready) == {metrics.READY_TIMESTAMP: str(ready)}  # the sink's results
+    both = event("erp.results", headers={k: v.encode() for k, v in metrics.stamp(source, ready).items()})
+    assert metrics.ready_ms(both) == ready
+    assert metrics.ready_ms(event("ledgerflow.canonical", headers={metrics.SOURCE_TIMESTAMP: b"42"})) == 42
+    # An internal message without either header is not timed from its own Kafka timestamp:
+    # that would make a document it released look ready only now.
+    assert metrics.ready_ms(event("erp.results", ts=1.7e9)) is None
+
+
 def test_erp_calls_are_timed_by_command_and_outcome_and_failures_classified() -> None:
     cases = [
         (None, "ok", None),
