@@ -32,14 +32,12 @@ def acting_for(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
-async def batches(stream: StreamT[Any], size: int | None = None, window_ms: int | None = None) -> Any:
-    """Yield lists of events: up to `size` (LEDGERFLOW_BATCH_SIZE), or what came within the
-    window (LEDGERFLOW_BATCH_WINDOW_MS)."""
+async def batches(stream: StreamT[Any]) -> Any:
+    """Yield lists of events: up to LEDGERFLOW_BATCH_SIZE, or what came within the window."""
     # take_events is faust-streaming's, missing from StreamT's stubs.
     take_events = stream.take_events  # type: ignore[attr-defined]
     agent = metrics.agent_label(stream.prefix)
-    within = (window_ms or settings.batch_window_ms) / 1000
-    async for events in take_events(size or settings.batch_size, within=within):
+    async for events in take_events(settings.batch_size, within=settings.batch_window_ms / 1000):
         started = metrics.batch_taken(agent, events)
         handled = False
         try:

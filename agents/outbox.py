@@ -25,7 +25,7 @@ from streams import headers as h
 from streams import metrics
 from streams.app import app
 from streams.kafka_consumer import aiokafka_producer
-from streams.publishing import Outgoing, Record, count_table_writes, hand_over, submit
+from streams.publishing import Outgoing, Record, count_table_writes, publish, submit
 from streams.topics import dlq_topic, exceptions_topic
 
 if TYPE_CHECKING:
@@ -92,7 +92,6 @@ class Outbox:
 
     def __init__(self, rows: DecodedRows = decoded_rows) -> None:
         self._sending: list[Outgoing] = []
-        self._handed_over: list[asyncio.Future[Any]] = []
         self._writes: dict[tuple[int, bytes], tuple[MutableMapping[bytes, bytes], EventT, bytes | None]] = {}
         self._rows = rows
 
@@ -101,12 +100,6 @@ class Outbox:
         # published at the next offset commit, after this batch's rows are written (the crash
         # gap above).
         self._sending.append((topic, key, value, headers))
-
-    async def send_now(self, topic: TopicT, key: Any, value: Any, headers: dict[str, bytes]) -> None:
-        """Hand a message to the broker at once, for what another stage is waiting on (the
-        sink's results release stage 2's gated documents); `commit` still waits for its ack
-        before it writes the rows, so a crash in between re-sends it, as for `send`."""
-        self._handed_over += await hand_over([(topic, key, value, headers)])
 
     def get(self, table: Rows, key: str, row_type: type[R], event: EventT) -> R | None:
         encoded = key.encode()
@@ -125,8 +118,7 @@ class Outbox:
     async def commit(self) -> None:
         """Deliver every send (raises if the broker refuses), then write the rows."""
         sending, self._sending = self._sending, []
-        handed_over, self._handed_over = self._handed_over, []
-        await asyncio.gather(*handed_over, *await hand_over(sending))
+        await publish(sending)
         writes, self._writes = self._writes, {}
         await write_rows([(table, key, event, raw) for (_, key), (table, event, raw) in writes.items()])
 

@@ -274,9 +274,7 @@ class Lane:
         # a parked one is delivered on another's event: its result carries none.
         own = getattr(event.value, "idempotency_key", None) == command.idempotency_key
         ready = metrics.stamp(None, metrics.ready_ms(event) if own else None)
-        # At once, not with the batch: stage 2 holds this customer's next documents until it
-        # reads what the ERP confirmed, and a batch's last lane can finish long after this one.
-        await self.outbox.send_now(
+        await self.outbox.send(
             erp_results_topic,
             command.customer_id,
             posting_result(command, entry),
@@ -321,7 +319,7 @@ async def deliver_erp_commands(stream: StreamT[Any]) -> None:
     link = erp_link(settings)
     metrics.watch_breaker("erp", link.breaker)
     try:
-        async for events in batches(stream, settings.sink_batch_size, settings.sink_batch_window_ms):
+        async for events in batches(stream):
             outbox = await deliver_batch(link, events, datetime.now(UTC))
             await outbox.commit()
     finally:

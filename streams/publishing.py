@@ -43,14 +43,8 @@ Record: TypeAlias = "tuple[str, int | None, bytes | None, bytes | None, list[tup
 async def publish(messages: Sequence[Outgoing]) -> None:
     """Send every message and wait until the broker acknowledged all of them (raises if it
     refused one)."""
-    await asyncio.gather(*await hand_over(messages))
-
-
-async def hand_over(messages: Sequence[Outgoing]) -> list[asyncio.Future[Any]]:
-    """Send every message now (the producer's linger expedited) without waiting: returns the
-    futures to await for the broker's acknowledgements."""
     if not messages:
-        return []
+        return
     producer = aiokafka_producer(app)
     if producer is None:
         pending: list[Any] = [
@@ -59,9 +53,10 @@ async def hand_over(messages: Sequence[Outgoing]) -> list[asyncio.Future[Any]]:
         ]
     else:
         pending = [future for future, _ in await submit(producer, [_serialised(m) for m in messages])]
-        _count_sent(messages)
     expedite_sends()
-    return pending
+    await asyncio.gather(*pending)
+    if producer is not None:
+        _count_sent(messages)
 
 
 def _serialised(message: Outgoing) -> Record:

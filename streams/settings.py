@@ -170,10 +170,6 @@ class Settings(BaseSettings):
     """LEDGERFLOW_BATCH_SIZE: events an agent takes at once (Faust's per-event cost is high)."""
     batch_window_ms: int = Field(default=20, ge=1)
     """LEDGERFLOW_BATCH_WINDOW_MS: longest an agent waits to fill a batch."""
-    sink_batch_size: int = Field(default=500, ge=1)
-    """LEDGERFLOW_SINK_BATCH_SIZE: commands the sink takes at once."""
-    sink_batch_window_ms: int = Field(default=20, ge=1)
-    """LEDGERFLOW_SINK_BATCH_WINDOW_MS: the sink's batch window."""
     producer_linger_ms: int = Field(default=50, ge=0)
     """LEDGERFLOW_PRODUCER_LINGER_MS: how long the producer holds a send so that others join it
     in one request. An agent's batch does not wait for it: the batch's commit sends at once

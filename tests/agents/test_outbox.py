@@ -1,15 +1,10 @@
-"""Decoded rows are reused only while the stored bytes are the same; a message handed over
-ahead of the batch is still acknowledged before the batch's rows are written."""
+"""Decoded rows are reused only while the stored bytes are the same."""
 
 from __future__ import annotations
 
-import asyncio
 import tracemalloc
-from typing import Any
-from unittest import mock
 
-from agents import outbox as outbox_module
-from agents.outbox import DecodedRows, Outbox
+from agents.outbox import DecodedRows
 from canonical import codec
 from tables.customers import CustomerMaster
 from tests.agents.test_customers import account_change
@@ -45,37 +40,3 @@ def test_a_remembered_row_keeps_only_its_own_length_of_bytes() -> None:
         tracemalloc.stop()
     # the bytes themselves, a key and a dict slot each: well under what a 4 KB buffer would hold
     assert kept < 1000 * (row_bytes + 400)
-
-
-async def test_a_message_sent_now_is_handed_over_at_once_and_acked_before_the_rows() -> None:
-    loop = asyncio.get_running_loop()
-    handed: list[list[Any]] = []
-    acks: list[asyncio.Future[None]] = []
-    written: list[Any] = []
-
-    async def hand_over(messages: list[Any]) -> list[asyncio.Future[None]]:
-        handed.append([value for _, _, value, _ in messages])
-        acks.append(loop.create_future())
-        return [acks[-1]]
-
-    async def write_rows(rows: list[Any]) -> None:
-        written.extend(rows)
-
-    box = Outbox()
-    with (
-        mock.patch.object(outbox_module, "hand_over", hand_over),
-        mock.patch.object(outbox_module, "write_rows", write_rows),
-    ):
-        await box.send_now("erp.results", "k", "result", {})
-        await box.send("ledgerflow.exceptions", "k", "exception", {})
-        assert handed == [["result"]]  # before the batch's commit
-        box.put({}, "k", None, mock.Mock())
-        committing = asyncio.ensure_future(box.commit())
-        await asyncio.sleep(0.01)
-        assert handed == [["result"], ["exception"]]
-        acks[1].set_result(None)
-        await asyncio.sleep(0.01)
-        assert written == [] and not committing.done()  # the early message is not acked yet
-        acks[0].set_result(None)
-        await committing
-    assert len(written) == 1
