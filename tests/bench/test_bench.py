@@ -50,7 +50,7 @@ def test_quick_bench_measures_every_contender_on_the_whole_input(
     assert ours["documents_confirmed"] == given["documents"]
     assert ours["customers_confirmed"] == given["customers"]
     for run in (ours, ours["paced"]):
-        for stage in ("source_to_command", "command_to_confirmed", "source_to_confirmed"):
+        for stage in ("source_to_command", "ready_to_command", "command_to_confirmed", "source_to_confirmed"):
             stats = run["latency_ms"][stage]
             assert stats["count"] > 0, stage
             assert 0 <= stats["p50"] <= stats["p95"] <= stats["p99"] <= stats["max"], stage

@@ -16,6 +16,7 @@ from streams.bench import (
     summarize_profile,
     tenths,
 )
+from streams.metrics import READY_TIMESTAMP
 
 
 def test_source_records_carry_the_correlation_the_ingress_would_set() -> None:
@@ -68,6 +69,23 @@ def test_latency_per_stage_follows_correlation_then_idempotency_key() -> None:
     assert latency["source_to_confirmed"] == {"count": 1, "p50": 400, "p95": 400, "p99": 400, "max": 400}
     assert (seen.commands, seen.first_command_at, seen.last_command_at) == (3, 1_150, 1_900)
     assert latency["source_to_command_by_tenth"][0]["p50"] == 150
+
+
+def test_ready_latency_starts_at_the_last_input_a_command_waited_for() -> None:
+    seen = Observed()
+    early = [(h.CORRELATION_ID, b"corr-early"), (READY_TIMESTAMP, b"1800")]  # released by a later input
+    seen.add_command(
+        1_900, orjson.dumps({"idempotency_key": "apply_payment-p", "command": "apply_payment"}), early
+    )
+    prompt = [(h.CORRELATION_ID, b"corr-prompt")]
+    seen.add_command(
+        1_150, orjson.dumps({"idempotency_key": "post_invoice-i", "command": "post_invoice"}), prompt
+    )
+    latency = stage_latencies({"corr-early": 1_000, "corr-prompt": 1_000}, seen)
+    assert latency["source_to_command_by_command"]["apply_payment"]["p50"] == 900
+    assert latency["ready_to_command_by_command"]["apply_payment"]["p50"] == 100
+    assert latency["ready_to_command_by_command"]["post_invoice"]["p50"] == 150  # no wait: the same
+    assert latency["ready_to_command"]["count"] == 2
 
 
 def test_latencies_split_into_tenths_of_the_run_by_source_time() -> None:
