@@ -12,9 +12,21 @@ def run() -> None:
         at = args.index("--stages")
         os.environ["LEDGERFLOW_STAGES"] = args[at + 1]
         del args[at : at + 2]
+    from streams.settings import settings
+
+    use_event_loop(settings.event_loop)
     from streams.cli import main
 
     main()
+
+
+def use_event_loop(name: str) -> None:
+    """Make `name` the event loop of this process, before anything creates one (Faust's
+    worker, its consumer thread, the sandbox ERP's server)."""
+    if name == "uvloop":
+        import mode.loop
+
+        mode.loop.use("uvloop")
 
 
 if __name__ == "__main__":

@@ -176,6 +176,10 @@ class Settings(BaseSettings):
     (`streams.publishing.expedite_sends`); what lingers is what nobody waits for, like table
     changelogs. Produce requests are costly here (one that wakes the broker ~50 µs CPU in the
     socket write): 5 ms → 50 ms took the bench from 370 to 462 events/s."""
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """LEDGERFLOW_EVENT_LOOP: the event loop of every `ledgerflow` process. uvloop (libuv) runs
+    the loop's own work — socket writes, callbacks, the consumer thread's wake-ups — in C;
+    under asyncio's loop that was a quarter to a third of each worker's CPU in the bench."""
     log_level: str = "info"
     """LEDGERFLOW_LOG_LEVEL"""
 

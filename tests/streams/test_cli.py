@@ -95,3 +95,22 @@ def test_a_worker_runs_only_the_stages_it_is_given() -> None:
     ]
     bad = agents_with("ingest,bogus")
     assert bad.returncode != 0 and "stages" in bad.stderr
+
+
+@pytest.mark.parametrize(("chosen", "loop_module"), [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_every_ledgerflow_process_runs_the_event_loop_the_settings_name(
+    chosen: str, loop_module: str
+) -> None:
+    code = (
+        "from streams.__main__ import use_event_loop\n"
+        "from streams.settings import settings\n"
+        "use_event_loop(settings.event_loop)\n"
+        "from streams.app import app\n"
+        "print(type(app.loop).__module__)\n"
+    )
+    env = {**os.environ, "LEDGERFLOW_EVENT_LOOP": chosen}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().split(".")[0] == loop_module
