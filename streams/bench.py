@@ -655,6 +655,12 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")
 
 OWN_CODE = ("agents/", "canonical/", "connectors/", "streams/", "tables/")
 ENTRY_POINTS = ("streams/__main__.py", "streams/cli.py")
+LOOP_RUNNERS = frozenset(
+    {"Worker.execute_from_commandline (mode/worker.py)", "ServiceThread._start_thread (mode/threads.py)"}
+)
+"""The Python frames that run a uvloop loop (the worker's, the consumer thread's): a sample that
+ends there is in uvloop's C code, its wait for I/O and its own work, which py-spy cannot tell
+apart (under asyncio's loop the wait is the `select` frame)."""
 
 
 def summarize_profile(raw: str, title: str, top: int = 15) -> str:
@@ -675,7 +681,7 @@ def summarize_profile(raw: str, title: str, top: int = 15) -> str:
         if not frames:
             continue
         leaf, leaf_file = frames[-1]
-        if leaf.endswith(".select (selectors.py)"):
+        if leaf.endswith(".select (selectors.py)") or leaf in LOOP_RUNNERS:
             idle += count  # the event loop waiting for I/O: py-spy samples it as running
             continue
         total += count
@@ -694,7 +700,8 @@ def summarize_profile(raw: str, title: str, top: int = 15) -> str:
     lines = [
         title,
         f"{total + idle} samples at 100 Hz; {idle} ({idle / (total + idle):.1%}) in the event loop's select "
-        f"(waiting for I/O), left out; shares below are of the {total} busy samples",
+        f"(waiting for I/O; under uvloop, all of its C code), left out; shares below are of the {total} "
+        "busy samples",
         "",
     ]
     lines += table(own, f"Top {top} frames by own time (where the CPU was):")
