@@ -272,8 +272,7 @@ class Lane:
         # The command's ready time goes on with its result: a document the result releases in
         # stage 2 was ready no earlier (`metrics.READY_TIMESTAMP`). A command that queued behind
         # a parked one is delivered on another's event: its result carries none.
-        own = getattr(event.value, "idempotency_key", None) == command.idempotency_key
-        ready = metrics.stamp(None, metrics.ready_ms(event) if own else None)
+        ready = metrics.stamp(None, metrics.ready_ms(event) if metrics.carried_by(command, event) else None)
         await self.outbox.send(
             erp_results_topic,
             command.customer_id,

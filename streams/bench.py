@@ -56,7 +56,7 @@ from click.core import ParameterSource
 from connectors.simulation import Message, Scenario, generate
 from streams import headers as h
 from streams.local_kafka import LocalKafka, LocalKafkaError, free_port
-from streams.metrics import READY_TIMESTAMP
+from streams.metrics import READY_TIMESTAMP, header_ms
 from streams.processes import ProcessFailed, terminate, wait_for_log
 from streams.settings import Settings
 from streams.topic_names import CANONICAL, ERP_COMMANDS, ERP_RESULTS, SOURCE_TOPICS, STRIPE_TOPICS
@@ -338,9 +338,9 @@ class Observed:
             correlation = given.get(h.CORRELATION_ID)
             if correlation is not None:
                 self.command_correlation[key] = correlation.decode()
-            ready = given.get(READY_TIMESTAMP, b"")
-            if ready.isdigit():
-                self.command_ready_at[key] = int(ready)
+            ready = header_ms(given, READY_TIMESTAMP)
+            if ready is not None:
+                self.command_ready_at[key] = ready
         self.first_command_at = min(self.first_command_at or at, at)
         self.last_command_at = max(self.last_command_at, at)
 

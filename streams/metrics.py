@@ -332,7 +332,8 @@ def set_parked(stage: str, count: int) -> None:
 # Source timestamps ------------------------------------------------------------------------
 
 
-def _header_ms(headers: Any, name: str = SOURCE_TIMESTAMP) -> int | None:
+def header_ms(headers: Any, name: str = SOURCE_TIMESTAMP) -> int | None:
+    """A timestamp header (ms since the epoch) of a message's headers, or None."""
     try:
         value = headers.get(name) if headers else None
     except AttributeError:
@@ -344,7 +345,7 @@ def _header_ms(headers: Any, name: str = SOURCE_TIMESTAMP) -> int | None:
 
 def source_ms(event: Any) -> int | None:
     """The source timestamp an event carries, or its own Kafka timestamp (a source message)."""
-    carried = _header_ms(getattr(event, "headers", None))
+    carried = header_ms(getattr(event, "headers", None))
     if carried is not None:
         return carried
     timestamp = getattr(getattr(event, "message", None), "timestamp", None)  # seconds, from Faust
@@ -356,8 +357,8 @@ def ready_ms(event: Any) -> int | None:
     result) depends on arrived: its ready timestamp, else its source timestamp (None without
     either: then nothing downstream is timed from it)."""
     headers = getattr(event, "headers", None)
-    carried = _header_ms(headers, READY_TIMESTAMP)
-    return carried if carried is not None else _header_ms(headers)
+    carried = header_ms(headers, READY_TIMESTAMP)
+    return carried if carried is not None else header_ms(headers)
 
 
 def stamp(ms: int | None, ready: int | None = None) -> dict[str, str]:
@@ -382,7 +383,7 @@ def source_stamps(events: Iterable[Any], waiting: Iterable[_Waiting]) -> dict[st
     stamps = {w.change.event_id: int(w.parked_at.timestamp() * 1000) for w in waiting}
     for event in events:
         event_id = getattr(event.value, "event_id", None)
-        ms = _header_ms(event.headers)
+        ms = header_ms(event.headers)
         if isinstance(event_id, str) and ms is not None:
             stamps[event_id] = ms
     return stamps
@@ -433,12 +434,18 @@ class _Command(Protocol):
     def idempotency_key(self) -> str: ...
 
 
+def carried_by(command: _Command, event: Any) -> bool:
+    """Whether `event` is the command's own message: a command that queued behind a parked one
+    is delivered on another's, whose timestamps are not its own."""
+    return bool(getattr(getattr(event, "value", None), "idempotency_key", None) == command.idempotency_key)
+
+
 def erp_confirmed(command: _Command, event: Any) -> None:
     """The ERP confirmed a command (POSTED): latency from the source message of the command's
-    own message (a command that queued behind a parked one arrived with another: not timed)."""
-    if getattr(getattr(event, "value", None), "idempotency_key", None) != command.idempotency_key:
+    own message (one delivered on another's is not timed)."""
+    if not carried_by(command, event):
         return
-    ms = _header_ms(getattr(event, "headers", None))
+    ms = header_ms(getattr(event, "headers", None))
     if ms is not None:
         kind: str = getattr(command, "command", OTHER)
         end_to_end_latency("erp_confirmed", kind).observe(max(0.0, time.time() * 1000.0 - ms) / 1000.0)
