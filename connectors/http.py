@@ -7,6 +7,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -17,6 +18,14 @@ from streams.headers import CORRELATION_ID
 if TYPE_CHECKING:
     from connectors.erp.auth import TokenProvider
     from connectors.erp.errors import ErpError
+
+
+def header_value(text: str) -> str:
+    """`text` as an HTTP header value: as it is when it is printable ASCII, else percent-encoded.
+    A correlation id comes from a Kafka header, which may hold any bytes; an HTTP client refuses
+    a non-ASCII or control character in a header (a fuzzed `x-correlation-id` made the sink's
+    ERP call raise UnicodeEncodeError)."""
+    return text if text.isascii() and text.isprintable() else quote(text, safe="")
 
 
 class BearerJsonClient(ABC):
@@ -81,7 +90,7 @@ class BearerJsonClient(ABC):
         failed answer. `allow_404` returns a 404 answer instead: the caller reads it as "none"."""
         headers = dict(self._headers)
         if correlation_id:
-            headers[CORRELATION_ID] = correlation_id
+            headers[CORRELATION_ID] = header_value(correlation_id)
         content = orjson.dumps(body) if body is not None else None
         if content is not None:
             headers["content-type"] = "application/json"

@@ -117,7 +117,9 @@ def _ingest(
 
 
 headers = st.dictionaries(
-    st.sampled_from([h.CORRELATION_ID, h.CAUSATION_ID, h.REPLAY_OF, "x-source-timestamp"])
+    st.sampled_from(
+        [h.CORRELATION_ID, h.CAUSATION_ID, h.REPLAY_OF, "x-source-timestamp", "x-ready-timestamp"]
+    )
     | st.text(max_size=12),
     st.binary(max_size=24) | st.sampled_from([b"", b"123", b"\xff\xfe", "²".encode()]),
     max_size=4,

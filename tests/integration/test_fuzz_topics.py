@@ -66,7 +66,16 @@ def _key(rng: random.Random, value: bytes | None) -> bytes | None:
 
 
 def _headers(rng: random.Random) -> list[tuple[str, bytes]]:
-    names = [h.CORRELATION_ID, h.CAUSATION_ID, h.REPLAY_OF, "x-source-timestamp", "x-dlq-reason", "é", ""]
+    names = [
+        h.CORRELATION_ID,
+        h.CAUSATION_ID,
+        h.REPLAY_OF,
+        "x-source-timestamp",
+        "x-ready-timestamp",
+        "x-dlq-reason",
+        "é",
+        "",
+    ]
     return [(rng.choice(names), rng.randbytes(rng.randrange(24))) for _ in range(rng.randrange(4))]
 
 

@@ -85,6 +85,18 @@ async def test_every_request_carries_the_commands_correlation_id(
     assert len(await requests_log(admin, correlation_id="corr-inv")) == 2
 
 
+async def test_a_correlation_id_no_http_header_can_hold_goes_percent_encoded(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient
+) -> None:
+    # Kafka headers may hold any bytes; the fuzz test once sent "ł" on to the ERP call.
+    await netsuite.deliver(upsert_customer(correlation_id="corr-ł\n1"))
+    log = await requests_log(admin)
+    assert [(e["method"], e["correlation_id"], e["status"]) for e in log] == [
+        ("PUT", "corr-%C5%82%0A1", 204),
+        ("GET", "corr-%C5%82%0A1", 200),
+    ]
+
+
 async def test_payments_credit_memos_and_contracts_are_booked(
     netsuite: NetSuiteClient, admin: httpx.AsyncClient
 ) -> None:
