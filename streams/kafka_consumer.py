@@ -31,6 +31,7 @@ import time
 from bisect import bisect_left
 from typing import Any, cast
 
+from aiokafka.errors import IllegalStateError
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 HELD_LOG_S = 30.0
 """How often a partition whose commit is held back by a missing acknowledgement is logged."""
+STALL_CHECK_S = 2.0
+"""How often the fetch loop compares fetch positions with what was handed over; a partition
+whose position stayed ahead from one check to the next is fetched again (module docstring)."""
 MAX_SEEKS_TO_ONE_OFFSET = 5
 """Seeks back to the same missing offset before accepting the skip (the offset has gone, e.g.
 deleted by retention while the partition was unassigned); each is logged."""
@@ -61,8 +65,9 @@ class Consumer(driver.Consumer):
         the seek will hand over again."""
         self._held_since: dict[TP, tuple[float, float]] = {}
         """Per partition whose commit is held back: since when, and when it was last logged."""
-        self._refetch: set[TP] = set()
-        """Partitions whose missing record is to be fetched again (seeked back to) by the fetch loop."""
+        self._ahead: dict[TP, tuple[int, int, int]] = {}
+        """Per partition whose fetch position was past the next offset to hand over at the last
+        stall check: (next to hand over, fetch position, `_positions_reset`) then."""
         super().__init__(*args, **kwargs)
 
     async def perform_seek(self) -> None:
@@ -89,6 +94,7 @@ class Consumer(driver.Consumer):
             self._next_commit.pop(tp, None)
             self._next_read.pop(tp, None)
             self._seeks.pop(tp, None)
+            self._ahead.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
@@ -126,16 +132,23 @@ class Consumer(driver.Consumer):
         self._next_commit[tp] = end
         return end
 
+    def _fetch_states(self) -> dict[TP, Any]:
+        """aiokafka's fetch state (position, paused) of each assigned partition of an acked topic.
+        Read from the consumer thread's subscription: plain attribute reads, as aiokafka's own."""
+        subscription = self._thread._ensure_consumer()._subscription.subscription
+        assignment = subscription.assignment if subscription is not None else None
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        return {
+            tp: assignment.state_value(tp) if assignment is not None else None
+            for tp in sorted(self.assignment())
+            if acks_enabled_for(tp.topic)
+        }
+
     def offsets_state(self) -> str:
         """Per assigned partition of an acked topic: fetch position, paused, next to hand over,
         next to commit, acknowledgements waiting (for the SIGUSR1 dump)."""
-        subscription = self._thread._ensure_consumer()._subscription.subscription
-        assignment = subscription.assignment if subscription is not None else None
         lines = []
-        for tp in sorted(self.assignment()):
-            if not self.app.topics.acks_enabled_for(tp.topic):
-                continue
-            state = assignment.state_value(tp) if assignment is not None else None
+        for tp, state in self._fetch_states().items():
             position = state.position if state is not None and state.has_valid_position else None
             acked = sorted(self._acked.get(tp, ()))
             lines.append(
@@ -146,18 +159,12 @@ class Consumer(driver.Consumer):
         return "\n  ".join(["flow " + ("active" if self.flow_active else "stopped"), *lines])
 
     def _held_back(self, tp: TP, start: int, acked: list[int]) -> None:
-        """Log a partition whose commit waits for a missing acknowledgement, every HELD_LOG_S;
-        if the missing record was never handed over, have the fetch loop fetch it again.
-
-        Seen once in the scaling test, on a worker that had just joined: offsets 875 onwards
-        acknowledged, 872-874 never handed over and never fetched again, the commit held for
-        good (most likely records fetched before the rebalance's seek handed over after it)."""
+        """Log a partition whose commit waits for a missing acknowledgement, every HELD_LOG_S
+        (a record never handed over is fetched again by the stall check, `_dropped`)."""
         now = time.monotonic()
         since, logged = self._held_since.setdefault(tp, (now, now))
         if now - logged >= HELD_LOG_S:
             self._held_since[tp] = (since, now)
-            if self._next_read.get(tp) == start:
-                self._refetch.add(tp)
             log.warning(
                 "%s: commit held back at offset %d for %.0fs: %d later offsets acknowledged (from %d), "
                 "next to hand over %s",
@@ -193,14 +200,44 @@ class Consumer(driver.Consumer):
         self._seeks[tp] = (expected, times + 1 if seeking == expected else 1)
         return None
 
-    async def _fetch_missing_again(self) -> None:
-        """Seek each partition `_held_back` named back to the record it waits for."""
-        refetch, self._refetch = self._refetch, set()
-        for tp in refetch:
+    def _dropped(self, positions: dict[TP, int]) -> dict[TP, int]:
+        """Of the fetch positions read between two fetches (when every record fetched so far was
+        handed over or dropped), the partitions to fetch again, with the offset to seek to: those
+        whose position was past the next offset to hand over at this check and the one before,
+        with nothing handed over and no seek in between. Two checks, so that a position read
+        while a rebalance's seek is half done (position reset, next offset not yet) is not acted
+        on."""
+        seen, self._ahead = self._ahead, {}
+        refetch: dict[TP, int] = {}
+        for tp, position in positions.items():
             expected = self._next_read.get(tp)
-            if expected is not None:
-                log.warning("%s: offset %d never handed over: fetching from it again", tp, expected)
-                await self.seek(tp, expected)
+            if expected is None or position <= expected:
+                continue
+            now = (expected, position, self._positions_reset)
+            if seen.get(tp) == now:
+                refetch[tp] = expected
+            else:
+                self._ahead[tp] = now
+        return refetch
+
+    async def _fetch_dropped_again(self) -> None:
+        """Seek each partition `_dropped` names back to the first record it never handed over."""
+        positions = {
+            tp: state.position
+            for tp, state in self._fetch_states().items()
+            if state is not None and state.has_valid_position
+        }
+        for tp, offset in self._dropped(positions).items():
+            log.warning(
+                "%s: offsets %d..%d were fetched and never handed over: fetching them again",
+                tp,
+                offset,
+                positions[tp] - 1,
+            )
+            try:
+                await self.seek(tp, offset)
+            except IllegalStateError:  # revoked meanwhile: its next owner reads from the commit
+                log.info("%s: revoked before it was fetched again", tp)
 
     async def _deliver(self, delivery: Any) -> bool:
         """Run one record's delivery coroutine (the conductor's `on_message`); False if a
@@ -244,9 +281,12 @@ class Consumer(driver.Consumer):
         acks_enabled_for = self.app.topics.acks_enabled_for
         yield_every = 100
         since_yield = 0
+        next_stall_check = time.monotonic() + STALL_CHECK_S
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                await self._fetch_missing_again()
+                if time.monotonic() >= next_stall_check:
+                    await self._fetch_dropped_again()
+                    next_stall_check = time.monotonic() + STALL_CHECK_S
                 self.diag.set_flag(CONSUMER_FETCHING)
                 records = cast(Any, getmany(timeout=1.0))
                 await self.sleep(0)

@@ -26,7 +26,8 @@ def consumer(next_commit: int | None = None, next_read: int | None = None) -> An
     c._next_read = {} if next_read is None else {TOPIC_PARTITION: next_read}
     c._seeks = {}
     c._held_since = {}
-    c._refetch = set()
+    c._ahead = {}
+    c._positions_reset = 0
     c._committed_offset = defaultdict(lambda: None)
     return c
 
@@ -97,20 +98,35 @@ def test_a_partition_without_a_read_position_takes_any_offset() -> None:
     assert consumer()._accept(TOPIC_PARTITION, 42) is True
 
 
-def test_a_held_commit_whose_record_never_came_has_it_fetched_again() -> None:
-    c = consumer(next_commit=872, next_read=872)
-    ack(c, 875, 876)
-    c._held_since[TOPIC_PARTITION] = (0.0, 0.0)  # held for longer than HELD_LOG_S
-    assert c._new_offset(TOPIC_PARTITION) is None
-    assert c._refetch == {TOPIC_PARTITION}
+def test_records_fetched_and_never_handed_over_are_fetched_again() -> None:
+    """The scaling test's stuck partition: fetched to 298, handed over to 287, nothing after."""
+    c = consumer(next_read=287)
+    assert c._dropped({TOPIC_PARTITION: 298}) == {}  # once could be a seek half done
+    assert c._dropped({TOPIC_PARTITION: 298}) == {TOPIC_PARTITION: 287}
 
 
-def test_a_held_commit_whose_record_is_being_handled_is_not_fetched_again() -> None:
-    c = consumer(next_commit=872, next_read=873)  # 872 handed over, not acknowledged yet
-    ack(c, 873)
-    c._held_since[TOPIC_PARTITION] = (0.0, 0.0)
-    assert c._new_offset(TOPIC_PARTITION) is None
-    assert c._refetch == set()
+def test_a_partition_that_moved_between_checks_is_not_fetched_again() -> None:
+    c = consumer(next_read=287)
+    assert c._dropped({TOPIC_PARTITION: 298}) == {}
+    c._next_read[TOPIC_PARTITION] = 290  # handed over meanwhile
+    assert c._dropped({TOPIC_PARTITION: 298}) == {}
+    assert c._dropped({TOPIC_PARTITION: 299}) == {}  # fetched meanwhile
+    assert c._dropped({TOPIC_PARTITION: 299}) == {TOPIC_PARTITION: 290}
+
+
+def test_a_seek_between_checks_starts_the_watch_again() -> None:
+    c = consumer(next_read=287)
+    assert c._dropped({TOPIC_PARTITION: 298}) == {}
+    c._positions_reset += 2  # a rebalance's seek ran in between
+    assert c._dropped({TOPIC_PARTITION: 298}) == {}
+    assert c._dropped({TOPIC_PARTITION: 298}) == {TOPIC_PARTITION: 287}
+
+
+def test_a_position_at_or_behind_the_next_offset_is_in_step() -> None:
+    c = consumer(next_read=287)
+    for position in (287, 280, 287, 280):  # caught up; or a seek back not fetched yet
+        assert c._dropped({TOPIC_PARTITION: position}) == {}
+    assert consumer()._dropped({TOPIC_PARTITION: 5}) == {}  # no read position: nothing to compare
 
 
 def test_table_stores_are_dropped_only_after_an_unclean_stop(tmp_path: Path) -> None:
