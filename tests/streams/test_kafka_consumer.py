@@ -129,6 +129,41 @@ def test_a_position_at_or_behind_the_next_offset_is_in_step() -> None:
     assert consumer()._dropped({TOPIC_PARTITION: 5}) == {}  # no read position: nothing to compare
 
 
+async def test_the_fetch_loop_seeks_a_stalled_partition_back_and_survives_a_revocation() -> None:
+    """`_fetch_dropped_again` on aiokafka's fetch state as the consumer thread keeps it."""
+    from types import SimpleNamespace
+
+    from aiokafka.errors import IllegalStateError
+
+    c = consumer(next_read=287)
+    other = TP("billing.changes", 4)
+    c._next_read[other] = 10
+    fetch_state = {
+        TOPIC_PARTITION: SimpleNamespace(position=298, has_valid_position=True, paused=False),
+        other: SimpleNamespace(position=None, has_valid_position=False, paused=False),  # being reset
+    }
+    assignment = SimpleNamespace(state_value=fetch_state.get)
+    kafka = SimpleNamespace(_subscription=SimpleNamespace(subscription=SimpleNamespace(assignment=assignment)))
+    c._thread = SimpleNamespace(_ensure_consumer=lambda: kafka)
+    c.assignment = lambda: set(fetch_state)
+    c.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
+    seeks: list[tuple[TP, int]] = []
+
+    async def seek(tp: TP, offset: int) -> None:
+        seeks.append((tp, offset))
+        if len(seeks) > 1:
+            raise IllegalStateError("No current assignment for partition")
+
+    c.seek = seek
+    await c._fetch_dropped_again()
+    assert seeks == []  # seen once
+    await c._fetch_dropped_again()
+    assert seeks == [(TOPIC_PARTITION, 287)]
+    await c._fetch_dropped_again()  # not fetched yet: watched again, not sought twice at once
+    await c._fetch_dropped_again()  # revoked meanwhile: logged, the loop goes on
+    assert seeks == [(TOPIC_PARTITION, 287)] * 2
+
+
 def test_table_stores_are_dropped_only_after_an_unclean_stop(tmp_path: Path) -> None:
     datadir, tabledir = tmp_path / "data", tmp_path / "data" / "v1" / "tables"
     tabledir.mkdir(parents=True)
