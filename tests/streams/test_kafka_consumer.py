@@ -142,8 +142,8 @@ async def test_the_fetch_loop_seeks_a_stalled_partition_back_and_survives_a_revo
         TOPIC_PARTITION: SimpleNamespace(position=298, has_valid_position=True, paused=False),
         other: SimpleNamespace(position=None, has_valid_position=False, paused=False),  # being reset
     }
-    assignment = SimpleNamespace(state_value=fetch_state.get)
-    kafka = SimpleNamespace(_subscription=SimpleNamespace(subscription=SimpleNamespace(assignment=assignment)))
+    subscription = SimpleNamespace(assignment=SimpleNamespace(state_value=fetch_state.get))
+    kafka = SimpleNamespace(_subscription=SimpleNamespace(subscription=subscription))
     c._thread = SimpleNamespace(_ensure_consumer=lambda: kafka)
     c.assignment = lambda: set(fetch_state)
     c.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
