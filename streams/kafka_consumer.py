@@ -221,7 +221,11 @@ class Consumer(driver.Consumer):
         return refetch
 
     async def _fetch_dropped_again(self) -> None:
-        """Seek each partition `_dropped` names back to the first record it never handed over."""
+        """Seek each partition `_dropped` names back to the first record it never handed over.
+        Not inside Kafka transactions (`exactly_once`): their commit markers take offsets that
+        are never handed over, so a position past the last record is no sign of a drop there."""
+        if self.app.in_transaction:
+            return
         positions = {
             tp: state.position
             for tp, state in self._fetch_states().items()
