@@ -87,6 +87,11 @@ class Worker:
     ready_after: float = 0.0
     log_offset: int = 0
 
+    @property
+    def url(self) -> str:
+        """Where its web server (views, ingress, metrics) answers."""
+        return f"http://127.0.0.1:{self.env['LEDGERFLOW_WEB_PORT']}"
+
     def start(self, timeout: float = 90.0) -> Worker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0

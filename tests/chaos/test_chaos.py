@@ -255,7 +255,7 @@ def test_chaos_every_document_once_and_every_event_accounted_for(
         generate(HALF, MONTHS, seed, 0.1, 0.1, first).truth for seed, first in SCENARIOS.values()
     ]
     expected_payments = sum(len(t["payments"]) for t in truth_in_advance)
-    ingress = f"http://127.0.0.1:{workers[0].env['LEDGERFLOW_WEB_PORT']}"
+    ingress = workers[0].url
     t_input = time.monotonic()
     senders = {
         "direct": simulate(run, "direct"),

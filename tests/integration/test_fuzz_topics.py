@@ -194,7 +194,7 @@ def test_garbage_on_every_topic_and_route_stops_nothing(new_stack: Any, tmp_path
     assert stack.erp is not None and worker.proc is not None
     rng = random.Random(20260601)
     produced = asyncio.run(_produce_garbage(stack, rng))
-    base = f"http://127.0.0.1:{worker.env['LEDGERFLOW_WEB_PORT']}"
+    base = worker.url
     statuses, accepted = _fuzz_ingress(base, rng)
     assert all(code < 500 for code in statuses), statuses  # a 5xx would have Stripe retry forever
 

@@ -27,7 +27,7 @@ def web(stack: Stack) -> str:
         {"LEDGERFLOW_STRIPE_WEBHOOK_SECRET": f"whsec_retired,{SECRET}", "LEDGERFLOW_RELAY_SECRET": RELAY}
     )
     worker = stack.start_worker()
-    return f"http://127.0.0.1:{worker.env['LEDGERFLOW_WEB_PORT']}"
+    return worker.url
 
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
@@ -130,7 +130,7 @@ def test_broker_down_answers_503(lone_broker: LocalKafka, tmp_path: Path) -> Non
     )
     try:
         worker = stack.start_worker()
-        url = f"http://127.0.0.1:{worker.env['LEDGERFLOW_WEB_PORT']}/webhooks/stripe"
+        url = f"{worker.url}/webhooks/stripe"
         body = orjson.dumps(
             stripe_event(finalized_fixture_invoice(corrected=True), "invoice.paid", "evt_down")
         )

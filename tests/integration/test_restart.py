@@ -49,7 +49,7 @@ def recovery(worker: Worker) -> tuple[dict[tuple[str, int], int], dict[tuple[str
 
 
 def invoices_of(worker: Worker, customers: list[str]) -> dict[str, Any]:
-    base = f"http://127.0.0.1:{worker.env['LEDGERFLOW_WEB_PORT']}"
+    base = worker.url
     auth = {"Authorization": f"Bearer {TOKEN}"}
     views = {}
     for customer in customers:

@@ -66,14 +66,10 @@ SOURCE_TOPICS = STREAM_TOPICS[:4]
 NewStack = Callable[..., Stack]
 
 
-def url(worker: Worker) -> str:
-    return f"http://127.0.0.1:{worker.env['LEDGERFLOW_WEB_PORT']}"
-
-
 def assignment(worker: Worker) -> dict[str, Any] | None:
     """The worker's `GET /assignment`, or None while it does not answer."""
     try:
-        r = httpx.get(f"{url(worker)}/assignment", timeout=2.0)
+        r = httpx.get(f"{worker.url}/assignment", timeout=2.0)
     except httpx.HTTPError:
         return None
     return dict(r.json()) if r.status_code == 200 else None
@@ -195,9 +191,9 @@ def customer_360(worker: Worker, customer: str, timeout: float = 60.0) -> dict[s
     """GET /customers/{id} until 200 (a worker answers 503 for a moment around a rebalance)."""
     deadline = time.monotonic() + timeout
     while True:
-        r = httpx.get(f"{url(worker)}/customers/{customer}", headers=AUTH, timeout=30)
+        r = httpx.get(f"{worker.url}/customers/{customer}", headers=AUTH, timeout=30)
         if r.status_code == 200 or time.monotonic() > deadline:
-            assert r.status_code == 200, f"{url(worker)} {customer}: {r.status_code} {r.text[:300]}"
+            assert r.status_code == 200, f"{worker.url} {customer}: {r.status_code} {r.text[:300]}"
             body: dict[str, Any] = r.json()
             return body
         time.sleep(0.5)
@@ -343,7 +339,7 @@ def test_kill_one_of_three_then_add_a_fourth(new_stack: NewStack, tmp_path: Any,
     live.append(stack.start_worker())
     settle(report, "three live workers share the partitions again", lambda: coverage(stack, live), True, 180)
     report.scale_up_s = round(time.monotonic() - joined_at, 2)
-    final = {url(w): assignment(w) for w in live}
+    final = {w.url: assignment(w) for w in live}
     assert all(a is not None and a["streams"] for a in final.values()), final
     report.core_resumed_s = first_written_after(stack, "erp.commands", lost_core, killed_at)
     report.sink_resumed_s = first_written_after(stack, "erp.results", lost_sink, killed_at)
@@ -390,7 +386,7 @@ def test_kill_one_of_three_then_add_a_fourth(new_stack: NewStack, tmp_path: Any,
     invoices_of: dict[str, set[str]] = {}
     for invoice in truth["invoices"]:
         invoices_of.setdefault(f"cust-crm-{invoice['crm_account_id']}", set()).add(invoice["invoice_id"])
-    live_urls = [url(w) for w in live]
+    live_urls = [w.url for w in live]
     for customer in (f"cust-crm-{c['crm_account_id']}" for c in truth["customers"]):
         answers = [without_volatile(customer_360(w, customer)) for w in live]
         assert all(a == answers[0] for a in answers[1:]), customer

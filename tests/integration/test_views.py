@@ -46,7 +46,7 @@ class Deployment:
     uk_invoices: set[str]  # held: their tax code is not mapped
 
     def url(self, index: int) -> str:
-        return f"http://127.0.0.1:{self.workers[index].env['LEDGERFLOW_WEB_PORT']}"
+        return self.workers[index].url
 
     @property
     def customers(self) -> list[str]:
