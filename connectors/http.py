@@ -84,11 +84,12 @@ class BearerJsonClient(ABC):
         *,
         body: dict[str, Any] | None = None,
         params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
         allow_404: bool = False,
     ) -> httpx.Response:
         """Send once, and once more with a fresh token after a 401; raise the typed error of a
         failed answer. `allow_404` returns a 404 answer instead: the caller reads it as "none"."""
-        headers = dict(self._headers)
+        headers = {**self._headers, **(headers or {})}
         if correlation_id:
             headers[CORRELATION_ID] = header_value(correlation_id)
         content = orjson.dumps(body) if body is not None else None

@@ -14,6 +14,7 @@ command's correlation id as `x-correlation-id` (`connectors.http`), and raise on
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
@@ -32,6 +33,7 @@ from connectors.erp.mapping import to_record
 from connectors.erp.schemas import (
     DRAFT,
     DRAFT_RECORD_TYPES,
+    SUITEQL_TABLES,
     VOIDED,
     ErpDocument,
     ErpReceipt,
@@ -44,6 +46,9 @@ from connectors.http import BearerJsonClient
 log = logging.getLogger(__name__)
 
 NETSUITE_RECORD_PATH = "/services/rest/record/v1"
+SUITEQL_PATH = "/services/rest/query/v1/suiteql"
+SUITEQL_IDS_MAX = 500
+"""External ids in one SuiteQL query (its text stays well under NetSuite's limits)."""
 CREATE_ONLY_PATH = "/api/v1"
 ErpMode = Literal["netsuite", "create-only"]
 # Alias so the `list` methods below do not shadow the builtin in annotations.
@@ -53,18 +58,28 @@ MASTER_RECORD_TYPES = frozenset({RecordType.CUSTOMER, RecordType.SALES_ORDER})
 """Records that are updated in place when they change, in either API shape."""
 
 READ_BACK_RECORD_TYPES = frozenset({RecordType.CUSTOMER, RecordType.INVOICE})
-"""Records the NetSuite client reads back after writing them, for the document number NetSuite
-assigns (entityId, tranId): the CRM write-back shows the customer's and the last invoice's.
-Nothing reads a payment's, credit memo's or sales order's number, and the read was half of the
-sink's ERP calls."""
+"""Records whose document number NetSuite assigns (entityId, tranId) and the pipeline uses: the
+CRM write-back shows the customer's and the last invoice's. Nothing reads a payment's, credit
+memo's or sales order's number. A NetSuite upsert answers without it, so it is read back: by
+`deliver` itself, or (the sink) for a whole batch at once with `document_numbers`."""
 
 
 @runtime_checkable
 class ErpClient(Protocol):
     """What the sink needs from an ERP, whichever API shape it speaks."""
 
-    async def deliver(self, command: ErpCommand, uncertain: bool = False) -> ErpReceipt:
-        """Write the command's record; `uncertain` says an earlier attempt may have written."""
+    async def deliver(
+        self, command: ErpCommand, uncertain: bool = False, read_back: bool = True
+    ) -> ErpReceipt:
+        """Write the command's record; `uncertain` says an earlier attempt may have written.
+        `read_back=False`: a receipt may come without the document number (`document_numbers`
+        reads it later)."""
+        ...
+
+    async def document_numbers(
+        self, record_type: RecordType | str, external_ids: Sequence[str], correlation_id: str | None = None
+    ) -> dict[str, ErpDocument]:
+        """External id → the record with its document number, for those of `external_ids` that exist."""
         ...
 
     async def get(
@@ -128,9 +143,12 @@ class NetSuiteClient(_HttpErpClient):
         url = f"{self.base_url}{NETSUITE_RECORD_PATH}/{RecordType(record_type).value}"
         return f"{url}/{key}" if key is not None else url
 
-    async def deliver(self, command: ErpCommand, uncertain: bool = False) -> ErpReceipt:
+    async def deliver(
+        self, command: ErpCommand, uncertain: bool = False, read_back: bool = True
+    ) -> ErpReceipt:
         """`PUT …/{recordType}/eid:{externalId}` (upsert); then, for a record whose document
-        number the pipeline uses (`READ_BACK_RECORD_TYPES`), `GET` it for that number.
+        number the pipeline uses (`READ_BACK_RECORD_TYPES`), `GET` it for that number, unless
+        `read_back` is False (the caller reads many at once with `document_numbers`).
 
         `uncertain` changes nothing here: the upsert is idempotent by external id. A void is a
         `PATCH` of the existing invoice (status voided), so it can never create one."""
@@ -139,7 +157,7 @@ class NetSuiteClient(_HttpErpClient):
         method = "PATCH" if record.action == "void" else "PUT"
         response = await self._call(method, url, command.correlation_id, body=record.body)
         location_id = _id_from_location(response.headers.get("location"))
-        if location_id is not None and record.record_type not in READ_BACK_RECORD_TYPES:
+        if location_id is not None and (not read_back or record.record_type not in READ_BACK_RECORD_TYPES):
             # NetSuite answers 204 with the record's Location only: its internal id is all a
             # payment, credit memo or sales order receipt needs, so the read is skipped.
             return ErpReceipt(
@@ -169,6 +187,48 @@ class NetSuiteClient(_HttpErpClient):
     ) -> ErpDocument | None:
         """The record with this external id, or None (404)."""
         return await self._read(record_type, f"eid:{external_id}", correlation_id)
+
+    async def document_numbers(
+        self, record_type: RecordType | str, external_ids: Sequence[str], correlation_id: str | None = None
+    ) -> dict[str, ErpDocument]:
+        """Internal ids and document numbers of many records in one SuiteQL query per
+        SUITEQL_IDS_MAX external ids (`POST /services/rest/query/v1/suiteql`, paged), instead of
+        a GET per record: `SELECT id, externalid, tranid FROM transaction WHERE type =
+        'CustInvc' AND externalid IN (…)` (entityid from customer)."""
+        record_type = RecordType(record_type)
+        table, kind = SUITEQL_TABLES[record_type]
+        number = "entityid" if record_type is RecordType.CUSTOMER else "tranid"
+        found: dict[str, ErpDocument] = {}
+        for start in range(0, len(external_ids), SUITEQL_IDS_MAX):
+            listed = ", ".join(_quoted(e) for e in external_ids[start : start + SUITEQL_IDS_MAX])
+            where = (f"type = {_quoted(kind)} AND " if kind else "") + f"externalid IN ({listed})"
+            query = {"q": f"SELECT id, externalid, {number} FROM {table} WHERE {where}"}
+            offset = 0
+            while True:
+                page = _json(
+                    await self._call(
+                        "POST",
+                        f"{self.base_url}{SUITEQL_PATH}",
+                        correlation_id,
+                        body=query,
+                        params={"limit": 1000, "offset": offset},
+                        headers={"prefer": "transient"},
+                    )
+                )
+                items = page.get("items") or []
+                for item in items:
+                    external_id = str(item["externalid"])
+                    found[external_id] = ErpDocument(
+                        record_type=record_type,
+                        external_id=external_id,
+                        erp_internal_id=str(item["id"]),
+                        document_number=item.get(number),
+                        body=item,
+                    )
+                if not page.get("hasMore") or not items:
+                    break
+                offset += len(items)
+        return found
 
     async def get_by_id(
         self, record_type: RecordType | str, internal_id: str, correlation_id: str | None = None
@@ -222,8 +282,8 @@ def _created_now(body: dict[str, Any]) -> bool:
     return created is not None and created == body.get("lastModifiedDate")
 
 
-def _odata_literal(value: str) -> str:
-    # OData string literals double their single quotes.
+def _quoted(value: str) -> str:
+    # OData's and SuiteQL's string literals both double their single quotes.
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -240,9 +300,19 @@ class CreateOnlyClient(_HttpErpClient):
     def _entity_url(self, record_type: RecordType | str, internal_id: str) -> str:
         return f"{self._set_url(record_type)}({internal_id})"
 
-    async def deliver(self, command: ErpCommand, uncertain: bool = False) -> ErpReceipt:
-        """`deliver_once`, looking the document up first when `uncertain`."""
+    async def deliver(
+        self, command: ErpCommand, uncertain: bool = False, read_back: bool = True
+    ) -> ErpReceipt:
+        """`deliver_once`, looking the document up first when `uncertain`. `read_back` changes
+        nothing: a created document comes back numbered from the create (or its post)."""
         return await self.deliver_once(command, looked_up_first=uncertain)
+
+    async def document_numbers(
+        self, record_type: RecordType | str, external_ids: Sequence[str], correlation_id: str | None = None
+    ) -> dict[str, ErpDocument]:
+        """One lookup (`get`) per external id: `deliver` never leaves a number to read here."""
+        found = {eid: await self.get(record_type, eid, correlation_id) for eid in dict.fromkeys(external_ids)}
+        return {eid: document for eid, document in found.items() if document is not None}
 
     async def deliver_once(self, command: ErpCommand, looked_up_first: bool) -> ErpReceipt:
         """Create the command's document, unless `looked_up_first` (the previous attempt's
@@ -269,7 +339,7 @@ class CreateOnlyClient(_HttpErpClient):
     ) -> Documents:
         """Every document whose `externalReference` is `external_ref` (several if duplicated)."""
         return await self._collect(
-            record_type, correlation_id, {"$filter": f"externalReference eq {_odata_literal(external_ref)}"}
+            record_type, correlation_id, {"$filter": f"externalReference eq {_quoted(external_ref)}"}
         )
 
     async def get(

@@ -3,6 +3,10 @@
 * NetSuite REST record shape under `/services/rest/record/v1/{recordType}`: `PUT …/eid:{id}`
   upserts (204 + `Location`), `PATCH …/{eid:id|id}` updates, `GET` reads one record or a page
   (`?limit=&offset=`, full records in `items` — a sandbox convenience; NetSuite sends links).
+* NetSuite SuiteQL, `POST /services/rest/query/v1/suiteql` (`{"q": …}`, `?limit=&offset=`),
+  for the one query shape the connector sends: ids and document numbers by external id
+  (`SELECT id, externalid, tranid FROM transaction WHERE type = 'CustInvc' AND externalid IN
+  ('…', …)`, or `entityid FROM customer`); any other query is refused with a 400.
 * Create-only OData shape under `/api/v1/{recordType}`: `POST` always creates (duplicates are
   allowed on purpose: that is how tests catch a double post), `GET ?$filter=externalReference
   eq '…'`, `PATCH ({id})`, bound actions `({id})/Microsoft.NAV.post` and `…/Microsoft.NAV.cancel`.
@@ -41,6 +45,7 @@ from connectors.erp.schemas import (
     DRAFT,
     DRAFT_RECORD_TYPES,
     POSTING_RECORD_TYPES,
+    SUITEQL_TABLES,
     VOIDED,
     RecordType,
     netsuite_error_body,
@@ -59,6 +64,7 @@ from connectors.sandbox import (
 from streams.mappings import ClosedPeriod, Mappings, load_mappings
 
 NETSUITE_PREFIX = "/services/rest/record/v1"
+SUITEQL_PATH = "/services/rest/query/v1/suiteql"
 ODATA_PREFIX = "/api/v1"
 DEFAULT_TOKEN = "sandbox-token"
 DEFAULT_DB = Path(".ledgerflow-data") / "erp-sandbox.sqlite3"
@@ -731,6 +737,75 @@ async def _netsuite_patch(request: web.Request) -> web.StreamResponse:
     return _no_content_at(request, sandbox.store.update(existing, merged, status))
 
 
+_SUITEQL = re.compile(
+    r"^\s*SELECT\s+(?P<columns>\w+(?:\s*,\s*\w+)*)\s+FROM\s+(?P<table>\w+)\s+WHERE\s+"
+    r"(?:type\s*=\s*'(?P<type>\w+)'\s+AND\s+)?externalid\s+IN\s*\((?P<ids>[^)]*)\)\s*$",
+    re.IGNORECASE,
+)
+_SUITEQL_LITERAL = re.compile(r"\s*'((?:[^']|'')*)'\s*(?:,|$)")
+_SUITEQL_RECORDS = {
+    (table, kind.lower() if kind else None): rt for rt, (table, kind) in SUITEQL_TABLES.items()
+}
+
+
+def _suiteql_row(doc: StoredDocument) -> dict[str, Any]:
+    """The columns of a record the sandbox's SuiteQL answers, by SuiteQL's (lowercase) names."""
+    return {
+        "id": str(doc.internal_id),
+        "externalid": doc.external_id,
+        "entityid" if doc.record_type is RecordType.CUSTOMER else "tranid": doc.document_number,
+    }
+
+
+def _suiteql_ids(request: web.Request, text: str) -> list[str]:
+    ids, at = [], 0
+    while at < len(text):
+        literal = _SUITEQL_LITERAL.match(text, at)
+        if literal is None:
+            raise Refused(_refuse(request, 400, "INVALID_PARAMETER", "externalid IN takes quoted strings."))
+        ids.append(literal.group(1).replace("''", "'"))
+        at = literal.end()
+    return ids
+
+
+async def _netsuite_suiteql(request: web.Request) -> web.StreamResponse:
+    """The sandbox's SuiteQL: ids and document numbers of the records with these external ids,
+    paged like NetSuite (`hasMore`, `offset`, `totalResults`); columns by lowercase name."""
+    sandbox = request.app[SANDBOX]
+    body = await _json_body(request)
+    query = _SUITEQL.match(str(body.get("q") or ""))
+    if query is None:
+        message = (
+            "The sandbox answers SELECT … FROM customer|transaction WHERE [type = '…' AND] externalid IN (…)."
+        )
+        return _refuse(request, 400, "INVALID_PARAMETER", message)
+    table, kind = query["table"].lower(), (query["type"] or "").lower() or None
+    record_type = _SUITEQL_RECORDS.get((table, kind))
+    if record_type is None:
+        return _refuse(request, 400, "INVALID_PARAMETER", f"Unknown table or type: {table} {kind or ''}.")
+    columns = [c.strip().lower() for c in query["columns"].split(",")]
+    number = "entityid" if record_type is RecordType.CUSTOMER else "tranid"
+    unknown = [c for c in columns if c not in {"id", "externalid", number}]
+    if unknown:
+        return _refuse(
+            request, 400, "INVALID_PARAMETER", f"Unknown column(s) of {table}: {', '.join(unknown)}."
+        )
+    external_ids = dict.fromkeys(_suiteql_ids(request, query["ids"]))
+    rows = [_suiteql_row(d) for eid in external_ids for d in sandbox.store.find(record_type, eid)]
+    limit, offset = _page(request, ("limit", "offset"), 1000, "INVALID_PARAMETER")
+    page = rows[offset : offset + limit]
+    return json_response(
+        {
+            "links": [],
+            "count": len(page),
+            "hasMore": offset + len(page) < len(rows),
+            "items": [{"links": [], **{c: row[c] for c in columns}} for row in page],
+            "offset": offset,
+            "totalResults": len(rows),
+        }
+    )
+
+
 # -- create-only OData shape ----------------------------------------------------------------
 
 _TARGET = re.compile(r"^(?P<record_type>[A-Za-z]+)(?:\((?P<id>\d+)\))?$")
@@ -965,6 +1040,7 @@ def build_app(config: SandboxConfig) -> web.Application:
     app.router.add_get(record + "/{key}", _netsuite_get)
     app.router.add_put(record + "/{key}", _netsuite_put)
     app.router.add_patch(record + "/{key}", _netsuite_patch)
+    app.router.add_post(SUITEQL_PATH, _netsuite_suiteql)
     entity = ODATA_PREFIX + "/{target}"
     app.router.add_get(entity, _odata_get)
     app.router.add_post(entity, _odata_post)

@@ -18,6 +18,15 @@ class RecordType(StrEnum):
     CREDIT_MEMO = "creditMemo"
 
 
+SUITEQL_TABLES: dict[RecordType, tuple[str, str | None]] = {
+    RecordType.CUSTOMER: ("customer", None),
+    RecordType.INVOICE: ("transaction", "CustInvc"),
+    RecordType.CUSTOMER_PAYMENT: ("transaction", "CustPymt"),
+    RecordType.CREDIT_MEMO: ("transaction", "CustCred"),
+    RecordType.SALES_ORDER: ("transaction", "SalesOrd"),
+}
+"""Where NetSuite's SuiteQL keeps each record type: its table and, for a transaction, its type."""
+
 POSTING_RECORD_TYPES = frozenset({RecordType.INVOICE, RecordType.CUSTOMER_PAYMENT, RecordType.CREDIT_MEMO})
 """Records that hit the general ledger, so a closed accounting period refuses them."""
 

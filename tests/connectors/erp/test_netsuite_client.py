@@ -142,6 +142,54 @@ async def test_only_customers_and_invoices_are_read_back_after_the_upsert(
     ]
 
 
+async def test_without_read_back_numbers_come_from_one_suiteql_query_per_record_type(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient
+) -> None:
+    """The sink's way: upserts without the GET, then the batch's numbers in one query each."""
+    invoices = [f"stripe-in_{n}" for n in (1, 2, 3, 4)]
+    await netsuite.deliver(upsert_customer(), read_back=False)
+    receipts = [await netsuite.deliver(post_invoice(external_id=e), read_back=False) for e in invoices]
+    assert {r.document_number for r in receipts} == {None} and all(r.erp_internal_id for r in receipts)
+    asked = [*invoices, "stripe-in_never", "o'brien"]  # quoted as SuiteQL wants, found in none
+    numbers = await netsuite.document_numbers(RecordType.INVOICE, asked, "corr-q")
+    customers = await netsuite.document_numbers(RecordType.CUSTOMER, ["cust-1"])
+    assert sorted(numbers) == invoices  # those that do not exist are left out
+    for receipt in receipts:
+        read = await netsuite.get(RecordType.INVOICE, receipt.external_id)
+        assert read is not None
+        found = numbers[receipt.external_id]
+        assert (found.erp_internal_id, found.document_number) == (
+            receipt.erp_internal_id,
+            read.document_number,
+        )
+    assert customers["cust-1"].document_number == "CUST000001"
+    log = await requests_log(admin)
+    queries = [e for e in log if e["path"].endswith("/suiteql")]
+    assert [e["method"] for e in queries] == ["POST", "POST"] and queries[0]["correlation_id"] == "corr-q"
+    assert [e["method"] for e in log if "/record/" in e["path"]] == ["PUT"] * 5 + ["GET"] * 4
+
+
+async def test_suiteql_pages_and_refuses_what_the_sandbox_does_not_answer(
+    netsuite: NetSuiteClient, sandbox: SandboxServer
+) -> None:
+    await netsuite.deliver(upsert_customer(), read_back=False)
+    for n in range(5):
+        await netsuite.deliver(post_invoice(external_id=f"stripe-in_{n}"), read_back=False)
+    url, auth = f"{sandbox.url}/services/rest/query/v1/suiteql", {"Authorization": f"Bearer {DEFAULT_TOKEN}"}
+    query = "SELECT id, externalid, tranid FROM transaction WHERE type = 'CustInvc' AND externalid IN "
+    query += "(" + ", ".join(f"'stripe-in_{n}'" for n in range(5)) + ")"
+    async with httpx.AsyncClient(headers=auth, timeout=5.0) as http:
+        first = (await http.post(url, params={"limit": 2}, json={"q": query})).json()
+        last = (await http.post(url, params={"limit": 2, "offset": 4}, json={"q": query})).json()
+        assert (first["count"], first["hasMore"], first["totalResults"]) == (2, True, 5)
+        assert (last["count"], last["hasMore"]) == (1, False)
+        assert set(first["items"][0]) == {"links", "id", "externalid", "tranid"}
+        for bad in ("SELECT * FROM transaction", query.replace("tranid", "amount"), "DELETE FROM customer"):
+            refused = await http.post(url, json={"q": bad})
+            assert refused.status_code == 400, bad
+            assert refused.json()["o:errorDetails"][0]["o:errorCode"] == "INVALID_PARAMETER"
+
+
 async def test_void_updates_the_invoice_and_a_replayed_post_does_not_undo_it(
     netsuite: NetSuiteClient, admin: httpx.AsyncClient
 ) -> None:
