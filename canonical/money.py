@@ -55,8 +55,23 @@ def _upper(value: object) -> object:
 Currency = Annotated[str, Strict(), BeforeValidator(_upper), AfterValidator(_check_currency)]
 """An active ISO-4217 code, normalised to upper case."""
 
-MinorUnits = Annotated[int, Strict()]
-"""An amount in the currency's minor units (cents, pence; yen have none). Never a float."""
+MAX_MINOR_UNITS = 10**15
+"""The largest amount taken, either sign: 10 trillion dollars in cents, far past any real
+document, and sums of thousands of them still fit the 64-bit integers that JSON encoders
+(orjson), ERPs and databases hold. A 40-digit amount from a mangled payload is refused at the
+edge instead of failing later where the row is encoded."""
+
+
+def _within_bounds(amount: int) -> int:
+    # A validator, not ge/le: a field's own bound (`Field(ge=0)`) would be overridden by ours.
+    if not -MAX_MINOR_UNITS <= amount <= MAX_MINOR_UNITS:
+        raise ValueError(f"amount beyond {MAX_MINOR_UNITS} minor units")
+    return amount
+
+
+MinorUnits = Annotated[int, Strict(), AfterValidator(_within_bounds)]
+"""An amount in the currency's minor units (cents, pence; yen have none). Never a float; at
+most MAX_MINOR_UNITS either way."""
 
 
 def format_minor(amount: int, currency: str) -> str:

@@ -3,6 +3,8 @@ names the field at fault, or (for objects the ERP does not book) nothing."""
 
 from __future__ import annotations
 
+import json
+
 import orjson
 import pytest
 
@@ -17,9 +19,10 @@ from canonical import (
     Subscription,
     codec,
 )
+from canonical.money import MAX_MINOR_UNITS
 from connectors.errors import Rejection, RejectionReason
 from connectors.stripe import map_stripe_event
-from tests.support import _stripe_resources, stripe_event, stripe_fixture
+from tests.support import _stripe_resources, finalized_fixture_invoice, stripe_event, stripe_fixture
 
 MAPPED = {
     "customer": ("customer.created", Customer),
@@ -136,3 +139,21 @@ def test_crm_account_link_uses_the_configured_metadata_key() -> None:
     [configured] = map_stripe_event(raw, provisional_customer_id, crm_account_key="sf_account")
     assert isinstance(default.payload, Customer) and default.payload.crm_account_id is None
     assert isinstance(configured.payload, Customer) and configured.payload.crm_account_id == "001XYZ"
+
+
+def test_an_amount_no_ledger_can_hold_is_refused_at_the_edge() -> None:
+    """Found by fuzzing: a 40-digit amount_due passed the mapping and failed where its parked
+    row was encoded (orjson holds 64-bit integers), crashing the ingest agent's batch."""
+    invoice = finalized_fixture_invoice(corrected=True)
+    invoice["amount_due"] = int("9" * 40)
+    with pytest.raises(Rejection) as info:
+        map_stripe_event(
+            json.dumps(stripe_event(invoice, "invoice.finalized", "evt_huge")).encode(),
+            provisional_customer_id,
+        )
+    assert info.value.reason in (RejectionReason.SCHEMA_INVALID, RejectionReason.INVALID_VALUE)
+    invoice["amount_due"] = MAX_MINOR_UNITS  # the bound itself is taken
+    [change] = map_stripe_event(
+        orjson.dumps(stripe_event(invoice, "invoice.finalized", "evt_max")), provisional_customer_id
+    )
+    codec.dumps(change)
