@@ -147,6 +147,7 @@ def test_broker_down_answers_503(lone_broker: LocalKafka, tmp_path: Path) -> Non
     finally:
         for w in stack.workers:
             w.kill()  # a clean stop would wait on the broker we just stopped
+        stack.stop()  # and the sandbox ERP the worker started with (it outlived every run)
 
 
 def test_simulate_via_webhooks_lands_every_message(web: str, stack: Stack, tmp_path: Path) -> None:
