@@ -8,6 +8,11 @@ command's retries run out its customer's lane is *parked*: the command is raised
 it again — other customers go on. A permanent refusal is an `erp_rejected` exception with the
 ERP's own message. Every outcome goes to `erp.results`.
 
+A NetSuite upsert answers without the document number NetSuite assigned; the customers' and
+invoices' numbers (which the CRM write-back shows) are read for the whole batch at once, one
+SuiteQL query per record type instead of a GET per document, before the batch's results go out
+(`read_document_numbers`).
+
 The posting ledger (`tables/ledger.py`) makes delivery effectively-once: a command the ERP
 confirmed is never sent again (its result is repeated instead), and in the create-only mode a
 command is marked in flight, durably, before the call, so after a crash or a timeout the next
@@ -37,13 +42,18 @@ from canonical import (
 from connectors.erp import (
     CircuitBreaker,
     ErpClient,
+    ErpDocument,
     ErpError,
     ErpPermanentError,
+    ErpReceipt,
+    ErpTransientError,
+    RecordType,
     RetriesExhausted,
     RetryPolicy,
     call_with_retries,
     make_client,
 )
+from connectors.erp.client import READ_BACK_RECORD_TYPES
 from streams import headers as h
 from streams import metrics
 from streams.app import app
@@ -145,6 +155,10 @@ class Lane:
     outbox: Outbox
     work: list[tuple[ErpCommand, EventT]] = field(default_factory=list)
     uncertain: set[str] = field(default_factory=set)
+    owed: list[tuple[ErpCommand, EventT]] = field(default_factory=list)
+    """The results the batch owes, in order; sent by `finish`, once the numbers are read."""
+    unnumbered: list[tuple[ErpCommand, EventT, ErpReceipt]] = field(default_factory=list)
+    """Commands the ERP took whose document number is still to be read (`read_document_numbers`)."""
 
     def mark_in_flight(self, now: datetime) -> None:
         """Create-only mode: record every command about to be attempted before any call, and
@@ -169,13 +183,51 @@ class Lane:
     async def run(self, now: datetime) -> None:
         for command, event in self.work:
             await self._handle(command, event, now)
-        self.outbox.put(posting_ledger_table, self.customer_id, self.ledger, self.work[-1][1])
+
+    async def finish(self, kept: bool) -> None:
+        """Send the results the batch owes, as the ledger has them now (numbers read, or parked
+        on a number that could not be), and, for a lane that ran to its end, its ledger row."""
+        for command, event in self.owed:
+            await self._result(command, self.ledger.entries[command.idempotency_key], event)
+        if kept:
+            self.outbox.put(posting_ledger_table, self.customer_id, self.ledger, self.work[-1][1])
+
+    def numbered(self, command: ErpCommand, document: ErpDocument) -> None:
+        """The document number (and internal id) the ERP assigned the command's record."""
+        key = command.idempotency_key
+        entry = self.ledger.entries[key]
+        update = {"document_number": document.document_number}
+        entry = entry.model_copy(
+            update={**update, "erp_internal_id": entry.erp_internal_id or document.erp_internal_id}
+        )
+        self.ledger = self.ledger.model_copy(update={"entries": {**self.ledger.entries, key: entry}})
+
+    async def unread(self, command: ErpCommand, event: EventT, exc: ErpError, now: datetime) -> None:
+        """The record was written but its number could not be read: the lane parks on it as if
+        the write had failed (or queues it behind the command it is parked on already); the
+        retry upserts again (no duplicate: by external id) and reads."""
+        kind: str = command.command  # type: ignore[attr-defined]
+        entry = self._entry(command, kind, DeliveryState.PARKED, now, exc.attempts or 1, exc)
+        blocked: Any = self.ledger.blocked_on
+        queued: tuple[Any, ...] = self.ledger.queued
+        if blocked is None:
+            blocked = command
+        elif blocked != command and all(q.idempotency_key != command.idempotency_key for q in queued):
+            queued = (*queued, command)
+        self.ledger = self.ledger.model_copy(
+            update={
+                "entries": {**self.ledger.entries, command.idempotency_key: entry},
+                "blocked_on": blocked,
+                "queued": queued,
+            }
+        )
+        await self._failed(command, entry, event, now)
 
     async def _handle(self, command: ErpCommand, event: EventT, now: datetime) -> None:
         key = command.idempotency_key
         entry = self.ledger.entries.get(key)
         if entry is not None and entry.state is DeliveryState.POSTED:
-            await self._result(command, entry, event)  # a redelivery or replay: say it again, post nothing
+            self.owed.append((command, event))  # a redelivery or replay: say it again, post nothing
             return
         blocked = self.ledger.blocked_on
         if blocked is not None and blocked.idempotency_key != key:
@@ -206,7 +258,9 @@ class Lane:
             tries += 1
             async with self.link.calls:
                 with metrics.erp_call(kind):
-                    return await self.link.client.deliver(command, uncertain=unsure or uncertain or tries > 1)
+                    return await self.link.client.deliver(
+                        command, uncertain=unsure or uncertain or tries > 1, read_back=False
+                    )
 
         blocked_on: Any
         try:
@@ -229,24 +283,30 @@ class Lane:
             )
             blocked_on = None
             metrics.erp_confirmed(command, event)
+            if receipt.document_number is None and receipt.record_type in READ_BACK_RECORD_TYPES:
+                self.unnumbered.append((command, event, receipt))
         self.ledger = self.ledger.model_copy(
             update={"entries": {**self.ledger.entries, key: entry}, "blocked_on": blocked_on}
         )
-        await self._result(command, entry, event)
+        self.owed.append((command, event))
         if entry.state is not DeliveryState.POSTED:
-            log.warning(
-                "erp delivery failed",
-                extra={
-                    "correlation_id": command.correlation_id,
-                    "customer_id": command.customer_id,
-                    "idempotency_key": key,
-                    "state": entry.state.value,
-                    "error_code": entry.error_code,
-                },
-            )
-            exc_ = delivery_exception(command, entry, now, _ref(event))
-            await send_exception(self.outbox, exc_, key)
+            await self._failed(command, entry, event, now)
         return entry.state is not DeliveryState.PARKED
+
+    async def _failed(self, command: ErpCommand, entry: LedgerEntry, event: EventT, now: datetime) -> None:
+        """Log a command the ERP refused or could not take, and raise it as an exception."""
+        log.warning(
+            "erp delivery failed",
+            extra={
+                "correlation_id": command.correlation_id,
+                "customer_id": command.customer_id,
+                "idempotency_key": command.idempotency_key,
+                "state": entry.state.value,
+                "error_code": entry.error_code,
+            },
+        )
+        exc = delivery_exception(command, entry, now, _ref(event))
+        await send_exception(self.outbox, exc, command.idempotency_key)
 
     def _entry(
         self,
@@ -302,14 +362,58 @@ async def deliver_batch(link: ErpLink, events: list[EventT], now: datetime) -> O
         for lane in lanes:
             lane.mark_in_flight(now)
         await app.producer.flush()  # the in-flight marks reach the changelog before any call
+    await run_lanes(link, lanes, now)
+    return outbox
+
+
+async def run_lanes(link: ErpLink, lanes: list[Lane], now: datetime) -> None:
+    """The lanes in parallel, then the numbers their upserts did not bring back, then each
+    lane's results (in its order) and ledger row."""
     results = await asyncio.gather(*(lane.run(now) for lane in lanes), return_exceptions=True)
+    await read_document_numbers(link, lanes, now)
     for lane, result in zip(lanes, results, strict=True):
-        if isinstance(result, BaseException):
+        failed = isinstance(result, BaseException)
+        await lane.finish(kept=not failed)
+        if failed:
             # A bug must not stop the partition: the customer's commands go to the DLQ.
             log.error("sink lane failed", exc_info=result, extra={"customer_id": lane.customer_id})
             for _, event in lane.work:
-                await send_to_dlq(outbox, event, f"internal_error: {type(result).__name__}")
-    return outbox
+                await send_to_dlq(lane.outbox, event, f"internal_error: {type(result).__name__}")
+
+
+async def read_document_numbers(link: ErpLink, lanes: list[Lane], now: datetime) -> None:
+    """The document numbers the batch's upserts did not bring back (a NetSuite upsert answers
+    204 with the record's Location only): one query per record type, with the delivery's
+    retries and breaker, instead of a GET per document. A number the ERP cannot give parks its
+    lane on the command (`Lane.unread`)."""
+    wanted: dict[RecordType, dict[str, list[tuple[Lane, ErpCommand, EventT]]]] = {}
+    for lane in lanes:
+        for command, event, receipt in lane.unnumbered:
+            by_id = wanted.setdefault(receipt.record_type, {})
+            by_id.setdefault(receipt.external_id, []).append((lane, command, event))
+        lane.unnumbered = []
+    for record_type, by_id in wanted.items():
+
+        async def query(
+            _unsure: bool, record_type: RecordType = record_type, ids: tuple[str, ...] = tuple(by_id)
+        ) -> Any:
+            async with link.calls:
+                with metrics.erp_call(metrics.READ_NUMBERS):
+                    return await link.client.document_numbers(record_type, ids)
+
+        failure: ErpError | None = None
+        try:
+            found, _ = await call_with_retries(query, link.policy, link.breaker)
+        except (RetriesExhausted, ErpError) as exc:
+            found, failure = {}, exc
+        for external_id, waiting in by_id.items():
+            document = found.get(external_id)
+            for lane, command, event in waiting:
+                if document is not None:
+                    lane.numbered(command, document)
+                else:
+                    missing = ErpTransientError("READ_AFTER_WRITE", f"{record_type} {external_id} not found")
+                    await lane.unread(command, event, failure or missing, now)
 
 
 @app.agent(erp_commands_topic)

@@ -74,6 +74,11 @@ OTHER = "other"
 COMMANDS: tuple[str, ...] = tuple(
     cls.model_fields["command"].default for cls in typing.get_args(typing.get_args(AnyErpCommand)[0])
 )
+READ_NUMBERS = "document_numbers"
+"""The `command` label of the sink's batched read of document numbers (one per record type and
+batch), beside the commands' own ERP calls."""
+ERP_CALLS: tuple[str, ...] = (*COMMANDS, READ_NUMBERS)
+"""Every value the ERP call metrics' `command` label takes."""
 ENTITY_TYPES: tuple[str, ...] = tuple(e.value for e in EntityType)
 EXCEPTION_REASONS: tuple[str, ...] = tuple(r.value for r in ExceptionReason)
 PARK_STAGES = ("ingest", "core")

@@ -12,10 +12,11 @@ from unittest import mock
 import pytest
 
 from agents.outbox import Outbox
-from agents.sink import ErpLink, Lane
+from agents.sink import ErpLink, Lane, run_lanes
 from canonical import BusinessException, ErpCommand, ExceptionReason, PostingResult
 from connectors.erp import (
     CircuitBreaker,
+    ErpDocument,
     ErpPermanentError,
     ErpReceipt,
     ErpTransientError,
@@ -30,12 +31,18 @@ from tests.factories import T0
 
 @dataclass
 class ScriptedErp:
-    """Answers each command with the next scripted outcome for its key (default: success)."""
+    """Answers each command with the next scripted outcome for its key (default: success).
+    Upserts come back without a number, as NetSuite's do; `document_numbers` answers with the
+    next scripted outcome of its queue (default: every record asked for)."""
 
     script: dict[str, list[Exception]] = field(default_factory=dict)
     calls: list[tuple[str, bool]] = field(default_factory=list)
+    queries: list[tuple[str, ...]] = field(default_factory=list)
+    query_script: list[Exception | dict[str, Any]] = field(default_factory=list)
 
-    async def deliver(self, command: ErpCommand, uncertain: bool = False) -> ErpReceipt:
+    async def deliver(
+        self, command: ErpCommand, uncertain: bool = False, read_back: bool = True
+    ) -> ErpReceipt:
         key = command.idempotency_key
         self.calls.append((key, uncertain))
         planned = self.script.get(key)
@@ -45,8 +52,28 @@ class ScriptedErp:
             record_type=RecordType.CUSTOMER,
             external_id=key,
             erp_internal_id=f"id-{len(self.calls)}",
-            document_number=f"DOC-{len(self.calls)}",
-            created=True,
+            document_number=None if not read_back else f"DOC-{len(self.calls)}",
+            created=None,
+        )
+
+    async def document_numbers(self, record_type: Any, external_ids: Any, correlation_id: Any = None) -> Any:
+        self.queries.append(tuple(external_ids))
+        planned = self.query_script.pop(0) if self.query_script else None
+        if isinstance(planned, Exception):
+            raise planned
+        return (
+            planned
+            if planned is not None
+            else {
+                e: ErpDocument(
+                    record_type=record_type,
+                    external_id=e,
+                    erp_internal_id="",
+                    document_number=f"N-{e}",
+                    body={},
+                )
+                for e in external_ids
+            }
         )
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
@@ -100,6 +127,11 @@ def lane(
     return Lane(CID, ledger or CustomerLedger(customer_id=CID), link, Outbox(), [(c, event) for c in work])
 
 
+async def drive(*lanes: Lane) -> None:
+    """A batch of these lanes, as the agent runs it: lanes, then the numbers, then results."""
+    await run_lanes(lanes[0].link, list(lanes), T0)
+
+
 def results(sent: list[Any]) -> list[tuple[str, str]]:
     return [(r.idempotency_key, r.outcome.value) for r in sent if isinstance(r, PostingResult)]
 
@@ -108,7 +140,7 @@ async def test_commands_go_in_order_and_transient_failures_are_retried(sent: lis
     work = commands(3)
     erp = ScriptedErp({work[1].idempotency_key: [ErpTransientError("HTTP_503", "down", retry_after=None)]})
     run = lane(erp, work)
-    await run.run(T0)
+    await drive(run)
     keys = [c.idempotency_key for c in work]
     assert erp.calls == [(keys[0], False), (keys[1], False), (keys[1], True), (keys[2], False)]
     assert results(sent) == [(k, "posted") for k in keys]
@@ -120,9 +152,9 @@ async def test_a_confirmed_command_is_never_sent_again_only_its_result(sent: lis
     [cmd] = commands(1)
     erp = ScriptedErp()
     first = lane(erp, [cmd])
-    await first.run(T0)
+    await drive(first)
     again = lane(erp, [cmd], first.ledger)
-    await again.run(T0)
+    await drive(again)
     assert len(erp.calls) == 1
     assert results(sent) == [(cmd.idempotency_key, "posted")] * 2
 
@@ -132,7 +164,7 @@ async def test_a_refusal_is_an_exception_with_the_erps_message_and_the_lane_goes
     refusal = ErpPermanentError("INVALID_KEY_OR_REF", "Invalid customer reference key cust-x.", 400)
     erp = ScriptedErp({work[0].idempotency_key: [refusal]})
     run = lane(erp, work)
-    await run.run(T0)
+    await drive(run)
     assert results(sent) == [(work[0].idempotency_key, "failed"), (work[1].idempotency_key, "posted")]
     [exc] = [e for e in sent if isinstance(e, BusinessException)]
     assert exc.reason is ExceptionReason.ERP_REJECTED and "Invalid customer reference" in exc.message
@@ -145,7 +177,7 @@ async def test_exhausted_retries_park_the_lane_and_later_commands_queue_in_order
     down = [ErpTransientError("HTTP_503", "maintenance", retry_after=None) for _ in range(3)]
     erp = ScriptedErp({work[0].idempotency_key: down})
     parked = lane(erp, work)
-    await parked.run(T0)
+    await drive(parked)
     assert parked.ledger.blocked_on == work[0]
     assert [c.idempotency_key for c in parked.ledger.queued] == [c.idempotency_key for c in work[1:]]
     assert [k for k, _ in erp.calls] == [work[0].idempotency_key] * 3  # nothing overtook it
@@ -156,7 +188,7 @@ async def test_exhausted_retries_park_the_lane_and_later_commands_queue_in_order
     erp.calls.clear()
     retried = lane(erp, [work[0]], parked.ledger)
     retried.uncertain = {work[0].idempotency_key}
-    await retried.run(T0)
+    await drive(retried)
     assert [k for k, _ in erp.calls] == [c.idempotency_key for c in work]
     assert erp.calls[0][1] is True  # it may have been written before: look first
     assert retried.ledger.blocked_on is None and retried.ledger.queued == ()
@@ -168,7 +200,7 @@ async def test_an_uncertain_outcome_makes_the_next_attempt_look_first(sent: list
     erp = ScriptedErp(
         {cmd.idempotency_key: [ErpUncertainError("TIMEOUT", "read timed out", retry_after=None)]}
     )
-    await lane(erp, [cmd]).run(T0)
+    await drive(lane(erp, [cmd]))
     assert erp.calls == [(cmd.idempotency_key, False), (cmd.idempotency_key, True)]
 
 
@@ -190,7 +222,54 @@ async def test_a_result_carries_its_commands_ready_time() -> None:
     )
     run.work = [(command, event)]
     with mock.patch.object(Outbox, "send", send):
-        await run.run(T0)
+        await drive(run)
     [(result, headers)] = handed
     assert isinstance(result, PostingResult) and result.outcome.value == "posted"
     assert headers[metrics.READY_TIMESTAMP] == b"1767229202500"
+
+
+async def test_a_batchs_numbers_are_read_in_one_query_before_its_results_go_out(sent: list[Any]) -> None:
+    work = commands(3)
+    erp = ScriptedErp()
+    first, second = lane(erp, work[:2]), lane(erp, work[2:])
+    await drive(first, second)
+    keys = [c.idempotency_key for c in work]
+    assert erp.queries == [tuple(keys)]  # both lanes' upserts, one query
+    posted = [r for r in sent if isinstance(r, PostingResult)]
+    assert [(r.idempotency_key, r.document_number) for r in posted] == [(k, f"N-{k}") for k in keys]
+    assert first.ledger.entries[keys[0]].document_number == f"N-{keys[0]}"
+    assert first.ledger.entries[keys[0]].erp_internal_id == "id-1"  # the upsert's, kept
+
+
+async def test_a_number_the_erp_cannot_give_parks_the_lane_and_the_retry_reads_it(sent: list[Any]) -> None:
+    work = commands(2)
+    down = ErpTransientError("HTTP_503", "maintenance", retry_after=None)
+    erp = ScriptedErp(query_script=[down] * 3)  # the query's retries run out
+    parked = lane(erp, work)
+    await drive(parked)
+    keys = [c.idempotency_key for c in work]
+    assert [k for k, _ in erp.calls] == keys and len(erp.queries) == 3
+    assert results(sent) == [(keys[0], "failed"), (keys[1], "failed")]
+    assert parked.ledger.blocked_on == work[0] and parked.ledger.queued == (work[1],)
+    assert {parked.ledger.entries[k].error_code for k in keys} == {"HTTP_503"}
+    excs = [e for e in sent if isinstance(e, BusinessException)]
+    assert [e.reason for e in excs] == [ExceptionReason.ERP_UNAVAILABLE] * 2
+
+    # The retry timer re-sends the blocked command: upserted again (by external id), then read.
+    sent.clear()
+    retried = lane(erp, [work[0]], parked.ledger)
+    await drive(retried)
+    assert results(sent) == [(keys[0], "posted"), (keys[1], "posted")]  # the queue drained behind it
+    assert retried.ledger.blocked_on is None and retried.ledger.queued == ()
+    assert [retried.ledger.entries[k].document_number for k in keys] == [f"N-{k}" for k in keys]
+    assert erp.queries[-1] == tuple(keys)
+
+
+async def test_a_record_missing_from_the_answer_parks_as_not_read_after_write(sent: list[Any]) -> None:
+    [cmd] = commands(1)
+    erp = ScriptedErp(query_script=[{}])
+    parked = lane(erp, [cmd])
+    await drive(parked)
+    entry = parked.ledger.entries[cmd.idempotency_key]
+    assert entry.state is DeliveryState.PARKED and entry.error_code == "READ_AFTER_WRITE"
+    assert parked.ledger.blocked_on == cmd

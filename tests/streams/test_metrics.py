@@ -271,7 +271,7 @@ BOUNDED = {
     "topic": None,
     "partition": re.compile(r"^\d{1,4}$"),
     "entity_type": {e.value for e in EntityType},
-    "command": set(metrics.COMMANDS),
+    "command": set(metrics.ERP_CALLS),
     "reason": None,
     "stage": set(metrics.PARK_STAGES),
     "outcome": set(metrics.ERP_OUTCOMES),
