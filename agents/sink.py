@@ -11,7 +11,7 @@ ERP's own message. Every outcome goes to `erp.results`.
 A NetSuite upsert answers without the document number NetSuite assigned; the customers' and
 invoices' numbers (which the CRM write-back shows) are read for the whole batch at once, one
 SuiteQL query per record type instead of a GET per document, before the batch's results go out
-(`read_document_numbers`).
+(`read_document_numbers`). A number that cannot be read leaves its command posted without one.
 
 The posting ledger (`tables/ledger.py`) makes delivery effectively-once: a command the ERP
 confirmed is never sent again (its result is repeated instead), and in the create-only mode a
@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from agents.batching import acting_for, batches, group_by_key
@@ -46,7 +48,6 @@ from connectors.erp import (
     ErpError,
     ErpPermanentError,
     ErpReceipt,
-    ErpTransientError,
     RecordType,
     RetriesExhausted,
     RetryPolicy,
@@ -185,8 +186,8 @@ class Lane:
             await self._handle(command, event, now)
 
     async def finish(self, kept: bool) -> None:
-        """Send the results the batch owes, as the ledger has them now (numbers read, or parked
-        on a number that could not be), and, for a lane that ran to its end, its ledger row."""
+        """Send the results the batch owes, as the ledger has them now (with the numbers read
+        since), and, for a lane that ran to its end, its ledger row."""
         for command, event in self.owed:
             await self._result(command, self.ledger.entries[command.idempotency_key], event)
         if kept:
@@ -201,27 +202,6 @@ class Lane:
             update={**update, "erp_internal_id": entry.erp_internal_id or document.erp_internal_id}
         )
         self.ledger = self.ledger.model_copy(update={"entries": {**self.ledger.entries, key: entry}})
-
-    async def unread(self, command: ErpCommand, event: EventT, exc: ErpError, now: datetime) -> None:
-        """The record was written but its number could not be read: the lane parks on it as if
-        the write had failed (or queues it behind the command it is parked on already); the
-        retry upserts again (no duplicate: by external id) and reads."""
-        kind: str = command.command  # type: ignore[attr-defined]
-        entry = self._entry(command, kind, DeliveryState.PARKED, now, exc.attempts or 1, exc)
-        blocked: Any = self.ledger.blocked_on
-        queued: tuple[Any, ...] = self.ledger.queued
-        if blocked is None:
-            blocked = command
-        elif blocked != command and all(q.idempotency_key != command.idempotency_key for q in queued):
-            queued = (*queued, command)
-        self.ledger = self.ledger.model_copy(
-            update={
-                "entries": {**self.ledger.entries, command.idempotency_key: entry},
-                "blocked_on": blocked,
-                "queued": queued,
-            }
-        )
-        await self._failed(command, entry, event, now)
 
     async def _handle(self, command: ErpCommand, event: EventT, now: datetime) -> None:
         key = command.idempotency_key
@@ -370,7 +350,7 @@ async def run_lanes(link: ErpLink, lanes: list[Lane], now: datetime) -> None:
     """The lanes in parallel, then the numbers their upserts did not bring back, then each
     lane's results (in its order) and ledger row."""
     results = await asyncio.gather(*(lane.run(now) for lane in lanes), return_exceptions=True)
-    await read_document_numbers(link, lanes, now)
+    await read_document_numbers(link, lanes)
     for lane, result in zip(lanes, results, strict=True):
         failed = isinstance(result, BaseException)
         await lane.finish(kept=not failed)
@@ -381,39 +361,57 @@ async def run_lanes(link: ErpLink, lanes: list[Lane], now: datetime) -> None:
                 await send_to_dlq(lane.outbox, event, f"internal_error: {type(result).__name__}")
 
 
-async def read_document_numbers(link: ErpLink, lanes: list[Lane], now: datetime) -> None:
+async def read_document_numbers(link: ErpLink, lanes: list[Lane]) -> None:
     """The document numbers the batch's upserts did not bring back (a NetSuite upsert answers
     204 with the record's Location only): one query per record type, with the delivery's
-    retries and breaker, instead of a GET per document. A number the ERP cannot give parks its
-    lane on the command (`Lane.unread`)."""
-    wanted: dict[RecordType, dict[str, list[tuple[Lane, ErpCommand, EventT]]]] = {}
+    retries and breaker, instead of a GET per document; a record the answer lacks is read on
+    its own. The write itself went through: a number that cannot be read leaves its command
+    posted without one (logged), never re-sent, so no older version is written over a newer."""
+    wanted: dict[RecordType, dict[str, list[tuple[Lane, ErpCommand]]]] = {}
     for lane in lanes:
-        for command, event, receipt in lane.unnumbered:
+        for command, _, receipt in lane.unnumbered:
             by_id = wanted.setdefault(receipt.record_type, {})
-            by_id.setdefault(receipt.external_id, []).append((lane, command, event))
+            by_id.setdefault(receipt.external_id, []).append((lane, command))
         lane.unnumbered = []
+    client = link.client
     for record_type, by_id in wanted.items():
-
-        async def query(
-            _unsure: bool, record_type: RecordType = record_type, ids: tuple[str, ...] = tuple(by_id)
-        ) -> Any:
-            async with link.calls:
-                with metrics.erp_call(metrics.READ_NUMBERS):
-                    return await link.client.document_numbers(record_type, ids)
-
-        failure: ErpError | None = None
-        try:
-            found, _ = await call_with_retries(query, link.policy, link.breaker)
-        except (RetriesExhausted, ErpError) as exc:
-            found, failure = {}, exc
+        found = await _erp_read(link, partial(client.document_numbers, record_type, tuple(by_id)))
         for external_id, waiting in by_id.items():
-            document = found.get(external_id)
-            for lane, command, event in waiting:
+            document = found.get(external_id) if found is not None else None
+            if document is None and found is not None:  # not in the answer: read it on its own
+                document = await _erp_read(link, partial(client.get, record_type, external_id))
+            for lane, command in waiting:
                 if document is not None:
                     lane.numbered(command, document)
-                else:
-                    missing = ErpTransientError("READ_AFTER_WRITE", f"{record_type} {external_id} not found")
-                    await lane.unread(command, event, failure or missing, now)
+                    continue
+                log.warning(
+                    "erp document number not read",
+                    extra={
+                        "correlation_id": command.correlation_id,
+                        "idempotency_key": command.idempotency_key,
+                        "record_type": record_type.value,
+                    },
+                )
+
+
+async def _erp_read(link: ErpLink, read: Callable[[], Awaitable[Any]]) -> Any:
+    """One read from the ERP with the delivery's retries and breaker; None when it cannot be
+    had (the ERP down past the retries, or a bug: logged, the batch goes on)."""
+
+    async def attempt(_unsure: bool) -> Any:
+        async with link.calls:
+            with metrics.erp_call(metrics.READ_NUMBERS):
+                return await read()
+
+    try:
+        answer, _ = await call_with_retries(attempt, link.policy, link.breaker)
+    except (RetriesExhausted, ErpError) as exc:
+        log.warning("erp read failed", extra={"code": getattr(exc, "code", None)})
+        return None
+    except Exception:
+        log.exception("erp read failed")
+        return None
+    return answer
 
 
 @app.agent(erp_commands_topic)

@@ -49,6 +49,8 @@ NETSUITE_RECORD_PATH = "/services/rest/record/v1"
 SUITEQL_PATH = "/services/rest/query/v1/suiteql"
 SUITEQL_IDS_MAX = 500
 """External ids in one SuiteQL query (its text stays well under NetSuite's limits)."""
+SUITEQL_PAGE = 1000
+"""Rows per page of a SuiteQL answer (NetSuite's most; the offset moves by whole pages)."""
 CREATE_ONLY_PATH = "/api/v1"
 ErpMode = Literal["netsuite", "create-only"]
 # Alias so the `list` methods below do not shadow the builtin in annotations.
@@ -211,7 +213,7 @@ class NetSuiteClient(_HttpErpClient):
                         f"{self.base_url}{SUITEQL_PATH}",
                         correlation_id,
                         body=query,
-                        params={"limit": 1000, "offset": offset},
+                        params={"limit": SUITEQL_PAGE, "offset": offset},
                         headers={"prefer": "transient"},
                     )
                 )
@@ -227,7 +229,7 @@ class NetSuiteClient(_HttpErpClient):
                     )
                 if not page.get("hasMore") or not items:
                     break
-                offset += len(items)
+                offset += SUITEQL_PAGE
         return found
 
     async def get_by_id(

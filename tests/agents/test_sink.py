@@ -39,6 +39,7 @@ class ScriptedErp:
     calls: list[tuple[str, bool]] = field(default_factory=list)
     queries: list[tuple[str, ...]] = field(default_factory=list)
     query_script: list[Exception | dict[str, Any]] = field(default_factory=list)
+    reads: list[str] = field(default_factory=list)
 
     async def deliver(
         self, command: ErpCommand, uncertain: bool = False, read_back: bool = True
@@ -76,8 +77,15 @@ class ScriptedErp:
             }
         )
 
-    async def get(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    async def get(self, record_type: Any, external_id: str, correlation_id: Any = None) -> ErpDocument:
+        self.reads.append(external_id)
+        return ErpDocument(
+            record_type=record_type,
+            external_id=external_id,
+            erp_internal_id="erp-get",
+            document_number=f"G-{external_id}",
+            body={},
+        )
 
     async def list(self, *args: Any, **kwargs: Any) -> list[Any]:
         return []
@@ -241,35 +249,38 @@ async def test_a_batchs_numbers_are_read_in_one_query_before_its_results_go_out(
     assert first.ledger.entries[keys[0]].erp_internal_id == "id-1"  # the upsert's, kept
 
 
-async def test_a_number_the_erp_cannot_give_parks_the_lane_and_the_retry_reads_it(sent: list[Any]) -> None:
+async def test_a_number_the_erp_cannot_give_leaves_its_command_posted_and_never_resent(
+    sent: list[Any],
+) -> None:
+    """The upserts went through: re-sending one later could write it over a newer version."""
     work = commands(2)
     down = ErpTransientError("HTTP_503", "maintenance", retry_after=None)
     erp = ScriptedErp(query_script=[down] * 3)  # the query's retries run out
-    parked = lane(erp, work)
-    await drive(parked)
+    run = lane(erp, work)
+    await drive(run)
     keys = [c.idempotency_key for c in work]
-    assert [k for k, _ in erp.calls] == keys and len(erp.queries) == 3
-    assert results(sent) == [(keys[0], "failed"), (keys[1], "failed")]
-    assert parked.ledger.blocked_on == work[0] and parked.ledger.queued == (work[1],)
-    assert {parked.ledger.entries[k].error_code for k in keys} == {"HTTP_503"}
-    excs = [e for e in sent if isinstance(e, BusinessException)]
-    assert [e.reason for e in excs] == [ExceptionReason.ERP_UNAVAILABLE] * 2
-
-    # The retry timer re-sends the blocked command: upserted again (by external id), then read.
-    sent.clear()
-    retried = lane(erp, [work[0]], parked.ledger)
-    await drive(retried)
-    assert results(sent) == [(keys[0], "posted"), (keys[1], "posted")]  # the queue drained behind it
-    assert retried.ledger.blocked_on is None and retried.ledger.queued == ()
-    assert [retried.ledger.entries[k].document_number for k in keys] == [f"N-{k}" for k in keys]
-    assert erp.queries[-1] == tuple(keys)
+    assert [k for k, _ in erp.calls] == keys and len(erp.queries) == 3 and erp.reads == []
+    posted = [r for r in sent if isinstance(r, PostingResult)]
+    assert [(r.idempotency_key, r.outcome.value, r.document_number) for r in posted] == [
+        (k, "posted", None) for k in keys
+    ]
+    assert run.ledger.blocked_on is None and run.ledger.queued == ()
+    assert not [e for e in sent if isinstance(e, BusinessException)]
 
 
-async def test_a_record_missing_from_the_answer_parks_as_not_read_after_write(sent: list[Any]) -> None:
+async def test_a_record_missing_from_the_answer_is_read_on_its_own(sent: list[Any]) -> None:
     [cmd] = commands(1)
     erp = ScriptedErp(query_script=[{}])
-    parked = lane(erp, [cmd])
-    await drive(parked)
-    entry = parked.ledger.entries[cmd.idempotency_key]
-    assert entry.state is DeliveryState.PARKED and entry.error_code == "READ_AFTER_WRITE"
-    assert parked.ledger.blocked_on == cmd
+    run = lane(erp, [cmd])
+    await drive(run)
+    assert erp.reads == [cmd.idempotency_key]
+    assert run.ledger.entries[cmd.idempotency_key].document_number == f"G-{cmd.idempotency_key}"
+    [result] = [r for r in sent if isinstance(r, PostingResult)]
+    assert result.document_number == f"G-{cmd.idempotency_key}"
+
+
+async def test_a_bug_in_the_read_does_not_stop_the_batch(sent: list[Any]) -> None:
+    [cmd] = commands(1)
+    erp = ScriptedErp(query_script=[KeyError("externalid")])
+    await drive(lane(erp, [cmd]))
+    assert results(sent) == [(cmd.idempotency_key, "posted")]

@@ -169,6 +169,23 @@ async def test_without_read_back_numbers_come_from_one_suiteql_query_per_record_
     assert [e["method"] for e in log if "/record/" in e["path"]] == ["PUT"] * 5 + ["GET"] * 4
 
 
+async def test_document_numbers_chunks_the_ids_and_follows_the_pages(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connectors.erp import client
+
+    monkeypatch.setattr(client, "SUITEQL_IDS_MAX", 2)
+    monkeypatch.setattr(client, "SUITEQL_PAGE", 1)
+    await netsuite.deliver(upsert_customer(), read_back=False)
+    invoices = [f"stripe-in_{n}" for n in range(3)]
+    for external_id in invoices:
+        await netsuite.deliver(post_invoice(external_id=external_id), read_back=False)
+    numbers = await netsuite.document_numbers(RecordType.INVOICE, invoices)
+    assert sorted(numbers) == invoices and len({d.document_number for d in numbers.values()}) == 3
+    queries = [e for e in await requests_log(admin) if e["path"].endswith("/suiteql")]
+    assert len(queries) == 3  # ids 0-1 in two pages of one row, then id 2
+
+
 async def test_suiteql_pages_and_refuses_what_the_sandbox_does_not_answer(
     netsuite: NetSuiteClient, sandbox: SandboxServer
 ) -> None:
