@@ -158,7 +158,7 @@ class Lane:
     uncertain: set[str] = field(default_factory=set)
     owed: list[tuple[ErpCommand, EventT]] = field(default_factory=list)
     """The results the batch owes, in order; sent by `finish`, once the numbers are read."""
-    unnumbered: list[tuple[ErpCommand, EventT, ErpReceipt]] = field(default_factory=list)
+    unnumbered: list[tuple[ErpCommand, ErpReceipt]] = field(default_factory=list)
     """Commands the ERP took whose document number is still to be read (`read_document_numbers`)."""
 
     def mark_in_flight(self, now: datetime) -> None:
@@ -197,9 +197,11 @@ class Lane:
         """The document number (and internal id) the ERP assigned the command's record."""
         key = command.idempotency_key
         entry = self.ledger.entries[key]
-        update = {"document_number": document.document_number}
         entry = entry.model_copy(
-            update={**update, "erp_internal_id": entry.erp_internal_id or document.erp_internal_id}
+            update={
+                "document_number": document.document_number,
+                "erp_internal_id": entry.erp_internal_id or document.erp_internal_id,
+            }
         )
         self.ledger = self.ledger.model_copy(update={"entries": {**self.ledger.entries, key: entry}})
 
@@ -264,7 +266,7 @@ class Lane:
             blocked_on = None
             metrics.erp_confirmed(command, event)
             if receipt.document_number is None and receipt.record_type in READ_BACK_RECORD_TYPES:
-                self.unnumbered.append((command, event, receipt))
+                self.unnumbered.append((command, receipt))
         self.ledger = self.ledger.model_copy(
             update={"entries": {**self.ledger.entries, key: entry}, "blocked_on": blocked_on}
         )
@@ -369,7 +371,7 @@ async def read_document_numbers(link: ErpLink, lanes: list[Lane]) -> None:
     posted without one (logged), never re-sent, so no older version is written over a newer."""
     wanted: dict[RecordType, dict[str, list[tuple[Lane, ErpCommand]]]] = {}
     for lane in lanes:
-        for command, _, receipt in lane.unnumbered:
+        for command, receipt in lane.unnumbered:
             by_id = wanted.setdefault(receipt.record_type, {})
             by_id.setdefault(receipt.external_id, []).append((lane, command))
         lane.unnumbered = []

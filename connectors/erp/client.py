@@ -198,8 +198,7 @@ class NetSuiteClient(_HttpErpClient):
         a GET per record: `SELECT id, externalid, tranid FROM transaction WHERE type =
         'CustInvc' AND externalid IN (…)` (entityid from customer)."""
         record_type = RecordType(record_type)
-        table, kind = SUITEQL_TABLES[record_type]
-        number = "entityid" if record_type is RecordType.CUSTOMER else "tranid"
+        table, kind, number = SUITEQL_TABLES[record_type]
         found: dict[str, ErpDocument] = {}
         for start in range(0, len(external_ids), SUITEQL_IDS_MAX):
             listed = ", ".join(_quoted(e) for e in external_ids[start : start + SUITEQL_IDS_MAX])

@@ -744,7 +744,7 @@ _SUITEQL = re.compile(
 )
 _SUITEQL_LITERAL = re.compile(r"\s*'((?:[^']|'')*)'\s*(?:,|$)")
 _SUITEQL_RECORDS = {
-    (table, kind.lower() if kind else None): rt for rt, (table, kind) in SUITEQL_TABLES.items()
+    (where.table, where.type.lower() if where.type else None): rt for rt, where in SUITEQL_TABLES.items()
 }
 
 
@@ -753,7 +753,7 @@ def _suiteql_row(doc: StoredDocument) -> dict[str, Any]:
     return {
         "id": str(doc.internal_id),
         "externalid": doc.external_id,
-        "entityid" if doc.record_type is RecordType.CUSTOMER else "tranid": doc.document_number,
+        SUITEQL_TABLES[doc.record_type].number: doc.document_number,
     }
 
 
@@ -784,8 +784,7 @@ async def _netsuite_suiteql(request: web.Request) -> web.StreamResponse:
     if record_type is None:
         return _refuse(request, 400, "INVALID_PARAMETER", f"Unknown table or type: {table} {kind or ''}.")
     columns = [c.strip().lower() for c in query["columns"].split(",")]
-    number = "entityid" if record_type is RecordType.CUSTOMER else "tranid"
-    unknown = [c for c in columns if c not in {"id", "externalid", number}]
+    unknown = [c for c in columns if c not in {"id", "externalid", SUITEQL_TABLES[record_type].number}]
     if unknown:
         return _refuse(
             request, 400, "INVALID_PARAMETER", f"Unknown column(s) of {table}: {', '.join(unknown)}."

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,14 +18,24 @@ class RecordType(StrEnum):
     CREDIT_MEMO = "creditMemo"
 
 
-SUITEQL_TABLES: dict[RecordType, tuple[str, str | None]] = {
-    RecordType.CUSTOMER: ("customer", None),
-    RecordType.INVOICE: ("transaction", "CustInvc"),
-    RecordType.CUSTOMER_PAYMENT: ("transaction", "CustPymt"),
-    RecordType.CREDIT_MEMO: ("transaction", "CustCred"),
-    RecordType.SALES_ORDER: ("transaction", "SalesOrd"),
+class SuiteqlTable(NamedTuple):
+    """Where NetSuite's SuiteQL keeps a record type."""
+
+    table: str
+    type: str | None
+    """The transaction type (`transaction.type`), None for an entity table."""
+    number: str
+    """The column of the document number NetSuite assigns."""
+
+
+SUITEQL_TABLES: dict[RecordType, SuiteqlTable] = {
+    RecordType.CUSTOMER: SuiteqlTable("customer", None, "entityid"),
+    RecordType.INVOICE: SuiteqlTable("transaction", "CustInvc", "tranid"),
+    RecordType.CUSTOMER_PAYMENT: SuiteqlTable("transaction", "CustPymt", "tranid"),
+    RecordType.CREDIT_MEMO: SuiteqlTable("transaction", "CustCred", "tranid"),
+    RecordType.SALES_ORDER: SuiteqlTable("transaction", "SalesOrd", "tranid"),
 }
-"""Where NetSuite's SuiteQL keeps each record type: its table and, for a transaction, its type."""
+"""Each record type's SuiteQL table, transaction type and number column (client and sandbox)."""
 
 POSTING_RECORD_TYPES = frozenset({RecordType.INVOICE, RecordType.CUSTOMER_PAYMENT, RecordType.CREDIT_MEMO})
 """Records that hit the general ledger, so a closed accounting period refuses them."""

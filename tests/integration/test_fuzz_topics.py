@@ -27,6 +27,7 @@ from connectors import signing
 from connectors.errors import Rejection, RejectionReason
 from connectors.salesforce import ResyncRequired
 from streams import headers as h
+from streams import metrics
 from streams.replay import KafkaLink
 from streams.settings import Settings
 from tests.fuzz.seeds import SOURCE_TOPICS, adapters, garbage, internal_models, internal_seeds, source_seeds
@@ -70,8 +71,8 @@ def _headers(rng: random.Random) -> list[tuple[str, bytes]]:
         h.CORRELATION_ID,
         h.CAUSATION_ID,
         h.REPLAY_OF,
-        "x-source-timestamp",
-        "x-ready-timestamp",
+        metrics.SOURCE_TIMESTAMP,
+        metrics.READY_TIMESTAMP,
         "x-dlq-reason",
         "é",
         "",
