@@ -1,4 +1,5 @@
-"""JSON over HTTP with a bearer token: the one call every API client (ERP, Salesforce) makes."""
+"""JSON over HTTP with a bearer token (or a per-request signature): the one call every API
+client (ERP, Salesforce) makes."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 from urllib.parse import quote
 
 import httpx
@@ -28,9 +29,26 @@ def header_value(text: str) -> str:
     return text if text.isascii() and text.isprintable() else quote(text, safe="")
 
 
+@runtime_checkable
+class RequestSigner(Protocol):
+    """A credential that signs every request itself instead of lending a bearer token:
+    NetSuite TBA (OAuth 1.0a), whose signature covers method, URL and query and so cannot be
+    computed before httpx has built the request. A `TokenProvider` that is also a
+    `RequestSigner` gets its `httpx.Auth` passed as `auth=`, and no bearer header is sent.
+
+    Defined here rather than beside the TokenProvider so this module needs no runtime import
+    of `connectors.erp` (which imports this module)."""
+
+    async def request_auth(self) -> httpx.Auth:
+        """The auth that signs each request; raises the platform's auth error when the
+        credentials are not configured (refused per call, like a missing token)."""
+        ...
+
+
 class BearerJsonClient(ABC):
     """One API's connection: a bearer token from a `TokenProvider` (refreshed once on a 401),
-    the correlation id as `x-correlation-id`, typed errors, and a log line per call that names
+    or a signature per request from a provider that is also a `RequestSigner`; the
+    correlation id as `x-correlation-id`, typed errors, and a log line per call that names
     method, URL and status, never bodies or tokens. Subclasses say how their platform's
     answers and lost answers become typed errors (`_classify`, `_no_answer`)."""
 
@@ -45,6 +63,8 @@ class BearerJsonClient(ABC):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self._tokens = token_provider
+        # Decided once: a protocol isinstance check costs more than the rest of a call's setup.
+        self._signer = token_provider if isinstance(token_provider, RequestSigner) else None
         self._timeout = timeout
         self._owns_http = http is None
         # httpx's API and errors over aiohttp's connections (connectors/http_transport.py says why).
@@ -73,6 +93,10 @@ class BearerJsonClient(ABC):
     def _no_answer(self, exc: httpx.TransportError, request_sent: bool) -> ErpError:
         """The typed error for a call that got no answer (`request_sent`: a write may have landed)."""
 
+    def _encode(self, body: dict[str, Any]) -> bytes:
+        """A request body as JSON (NetSuite's client writes its Decimals as exact numbers)."""
+        return orjson.dumps(body)
+
     async def _token(self) -> str:
         return await self._tokens.token()
 
@@ -92,13 +116,20 @@ class BearerJsonClient(ABC):
         headers = {**self._headers, **(headers or {})}
         if correlation_id:
             headers[CORRELATION_ID] = header_value(correlation_id)
-        content = orjson.dumps(body) if body is not None else None
+        content = self._encode(body) if body is not None else None
         if content is not None:
             headers["content-type"] = "application/json"
         # The URL names only the record; field values (and the token) are never logged.
         log_extra: dict[str, Any] = {"correlation_id": correlation_id, "method": method, "url": url}
         for attempt in (1, 2):
-            token = await self._token()
+            auth: httpx.Auth | None = None
+            if self._signer is not None:
+                # Signed by httpx's auth flow over the final URL (query included); a retry
+                # after a 401 signs again with a fresh nonce and timestamp.
+                auth = await self._signer.request_auth()
+                call_headers = headers
+            else:
+                call_headers = {**headers, "authorization": f"Bearer {await self._token()}"}
             started = time.perf_counter()
             self.requests += 1
             try:
@@ -107,7 +138,8 @@ class BearerJsonClient(ABC):
                     url,
                     content=content,
                     params=params,
-                    headers={**headers, "authorization": f"Bearer {token}"},
+                    headers=call_headers,
+                    auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
                     timeout=self._timeout,
                 )
             except httpx.TransportError as exc:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ALL_STAGES = ("ingest", "core", "sink")
+
+NetSuiteSecret = Literal["consumer_key", "consumer_secret", "token_id", "token_secret"]
+"""The TBA credentials, each from `LEDGERFLOW_NETSUITE_<NAME>` or `LEDGERFLOW_NETSUITE_<NAME>_FILE`."""
 
 
 class Settings(BaseSettings):
@@ -63,7 +66,9 @@ class Settings(BaseSettings):
     """LEDGERFLOW_RELAY_SECRET: HMAC secret of the Salesforce and CLM relays."""
 
     erp_base_url: str = "http://127.0.0.1:8089"
-    """LEDGERFLOW_ERP_BASE_URL: the ERP the sink posts to."""
+    """LEDGERFLOW_ERP_BASE_URL: the ERP the sink posts to. Unset with LEDGERFLOW_NETSUITE_ACCOUNT
+    set, it is that account's REST host (`https://1234567-sb1.suitetalk.api.netsuite.com`); set,
+    it overrides the host (a stand-in on loopback) and the TBA realm still comes from the account."""
     erp_mode: Literal["netsuite", "create-only"] = "netsuite"
     """LEDGERFLOW_ERP_MODE"""
     erp_token: SecretStr | None = None
@@ -78,6 +83,49 @@ class Settings(BaseSettings):
     """LEDGERFLOW_ERP_CLIENT_ID: OAuth 2.0 client id (with LEDGERFLOW_ERP_TOKEN_URL)."""
     erp_client_secret: SecretStr | None = None
     """LEDGERFLOW_ERP_CLIENT_SECRET: OAuth 2.0 client secret (with LEDGERFLOW_ERP_TOKEN_URL)."""
+    netsuite_account: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]+([_-][A-Za-z0-9]+)*$")
+    """LEDGERFLOW_NETSUITE_ACCOUNT: the NetSuite account id, in either form (`1234567_SB1` or
+    `1234567-sb1`): the REST host uses the lower/dash form, the TBA realm the upper/underscore
+    form, and the M2M token URL the host."""
+    netsuite_auth: Literal["token", "tba", "m2m"] = "token"
+    """LEDGERFLOW_NETSUITE_AUTH: how the sink authenticates to the ERP. `token`: a bearer token,
+    fixed (LEDGERFLOW_ERP_TOKEN) or from an OAuth 2.0 client-credentials endpoint
+    (LEDGERFLOW_ERP_TOKEN_URL). `tba`: NetSuite token-based auth (OAuth 1.0a, HMAC-SHA256), each
+    request signed with LEDGERFLOW_NETSUITE_CONSUMER_KEY/_SECRET and _TOKEN_ID/_TOKEN_SECRET.
+    `m2m`: NetSuite OAuth 2.0 client credentials with a JWT assertion signed by
+    LEDGERFLOW_NETSUITE_PRIVATE_KEY_FILE (LEDGERFLOW_NETSUITE_CLIENT_ID, _CERTIFICATE_ID)."""
+    netsuite_consumer_key: SecretStr | None = None
+    """LEDGERFLOW_NETSUITE_CONSUMER_KEY: TBA consumer key of the integration record. Each TBA
+    credential may instead be read from a file (a mounted secret) named by the same variable with
+    `_FILE` appended, here LEDGERFLOW_NETSUITE_CONSUMER_KEY_FILE; surrounding whitespace is dropped.
+    Setting both is refused."""
+    netsuite_consumer_key_file: Path | None = None
+    """LEDGERFLOW_NETSUITE_CONSUMER_KEY_FILE"""
+    netsuite_consumer_secret: SecretStr | None = None
+    """LEDGERFLOW_NETSUITE_CONSUMER_SECRET: TBA consumer secret (or its _FILE)."""
+    netsuite_consumer_secret_file: Path | None = None
+    """LEDGERFLOW_NETSUITE_CONSUMER_SECRET_FILE"""
+    netsuite_token_id: SecretStr | None = None
+    """LEDGERFLOW_NETSUITE_TOKEN_ID: TBA access token id (or its _FILE)."""
+    netsuite_token_id_file: Path | None = None
+    """LEDGERFLOW_NETSUITE_TOKEN_ID_FILE"""
+    netsuite_token_secret: SecretStr | None = None
+    """LEDGERFLOW_NETSUITE_TOKEN_SECRET: TBA access token secret (or its _FILE)."""
+    netsuite_token_secret_file: Path | None = None
+    """LEDGERFLOW_NETSUITE_TOKEN_SECRET_FILE"""
+    netsuite_client_id: str | None = None
+    """LEDGERFLOW_NETSUITE_CLIENT_ID: M2M integration client id (the assertion's `iss`)."""
+    netsuite_certificate_id: str | None = None
+    """LEDGERFLOW_NETSUITE_CERTIFICATE_ID: the id NetSuite showed when the M2M certificate was
+    mapped (the assertion's `kid`)."""
+    netsuite_private_key_file: Path | None = None
+    """LEDGERFLOW_NETSUITE_PRIVATE_KEY_FILE: PEM private key (RSA 3072/4096 → PS256, EC P-256 →
+    ES256) of the mapped certificate, unencrypted; read at each token fetch, so a rotated file is
+    picked up. The key itself never goes in a variable."""
+    netsuite_token_url: str | None = None
+    """LEDGERFLOW_NETSUITE_TOKEN_URL: the M2M token endpoint; unset, it is
+    `<LEDGERFLOW_ERP_BASE_URL>/services/rest/auth/oauth2/v1/token` (the account host, or the
+    override)."""
     erp_timeout_s: float = Field(default=10.0, gt=0)
     """LEDGERFLOW_ERP_TIMEOUT_S: one ERP request's timeout; past it the outcome is uncertain
     and the next attempt looks before it writes."""
@@ -184,6 +232,52 @@ class Settings(BaseSettings):
     under asyncio's loop that was a quarter to a third of each worker's CPU in the bench."""
     log_level: str = "info"
     """LEDGERFLOW_LOG_LEVEL"""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _netsuite_base_url(cls, data: Any) -> Any:
+        """The account's REST host as the ERP base URL, unless LEDGERFLOW_ERP_BASE_URL is given
+        (in the environment or as an argument: both arrive here as keys of `data`)."""
+        if isinstance(data, dict) and data.get("netsuite_account") and "erp_base_url" not in data:
+            from connectors.erp.netsuite_auth import netsuite_base_url
+
+            data = {**data, "erp_base_url": netsuite_base_url(str(data["netsuite_account"]))}
+        return data
+
+    @model_validator(mode="after")
+    def _one_source_per_secret(self) -> Settings:
+        for name in ("consumer_key", "consumer_secret", "token_id", "token_secret"):
+            if getattr(self, f"netsuite_{name}") is not None and getattr(self, f"netsuite_{name}_file"):
+                variable = f"LEDGERFLOW_NETSUITE_{name.upper()}"
+                raise ValueError(f"set {variable} or {variable}_FILE, not both")
+        return self
+
+    def netsuite_secret(self, name: NetSuiteSecret) -> SecretStr | None:
+        """A TBA credential from its variable, or read from its `_FILE` (raises OSError when
+        that file cannot be read). Read when the ERP connection is made, not at import."""
+        value: SecretStr | None = getattr(self, f"netsuite_{name}")
+        path: Path | None = getattr(self, f"netsuite_{name}_file")
+        if value is not None or path is None:
+            return value
+        return SecretStr(path.read_text(encoding="utf-8").strip())
+
+    @property
+    def netsuite_realm(self) -> str | None:
+        """The TBA realm: the account id, upper case with underscores (`1234567_SB1`)."""
+        if not self.netsuite_account:
+            return None
+        from connectors.erp.netsuite_auth import netsuite_realm
+
+        return netsuite_realm(self.netsuite_account)
+
+    @property
+    def netsuite_token_endpoint(self) -> str:
+        """The M2M token URL: LEDGERFLOW_NETSUITE_TOKEN_URL, else under the ERP base URL."""
+        if self.netsuite_token_url:
+            return self.netsuite_token_url
+        from connectors.erp.netsuite_auth import netsuite_token_url
+
+        return netsuite_token_url(self.erp_base_url)
 
     @property
     def group_id(self) -> str:

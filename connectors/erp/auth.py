@@ -1,4 +1,7 @@
-"""Bearer tokens for the ERP API: a fixed token, or OAuth 2.0 client credentials."""
+"""Bearer tokens for the ERP API: a fixed token, or OAuth 2.0 client credentials.
+
+NetSuite's own modes (TBA's signed requests, M2M's JWT client assertion) are in
+`connectors.erp.netsuite_auth`; M2M reuses `ClientCredentialsToken`'s caching through `_grant`."""
 
 from __future__ import annotations
 
@@ -99,15 +102,23 @@ class ClientCredentialsToken:
         if self._owns_http:
             await self._http.aclose()
 
-    async def _fetch(self) -> str:
+    def _grant(self) -> tuple[dict[str, str], tuple[str, str] | None]:
+        """The token request's form and its HTTP Basic credentials (None: no Basic auth).
+
+        The one thing a variant of the grant changes (NetSuite M2M signs a JWT assertion into
+        the form instead); caching, refreshing and refusals stay here, in `_fetch`."""
         form = {"grant_type": "client_credentials"}
         if self._scope:
             form["scope"] = self._scope
+        return form, (self._client_id, self._client_secret)
+
+    async def _fetch(self) -> str:
+        form, basic = self._grant()
         try:
             response = await self._http.post(
                 self._token_url,
                 data=form,
-                auth=(self._client_id, self._client_secret),
+                auth=basic if basic is not None else httpx.USE_CLIENT_DEFAULT,
                 headers={"accept": "application/json"},
                 timeout=self._timeout,
             )
@@ -135,7 +146,7 @@ class ClientCredentialsToken:
         return access_token
 
     def __repr__(self) -> str:
-        return f"ClientCredentialsToken({self._token_url!r}, client_id={self._client_id!r})"
+        return f"{type(self).__name__}({self._token_url!r}, client_id={self._client_id!r})"
 
 
 def _token_error(response: httpx.Response) -> ErpError:
