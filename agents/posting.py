@@ -130,6 +130,7 @@ def to_posting_command(
     resolved: ResolvedInvoice,
     correlation_id: str,
     now: datetime,
+    customer_erp_id: str | None = None,
 ) -> PostInvoice:
     """A validated invoice → the ERP-ready `PostInvoice` (amounts stay in minor units)."""
     external_id = invoice_external_id(invoice)
@@ -157,6 +158,8 @@ def to_posting_command(
         document=ErpInvoice(
             external_id=external_id,
             customer_external_id=customer_id,
+            customer_erp_id=customer_erp_id,
+            billing_invoice_id=invoice.invoice_id,
             subsidiary=resolved.subsidiary.id,
             currency=invoice.currency,
             tran_date=invoice.issued_at.date(),
@@ -205,6 +208,7 @@ def decide_invoice(
     offending: MessageRef | None = None,
     contract: ContractRow | None = None,
     replay: bool = False,
+    customer_erp_id: str | None = None,
 ) -> InvoiceDecision:
     """Apply one invoice snapshot to its row: dedup, ordering, contract gate, validation,
     commands. `contract` is the row of the contract the invoice names, if known; `replay`
@@ -268,7 +272,9 @@ def decide_invoice(
         else:
             resolved, problems = validate_invoice(invoice, mappings)
         if resolved is not None:
-            command = to_posting_command(invoice, change.customer_id, resolved, change.correlation_id, now)
+            command = to_posting_command(
+                invoice, change.customer_id, resolved, change.correlation_id, now, customer_erp_id
+            )
             commands.append(command)
             outcome, erp_status, key, exception_ids = (
                 Outcome.COMMANDED,
@@ -291,6 +297,7 @@ def decide_invoice(
                 subsidiary=_subsidiary_of(invoice, mappings),
                 issued_at=now,
                 invoice_external_id=external_id,
+                invoice_erp_id=row.erp_internal_id if row else None,
             )
         )
         outcome, erp_status = Outcome.COMMANDED, InvoiceErpStatus.VOID_PENDING
@@ -460,7 +467,14 @@ class CustomerBook:
         if isinstance(doc, Invoice):
             contract = self.contracts.get(doc.contract_id) if doc.contract_id else None
             decision = decide_invoice(
-                self.invoices.get(doc.invoice_id), change, self.mappings, now, offending, contract, replay
+                self.invoices.get(doc.invoice_id),
+                change,
+                self.mappings,
+                now,
+                offending,
+                contract,
+                replay,
+                self._customer_erp_id(),
             )
             if decision.row is not None:
                 self.invoices[doc.invoice_id] = decision.row
@@ -478,7 +492,9 @@ class CustomerBook:
         if payment.payment_id in self.payments:
             return Outcome.DUPLICATE
         row = self.invoices[payment.invoice_id]
-        command = payment_command(payment, self.customer_id, row, change.correlation_id, now)
+        command = payment_command(
+            payment, self.customer_id, row, change.correlation_id, now, self._customer_erp_id()
+        )
         self.payments[payment.payment_id] = command.idempotency_key
         self.commands.append((command, change.event_id))
         return Outcome.COMMANDED
@@ -489,10 +505,17 @@ class CustomerBook:
         if memo.credit_memo_id in self.credit_memos:
             return Outcome.DUPLICATE
         row = self.invoices[memo.invoice_id]
-        command = credit_memo_command(memo, self.customer_id, row, change.correlation_id, now)
+        command = credit_memo_command(
+            memo, self.customer_id, row, change.correlation_id, now, self._customer_erp_id()
+        )
         self.credit_memos[memo.credit_memo_id] = command.idempotency_key
         self.commands.append((command, change.event_id))
         return Outcome.COMMANDED
+
+    def _customer_erp_id(self) -> str | None:
+        """The ERP's internal id of this customer, once the ERP confirmed it (the sink then
+        references it without looking it up)."""
+        return self.master.erp_internal_id if self.master is not None else None
 
     def _retry_waiting(self, now: datetime) -> None:
         """Release, in arrival order, every waiting document whose prerequisite is now met."""
@@ -507,7 +530,13 @@ class CustomerBook:
 
 
 def _against_invoice(
-    command: str, source_id: str, invoice: InvoiceRow, customer_id: str, correlation_id: str, now: datetime
+    command: str,
+    source_id: str,
+    invoice: InvoiceRow,
+    customer_id: str,
+    correlation_id: str,
+    now: datetime,
+    customer_erp_id: str | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The envelope and document fields every command against a posted invoice shares: it
     books to the entity that booked the invoice."""
@@ -524,16 +553,23 @@ def _against_invoice(
         "external_id": external_id,
         "customer_external_id": customer_id,
         "invoice_external_id": to_external_id("stripe", invoice.invoice_id),
+        "customer_erp_id": customer_erp_id,
+        "invoice_erp_id": invoice.erp_internal_id,
         "subsidiary": subsidiary,
     }
     return envelope, document
 
 
 def payment_command(
-    payment: Payment, customer_id: str, invoice: InvoiceRow, correlation_id: str, now: datetime
+    payment: Payment,
+    customer_id: str,
+    invoice: InvoiceRow,
+    correlation_id: str,
+    now: datetime,
+    customer_erp_id: str | None = None,
 ) -> ApplyPayment:
     envelope, document = _against_invoice(
-        "apply_payment", payment.payment_id, invoice, customer_id, correlation_id, now
+        "apply_payment", payment.payment_id, invoice, customer_id, correlation_id, now, customer_erp_id
     )
     return ApplyPayment(
         **envelope,
@@ -548,10 +584,15 @@ def payment_command(
 
 
 def credit_memo_command(
-    memo: CreditMemo, customer_id: str, invoice: InvoiceRow, correlation_id: str, now: datetime
+    memo: CreditMemo,
+    customer_id: str,
+    invoice: InvoiceRow,
+    correlation_id: str,
+    now: datetime,
+    customer_erp_id: str | None = None,
 ) -> PostCreditMemo:
     envelope, document = _against_invoice(
-        "post_credit_memo", memo.credit_memo_id, invoice, customer_id, correlation_id, now
+        "post_credit_memo", memo.credit_memo_id, invoice, customer_id, correlation_id, now, customer_erp_id
     )
     return PostCreditMemo(
         **envelope,

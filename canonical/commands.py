@@ -29,6 +29,10 @@ class ErpInvoiceLine(LedgerModel):
 class ErpInvoice(LedgerModel):
     external_id: ExternalId
     customer_external_id: ExternalId
+    customer_erp_id: str | None = None
+    """The ERP's internal id of the customer, when stage 2 knows it (from erp.results)."""
+    billing_invoice_id: str | None = None
+    """The billing platform's own id of the invoice (memo holds its number)."""
     subsidiary: NonEmptyStr
     currency: Currency
     tran_date: date
@@ -58,6 +62,9 @@ class ErpPayment(LedgerModel):
     external_id: ExternalId
     customer_external_id: ExternalId
     invoice_external_id: ExternalId
+    customer_erp_id: str | None = None
+    invoice_erp_id: str | None = None
+    """The ERP's internal ids of customer and invoice, when stage 2 knows them."""
     subsidiary: NonEmptyStr
     currency: Currency
     amount: MinorUnits = Field(gt=0)
@@ -69,6 +76,9 @@ class ErpCreditMemo(LedgerModel):
     external_id: ExternalId
     customer_external_id: ExternalId
     invoice_external_id: ExternalId
+    customer_erp_id: str | None = None
+    invoice_erp_id: str | None = None
+    """The ERP's internal ids of customer and invoice, when stage 2 knows them."""
     subsidiary: NonEmptyStr
     currency: Currency
     tran_date: date
@@ -117,6 +127,8 @@ class PostCreditMemo(ErpCommand):
 class VoidInvoice(ErpCommand):
     command: Literal["void_invoice"] = "void_invoice"
     invoice_external_id: ExternalId
+    invoice_erp_id: str | None = None
+    """The ERP's internal id of the invoice, when stage 2 knows it."""
     reason: str | None = None
 
 

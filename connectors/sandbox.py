@@ -177,7 +177,7 @@ class SandboxState(Generic[FaultsT]):
 def sandbox_app(
     key: web.AppKey[StateT],
     sandbox: StateT,
-    token_path: str,
+    token_path: str | tuple[str, ...],
     guard: Guard[StateT],
 ) -> web.Application:
     """An application around `sandbox` (stored under `key`) with the shared `/admin` routes:
@@ -190,7 +190,7 @@ def sandbox_app(
 
 def _api_middleware(
     key: web.AppKey[StateT],
-    token_path: str,
+    token_path: str | tuple[str, ...],
     guard: Guard[StateT],
 ) -> Middleware:
     """Logs every call outside `/admin`; the token endpoint (under `token_path`) answers as is,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from connectors.erp import (
     ClientCredentialsToken,
     CreateOnlyClient,
@@ -10,17 +12,62 @@ from connectors.erp import (
     TokenProvider,
     make_client,
 )
-from streams.settings import Settings
+from connectors.erp.netsuite_auth import NetSuiteM2MToken, TbaToken
+from streams.mappings import load_mappings
+from streams.settings import NetSuiteSecret, Settings
+
+log = logging.getLogger(__name__)
 
 
 def token_provider(s: Settings) -> TokenProvider:
-    """OAuth 2.0 client credentials when LEDGERFLOW_ERP_TOKEN_URL is set, else the fixed token."""
+    """The ERP credentials of LEDGERFLOW_NETSUITE_AUTH: NetSuite TBA (each request signed), NetSuite
+    M2M (a JWT-assertion grant), or, for `token`, OAuth 2.0 client credentials when
+    LEDGERFLOW_ERP_TOKEN_URL is set, else the fixed token.
+
+    Missing credentials do not fail here: the provider refuses each call with an ErpAuthError
+    naming the settings, so a misconfigured sink parks its commands with the reason."""
+    if s.netsuite_auth == "tba":
+        return TbaToken(
+            s.netsuite_account,
+            _secret(s, "consumer_key"),
+            _secret(s, "consumer_secret"),
+            _secret(s, "token_id"),
+            _secret(s, "token_secret"),
+        )
+    if s.netsuite_auth == "m2m":
+        return NetSuiteM2MToken(
+            s.netsuite_token_endpoint,
+            s.netsuite_client_id,
+            s.netsuite_certificate_id,
+            s.netsuite_private_key_file,
+            timeout=s.erp_timeout_s,
+        )
     if s.erp_token_url:
         secret = s.erp_client_secret.get_secret_value() if s.erp_client_secret else ""
         return ClientCredentialsToken(s.erp_token_url, s.erp_client_id or "", secret, timeout=s.erp_timeout_s)
     return StaticToken(s.erp_token.get_secret_value() if s.erp_token else "")
 
 
+def _secret(s: Settings, name: NetSuiteSecret) -> str | None:
+    """A TBA credential, or None when unset or its file unreadable (logged: the path and the
+    error, never a value); TbaToken then refuses each call naming what is missing."""
+    try:
+        value = s.netsuite_secret(name)
+    except OSError as exc:
+        log.error(
+            "netsuite credential file unreadable",
+            extra={"setting": f"LEDGERFLOW_NETSUITE_{name.upper()}_FILE", "error": exc.strerror},
+        )
+        return None
+    return value.get_secret_value() if value is not None else None
+
+
 def erp_client(s: Settings, tokens: TokenProvider | None = None) -> NetSuiteClient | CreateOnlyClient:
     """The client for LEDGERFLOW_ERP_MODE at LEDGERFLOW_ERP_BASE_URL."""
-    return make_client(s.erp_mode, s.erp_base_url, tokens or token_provider(s), timeout=s.erp_timeout_s)
+    return make_client(
+        s.erp_mode,
+        s.erp_base_url,
+        tokens or token_provider(s),
+        timeout=s.erp_timeout_s,
+        mappings=load_mappings(s.mappings),
+    )

@@ -48,6 +48,53 @@ class ClosedPeriod(_Config):
         return self
 
 
+class NetSuiteTaxCode(_Config):
+    """A SuiteTax tax code: its salesTaxItem internal id and the internal id of its tax type."""
+
+    id: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+
+
+class NetSuiteFields(_Config):
+    """Script ids of the custom fields ledgerflow writes (created in the account by an admin)."""
+
+    crm_account_id: str = Field(default="custentity_lf_crm_account_id", pattern=r"^custentity_\w+$")
+    billing_customer_id: str = Field(default="custentity_lf_billing_customer_id", pattern=r"^custentity_\w+$")
+    billing_invoice_id: str = Field(default="custbody_lf_billing_invoice_id", pattern=r"^custbody_\w+$")
+    billing_invoice_number: str = Field(
+        default="custbody_lf_billing_invoice_number", pattern=r"^custbody_\w+$"
+    )
+
+
+class NetSuiteIds(_Config):
+    """NetSuite's internal ids for the codes the rest of the mappings use: a NetSuite body
+    references records as `{"id": "<internal id>"}`. `ledgerflow erp check` verifies each one."""
+
+    subsidiaries: dict[str, str]
+    """Subsidiary code (US01) → internal id."""
+    currencies: dict[Currency, str]
+    """ISO 4217 code → internal id of the currency record."""
+    items: dict[str, str]
+    """Item code (SUB-PLATFORM) → internal id."""
+    accounts: dict[str, str] = {}
+    """GL account number → internal id (income accounts of the items, deposit accounts)."""
+    deposit_accounts: dict[str, str]
+    """Subsidiary code → number of the bank account its customer payments are deposited to."""
+    tax_codes: dict[str, NetSuiteTaxCode] = {}
+    """Tax code (US-SALES) → its salesTaxItem and tax type."""
+    credit_tax_codes: dict[str, str] = {}
+    """Subsidiary code → the tax code a credit memo's tax books with."""
+    shipping_item: str | None = None
+    """Item code an invoice's shipping is booked on (one line)."""
+    credit_item: str | None = None
+    """Item code a credit memo's credited amount is booked on."""
+    fields: NetSuiteFields = NetSuiteFields()
+
+    def currency_code(self, internal_id: str) -> str | None:
+        """The ISO code of a currency record, by its internal id."""
+        return next((code for code, cid in self.currencies.items() if cid == internal_id), None)
+
+
 class Mappings(_Config):
     subsidiaries: tuple[Subsidiary, ...] = Field(min_length=1)
     default_subsidiary_by_currency: dict[Currency, str] = {}
@@ -72,10 +119,14 @@ class Mappings(_Config):
     }
     """Customer attribute → the source that owns it (the system of record). An attribute is
     taken from another source only while the owner has not supplied it."""
+    netsuite: NetSuiteIds | None = None
+    """NetSuite's internal ids for the codes above; required in NetSuite mode."""
 
     @model_validator(mode="after")
     def _references_exist(self) -> Mappings:
         known = {s.id for s in self.subsidiaries}
+        if self.netsuite is not None:
+            self._netsuite_complete(self.netsuite, known)
         for currency, subsidiary in self.default_subsidiary_by_currency.items():
             if subsidiary not in known:
                 raise ValueError(f"default_subsidiary_by_currency.{currency} names unknown {subsidiary!r}")
@@ -83,6 +134,31 @@ class Mappings(_Config):
             if period.subsidiary != "*" and period.subsidiary not in known:
                 raise ValueError(f"closed period names unknown subsidiary {period.subsidiary!r}")
         return self
+
+    def _netsuite_complete(self, ns: NetSuiteIds, subsidiaries: set[str]) -> None:
+        """Every code the mappings use has a NetSuite internal id: a gap is a start-up error,
+        not a document the ERP refuses at month-end."""
+        missing: list[str] = []
+        missing += [f"subsidiaries.{s}" for s in sorted(subsidiaries - ns.subsidiaries.keys())]
+        currencies = {c for s in self.subsidiaries for c in s.currencies}
+        missing += [f"currencies.{c}" for c in sorted(currencies - ns.currencies.keys())]
+        items = {m.item for m in self.items.values()} | (
+            {self.default_item.item} if self.default_item else set()
+        )
+        items |= {i for i in (ns.shipping_item, ns.credit_item) if i is not None}
+        missing += [f"items.{i}" for i in sorted(items - ns.items.keys())]
+        missing += [f"tax_codes.{t}" for t in sorted(set(self.tax_codes.values()) - ns.tax_codes.keys())]
+        missing += [
+            f"tax_codes.{t} (credit_tax_codes)"
+            for t in sorted(set(ns.credit_tax_codes.values()) - ns.tax_codes.keys())
+        ]
+        missing += [f"deposit_accounts.{s}" for s in sorted(subsidiaries - ns.deposit_accounts.keys())]
+        missing += [
+            f"accounts.{a} (deposit account)"
+            for a in sorted(set(ns.deposit_accounts.values()) - ns.accounts.keys())
+        ]
+        if missing:
+            raise ValueError("netsuite: no internal id for " + ", ".join(missing))
 
     def subsidiary(self, subsidiary_id: str) -> Subsidiary | None:
         return next((s for s in self.subsidiaries if s.id == subsidiary_id), None)

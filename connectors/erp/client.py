@@ -14,13 +14,15 @@ command's correlation id as `x-correlation-id` (`connectors.http`), and raise on
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
 import orjson
 
-from canonical.commands import ErpCommand
+from canonical.commands import ErpCommand, VoidInvoice
+from connectors.erp import netsuite
 from connectors.erp.auth import TokenProvider
 from connectors.erp.errors import (
     ErpError,
@@ -30,6 +32,7 @@ from connectors.erp.errors import (
     from_transport_error,
 )
 from connectors.erp.mapping import to_record
+from connectors.erp.netsuite import NetSuiteMapper, OwnIds
 from connectors.erp.schemas import (
     DRAFT,
     DRAFT_RECORD_TYPES,
@@ -42,6 +45,7 @@ from connectors.erp.schemas import (
     document_from,
 )
 from connectors.http import BearerJsonClient
+from streams.mappings import Mappings, load_mappings
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,13 @@ SUITEQL_IDS_MAX = 500
 SUITEQL_PAGE = 1000
 """Rows per page of a SuiteQL answer (NetSuite's most; the offset moves by whole pages)."""
 CREATE_ONLY_PATH = "/api/v1"
+PROPERTY_NAME_VALIDATION = "x-netsuite-propertynamevalidation"
+"""Sent as Error: NetSuite's default (Warning) drops a misnamed field without a word."""
+NETSUITE_WARNING = "x-netsuite-warning"
+REPLACED_SUBLISTS = ("item", "taxDetails")
+"""Sublists a re-sent upsert replaces (`?replace=`): NetSuite appends non-keyed sublist lines."""
+DUPLICATE_CODES = frozenset({"DUP_RCRD", "DUP_ENTITY", "DUPLICATE_EXTERNAL_ID"})
+"""Codes for "a record with this external id exists" (their exact text is undocumented)."""
 ErpMode = Literal["netsuite", "create-only"]
 # Alias so the `list` methods below do not shadow the builtin in annotations.
 Documents = list[ErpDocument]
@@ -139,26 +150,105 @@ def _receipt(document: ErpDocument, external_id: str, created: bool) -> ErpRecei
 
 
 class NetSuiteClient(_HttpErpClient):
-    """NetSuite's REST record API: upsert by external id, read by external id, page lists."""
+    """NetSuite's REST record API as it is: bodies in NetSuite's fields and major units
+    (`connectors.erp.netsuite`), references by internal id, upsert by external id with
+    `?replace=item` and `X-NetSuite-PropertyNameValidation: Error`, voids as reversing credit
+    memos transformed from the invoice.
+
+    The internal ids of ledgerflow's own records come from the command (stage 2 keeps them
+    from erp.results), else from what this client wrote or read before (a bounded cache),
+    else from one SuiteQL lookup by external id: in steady state a document costs one call."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token_provider: TokenProvider,
+        timeout: float | httpx.Timeout = 10.0,
+        http: httpx.AsyncClient | None = None,
+        *,
+        page_size: int = 100,
+        mappings: Mappings | None = None,
+        id_cache_size: int = 200_000,
+    ) -> None:
+        super().__init__(base_url, token_provider, timeout, http, page_size=page_size)
+        self._headers[PROPERTY_NAME_VALIDATION] = "Error"
+        self.mapper = NetSuiteMapper(mappings or load_mappings(None))
+        self._ids: OrderedDict[tuple[RecordType, str], str] = OrderedDict()
+        self._id_cache_size = id_cache_size
+        self.lookups = 0
+        """SuiteQL lookups of an own record's internal id (observable: steady state has none)."""
+
+    def _encode(self, body: dict[str, Any]) -> bytes:
+        return netsuite.dumps(body)
 
     def _url(self, record_type: RecordType | str, key: str | None = None) -> str:
         url = f"{self.base_url}{NETSUITE_RECORD_PATH}/{RecordType(record_type).value}"
         return f"{url}/{key}" if key is not None else url
 
+    # -- internal ids of ledgerflow's own records --------------------------------------------
+
+    def remember(self, record_type: RecordType, external_id: str, internal_id: str) -> None:
+        key = (record_type, external_id)
+        self._ids[key] = internal_id
+        self._ids.move_to_end(key)
+        while len(self._ids) > self._id_cache_size:
+            self._ids.popitem(last=False)
+
+    async def internal_id(
+        self, record_type: RecordType, external_id: str, correlation_id: str | None = None
+    ) -> str | None:
+        """The internal id of one of ledgerflow's records: from the cache, else by SuiteQL."""
+        known = self._ids.get((record_type, external_id))
+        if known is not None:
+            return known
+        self.lookups += 1
+        found = await self.document_numbers(record_type, [external_id], correlation_id)
+        document = found.get(external_id)
+        return document.erp_internal_id if document is not None else None
+
+    async def _own_ids(self, command: ErpCommand) -> OwnIds:
+        ids: dict[RecordType, str] = {}
+        for record_type, external_id, known in NetSuiteMapper.references(command):
+            if known is not None:
+                self.remember(record_type, external_id, known)
+                ids[record_type] = known
+                continue
+            internal_id = await self.internal_id(record_type, external_id, command.correlation_id)
+            if internal_id is None:
+                # What NetSuite itself would answer for a reference to a missing record.
+                raise ErpPermanentError(
+                    "INVALID_KEY_OR_REF",
+                    f"no {record_type.value} with external id {external_id!r} in NetSuite to reference",
+                    400,
+                )
+            ids[record_type] = internal_id
+        return OwnIds(customer=ids.get(RecordType.CUSTOMER), invoice=ids.get(RecordType.INVOICE))
+
+    # -- writes ------------------------------------------------------------------------------
+
     async def deliver(
         self, command: ErpCommand, uncertain: bool = False, read_back: bool = True
     ) -> ErpReceipt:
-        """`PUT …/{recordType}/eid:{externalId}` (upsert); then, for a record whose document
-        number the pipeline uses (`READ_BACK_RECORD_TYPES`), `GET` it for that number, unless
+        """`PUT …/{recordType}/eid:{externalId}?replace=item,taxDetails` (an upsert: a re-send
+        replaces the lines instead of appending them); then, for a record whose document number
+        the pipeline uses (`READ_BACK_RECORD_TYPES`), `GET` it for that number, unless
         `read_back` is False (the caller reads many at once with `document_numbers`).
 
-        `uncertain` changes nothing here: the upsert is idempotent by external id. A void is a
-        `PATCH` of the existing invoice (status voided), so it can never create one."""
-        record = to_record(command)
+        `uncertain` matters only to a void, whose transform is a POST: the reversing credit
+        memo is looked up by its own external id first."""
+        own = await self._own_ids(command)
+        record = self.mapper.record(command, own)
+        if record.action == "void":
+            assert own.invoice is not None
+            return await self._reverse(command, record, own.invoice, uncertain)
         url = self._url(record.record_type, f"eid:{record.external_id}")
-        method = "PATCH" if record.action == "void" else "PUT"
-        response = await self._call(method, url, command.correlation_id, body=record.body)
+        replace = [name for name in REPLACED_SUBLISTS if name in record.body]
+        params = {"replace": ",".join(replace)} if replace else None
+        response = await self._call("PUT", url, command.correlation_id, body=record.body, params=params)
+        _log_warnings(response, command.correlation_id)
         location_id = _id_from_location(response.headers.get("location"))
+        if location_id is not None:
+            self.remember(record.record_type, record.external_id, location_id)
         if location_id is not None and (not read_back or record.record_type not in READ_BACK_RECORD_TYPES):
             # NetSuite answers 204 with the record's Location only: its internal id is all a
             # payment, credit memo or sales order receipt needs, so the read is skipped.
@@ -181,14 +271,78 @@ class NetSuiteClient(_HttpErpClient):
             )
         # NetSuite does not say whether an upsert created or updated; a record whose creation
         # is also its last modification was created by this call.
-        created = record.action == "upsert" and _created_now(document.body)
-        return _receipt(document, record.external_id, created)
+        return _receipt(document, record.external_id, _created_now(document.body))
+
+    async def _reverse(
+        self, command: ErpCommand, memo: ErpRecord, invoice_id: str, uncertain: bool
+    ) -> ErpReceipt:
+        """Void = `POST /invoice/{id}/!transform/creditMemo`, the memo keyed by the void's own
+        external id, then applied to the invoice if the transform did not apply it (whether
+        it does is not documented for REST: both are handled). The receipt names the invoice."""
+        correlation_id = command.correlation_id
+        existing = (
+            await self.get(RecordType.CREDIT_MEMO, memo.external_id, correlation_id) if uncertain else None
+        )
+        memo_id = existing.erp_internal_id if existing is not None else None
+        if memo_id is None:
+            try:
+                response = await self._call(
+                    "POST",
+                    f"{self._url(RecordType.INVOICE, invoice_id)}/!transform/creditMemo",
+                    correlation_id,
+                    body=memo.body,
+                )
+                _log_warnings(response, correlation_id)
+                memo_id = _id_from_location(response.headers.get("location"))
+            except ErpPermanentError as exc:
+                # A retry after a lost answer: the memo with this external id exists already.
+                if exc.code not in DUPLICATE_CODES:
+                    raise
+            if memo_id is None:
+                found = await self.get(RecordType.CREDIT_MEMO, memo.external_id, correlation_id)
+                if found is None:
+                    raise ErpTransientError("READ_AFTER_WRITE", f"credit memo {memo.external_id} not found")
+                memo_id = found.erp_internal_id
+        await self._apply_reversal(memo_id, invoice_id, correlation_id)
+        invoice_external_id = (
+            command.invoice_external_id if isinstance(command, VoidInvoice) else memo.external_id
+        )
+        log.info(
+            "erp invoice reversed by credit memo",
+            extra={"correlation_id": correlation_id, "invoice_id": invoice_id, "credit_memo_id": memo_id},
+        )
+        return ErpReceipt(
+            record_type=RecordType.INVOICE,
+            external_id=invoice_external_id,
+            erp_internal_id=invoice_id,
+            created=False,
+        )
+
+    async def _apply_reversal(self, memo_id: str, invoice_id: str, correlation_id: str) -> None:
+        url = self._url(RecordType.CREDIT_MEMO, memo_id)
+        response = await self._call("GET", url, correlation_id, params={"expandSubResources": "true"})
+        lines = ((netsuite.loads(response.content) or {}).get("apply") or {}).get("items") or []
+        if any(_ref_id(line.get("doc")) == invoice_id and line.get("apply") is True for line in lines):
+            return
+        invoice = netsuite.loads(
+            (await self._call("GET", self._url(RecordType.INVOICE, invoice_id), correlation_id)).content
+        )
+        remaining = invoice.get("amountRemaining")
+        if not remaining:
+            return  # paid in full before the void: the memo stays as an unapplied credit
+        body = {"apply": {"items": [{"doc": {"id": invoice_id}, "apply": True, "amount": remaining}]}}
+        await self._call("PATCH", url, correlation_id, body=body)
+
+    # -- reads -------------------------------------------------------------------------------
 
     async def get(
         self, record_type: RecordType | str, external_id: str, correlation_id: str | None = None
     ) -> ErpDocument | None:
         """The record with this external id, or None (404)."""
-        return await self._read(record_type, f"eid:{external_id}", correlation_id)
+        document = await self._read(record_type, f"eid:{external_id}", correlation_id)
+        if document is not None:
+            self.remember(document.record_type, external_id, document.erp_internal_id)
+        return document
 
     async def document_numbers(
         self, record_type: RecordType | str, external_ids: Sequence[str], correlation_id: str | None = None
@@ -218,7 +372,9 @@ class NetSuiteClient(_HttpErpClient):
                 )
                 items = page.get("items") or []
                 for item in items:
+                    # SuiteQL answers every value as a string and leaves NULL columns out.
                     external_id = str(item["externalid"])
+                    self.remember(record_type, external_id, str(item["id"]))
                     found[external_id] = ErpDocument(
                         record_type=record_type,
                         external_id=external_id,
@@ -241,7 +397,9 @@ class NetSuiteClient(_HttpErpClient):
         self, record_type: RecordType | str, key: str, correlation_id: str | None
     ) -> ErpDocument | None:
         response = await self._call("GET", self._url(record_type, key), correlation_id, allow_404=True)
-        return None if response.status_code == 404 else document_from(record_type, _json(response))
+        if response.status_code == 404:
+            return None
+        return self.mapper.document(record_type, _netsuite_json(response))
 
     async def list(self, record_type: RecordType | str, correlation_id: str | None = None) -> Documents:
         """Every record of a type, paging `?limit=&offset=` until `hasMore` is false.
@@ -257,11 +415,11 @@ class NetSuiteClient(_HttpErpClient):
                 correlation_id,
                 params={"limit": self.page_size, "offset": offset},
             )
-            page = _json(response)
+            page = _netsuite_json(response)
             items = page.get("items") or []
             for item in items:
                 if "externalId" in item or "tranId" in item or "entityId" in item:
-                    documents.append(document_from(record_type, item))
+                    documents.append(self.mapper.document(record_type, item))
                     continue
                 document = await self.get_by_id(record_type, str(item["id"]), correlation_id)
                 if document is not None:  # deleted between the page and the read
@@ -269,6 +427,26 @@ class NetSuiteClient(_HttpErpClient):
             if not page.get("hasMore") or not items:
                 return documents
             offset += len(items)
+
+
+def _netsuite_json(response: httpx.Response) -> Any:
+    try:
+        return netsuite.loads(response.content)
+    except ValueError as exc:
+        raise ErpTransientError(
+            "INVALID_RESPONSE", f"ERP answered {response.status_code} without JSON"
+        ) from exc
+
+
+def _log_warnings(response: httpx.Response, correlation_id: str | None) -> None:
+    # NetSuite says what it ignored or changed in X-NetSuite-Warning headers on a 204.
+    warnings = response.headers.get_list(NETSUITE_WARNING)
+    if warnings:
+        log.warning("erp warning", extra={"correlation_id": correlation_id, "warnings": warnings})
+
+
+def _ref_id(value: Any) -> str | None:
+    return str(value["id"]) if isinstance(value, dict) and value.get("id") not in (None, "") else None
 
 
 def _id_from_location(location: str | None) -> str | None:
@@ -442,10 +620,11 @@ def make_client(
     token_provider: TokenProvider,
     timeout: float | httpx.Timeout = 10.0,
     http: httpx.AsyncClient | None = None,
+    mappings: Mappings | None = None,
 ) -> NetSuiteClient | CreateOnlyClient:
     """The client for `LEDGERFLOW_ERP_MODE`: "netsuite" or "create-only"."""
     if mode == "netsuite":
-        return NetSuiteClient(base_url, token_provider, timeout, http)
+        return NetSuiteClient(base_url, token_provider, timeout, http, mappings=mappings)
     if mode == "create-only":
         return CreateOnlyClient(base_url, token_provider, timeout, http)
     raise ValueError(f"unknown ERP mode {mode!r}; expected 'netsuite' or 'create-only'")

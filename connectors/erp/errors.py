@@ -17,11 +17,13 @@ import httpx
 import orjson
 
 REQUEST_LIMIT_EXCEEDED = "SSS_REQUEST_LIMIT_EXCEEDED"
-"""NetSuite's code when the account's shared concurrency limit is reached (HTTP 429)."""
+"""NetSuite's code when a RESTlet call hits the account's shared concurrency limit."""
+CONCURRENCY_LIMIT_EXCEEDED = "CONCURRENCY_LIMIT_EXCEEDED"
+"""NetSuite REST's code when more calls are in flight than the account's concurrency limit."""
 
-# Codes that mean "not now" whatever the HTTP status they arrive with: NetSuite has answered
-# SSS_REQUEST_LIMIT_EXCEEDED with 400 as well as 429 over the years.
-TRANSIENT_CODES = frozenset({REQUEST_LIMIT_EXCEEDED})
+# Codes that mean "not now" whatever the HTTP status they arrive with: NetSuite answers them
+# with 429 or with 400, by service and over the years (research notes, A.9).
+TRANSIENT_CODES = frozenset({REQUEST_LIMIT_EXCEEDED, CONCURRENCY_LIMIT_EXCEEDED})
 
 MAX_MESSAGE_CHARS = 1000
 
@@ -100,7 +102,13 @@ def error_details(body: Any) -> tuple[str | None, str | None]:
     details = body.get("o:errorDetails")
     if isinstance(details, list) and details:
         codes = [str(d["o:errorCode"]) for d in details if isinstance(d, dict) and d.get("o:errorCode")]
-        texts = [str(d["detail"]) for d in details if isinstance(d, dict) and d.get("detail")]
+        # The detail with the JSONPath NetSuite names (`o:errorPath`: item.items[0].item), so
+        # the exception an operator reads says which field of the body was refused.
+        texts = [
+            str(d["detail"]) + (f" (at {d['o:errorPath']})" if d.get("o:errorPath") else "")
+            for d in details
+            if isinstance(d, dict) and d.get("detail")
+        ]
         return (codes[0] if codes else None), ("; ".join(texts) or _str_or_none(body.get("title")))
     odata = body.get("error")
     if isinstance(odata, dict):

@@ -1,9 +1,10 @@
-"""Canonical ERP commands → the ERP's records. Pure: no I/O, no clock.
+"""Canonical ERP commands → the create-only API's records (the sandbox's OData dialect, until
+#16 speaks Business Central's own). Pure: no I/O, no clock. NetSuite's bodies are
+`connectors.erp.netsuite`'s.
 
-Amounts stay integer minor units next to their ISO-4217 currency code: the sandbox and this
-connector exchange minor units, so nothing is ever rounded on the way. A real NetSuite takes
-major units (decimals); an adapter for it converts at its edge with `to_major_units` and
-`to_minor_units`, which use canonical/money.py's exponent table (JPY 0, USD 2, KWD 3).
+Amounts stay integer minor units next to their ISO-4217 currency code in this dialect.
+`to_major_units` and `to_minor_units` convert exactly at an edge that takes major units
+(NetSuite), with canonical/money.py's exponent table (JPY 0, USD 2, KWD 3).
 
 References to other ERP records are objects: `{"externalId": …}` for records ledgerflow
 created (customer, invoice), `{"id": …}` for configuration records keyed by their code

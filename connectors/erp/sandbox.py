@@ -33,14 +33,18 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 import click
-import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from canonical.money import currency_exponent
+from connectors.erp import netsuite, netsuite_schema
+from connectors.erp.netsuite_auth import TOKEN_PATH as M2M_TOKEN_PATH
+from connectors.erp.netsuite_auth import M2MVerifier, TbaVerifier
 from connectors.erp.schemas import (
     DRAFT,
     DRAFT_RECORD_TYPES,
@@ -58,7 +62,6 @@ from connectors.sandbox import (
     SandboxState,
     client_authenticated,
     invalid,
-    json_response,
     sandbox_app,
 )
 from streams.mappings import ClosedPeriod, Mappings, load_mappings
@@ -86,6 +89,15 @@ DEFAULT_STATUS: dict[RecordType, str] = {
 AMOUNT_FIELDS = ("total", "amount", "subtotal", "taxTotal", "discountTotal", "shippingCost")
 LINE_AMOUNT_FIELDS = ("amount", "taxAmount", "rate")
 Api = Literal["netsuite", "create-only"]
+
+
+def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """JSON with the stored records' Decimals written exactly."""
+    return web.Response(
+        body=netsuite.dumps(payload), status=status, headers=headers, content_type="application/json"
+    )
+
+
 _EXTERNAL_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 
@@ -118,6 +130,34 @@ class FaultSettings(BaseModel):
     scope: str | None = None
     """A regex: faults hit only API calls whose path or body matches it (one customer's
     external id, say, to show that one failing customer does not hold the others back)."""
+    concurrency_limit: int = Field(default=0, ge=0)
+    """NetSuite's per-account concurrency limit: a call made while this many are in flight is
+    refused with CONCURRENCY_LIMIT_EXCEEDED (0: no limit)."""
+    concurrency_status: Literal[429, 400] = 429
+    """The status of that refusal: sources report 429, and 400 from some services [UNSURE]."""
+
+
+class TbaCredential(BaseModel):
+    """An integration's consumer key/secret and a user's token id/secret, as NetSuite's TBA
+    setup hands them out; the stand-in accepts requests they sign."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    consumer_key: str
+    consumer_secret: SecretStr
+    token_id: str
+    token_secret: SecretStr
+
+
+class M2MCertificate(BaseModel):
+    """A certificate mapped to an integration for M2M (NetSuite: OAuth 2.0 Client Credentials
+    Setup): the assertion's `kid` is its id, `iss` the integration's client id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    certificate_id: str
+    client_id: str
+    certificate_pem: str
 
 
 class SandboxConfig(BaseModel):
@@ -138,6 +178,15 @@ class SandboxConfig(BaseModel):
     seed: int | None = None
     """Seed of the fault dice, so a test run is repeatable."""
     request_log_size: int = Field(default=2000, ge=1)
+    account: str = "1234567_SB1"
+    """The NetSuite account the stand-in plays: TBA's realm."""
+    tba: tuple[TbaCredential, ...] = ()
+    """TBA credentials whose signed requests are accepted (OAuth 1.0a, HMAC-SHA256)."""
+    m2m: tuple[M2MCertificate, ...] = ()
+    """Certificates whose JWT assertions the M2M token endpoint accepts."""
+    transform_applies: bool = True
+    """Whether `!transform/creditMemo` applies the new memo to its invoice. NetSuite's UI does;
+    for REST it is undocumented [UNSURE], so the tests run both and the client handles both."""
 
 
 @dataclass(frozen=True)
@@ -232,7 +281,7 @@ class DocumentStore:
             external_id=row["external_id"],
             document_number=row["document_number"],
             status=row["status"],
-            body=orjson.loads(row["body"]),
+            body=netsuite.loads(row["body"]),
             writes=int(row["writes"]),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
@@ -298,7 +347,7 @@ class DocumentStore:
                     external_id,
                     number,
                     status,
-                    orjson.dumps(body).decode(),
+                    netsuite.dumps(body).decode(),
                     stamp,
                     stamp,
                 ),
@@ -325,7 +374,7 @@ class DocumentStore:
                 "UPDATE documents SET body = ?, status = ?, document_number = ?, writes = writes + ?,"
                 " updated_at = ? WHERE internal_id = ?",
                 (
-                    orjson.dumps(body).decode(),
+                    netsuite.dumps(body).decode(),
                     status,
                     document_number,
                     1 if count_write else 0,
@@ -401,6 +450,50 @@ class Sandbox(SandboxState[FaultSettings]):
         self.store = DocumentStore(config.db_path)
         self.mappings: Mappings = load_mappings(config.mappings_path)
         self._sleep = sleep
+        self.in_flight = 0
+        """API calls being answered now (NetSuite's concurrency limit counts them)."""
+        self._netsuite = NetSuiteBooks(self) if self.mappings.netsuite is not None else None
+        self.tba = (
+            TbaVerifier(
+                config.account,
+                {c.consumer_key: c.consumer_secret.get_secret_value() for c in config.tba},
+                {c.token_id: (c.token_secret.get_secret_value(), c.consumer_key) for c in config.tba},
+            )
+            if config.tba
+            else None
+        )
+        self.m2m = (
+            M2MVerifier("", {c.certificate_id: (c.client_id, c.certificate_pem) for c in config.m2m})
+            if config.m2m
+            else None
+        )
+
+    def authorized(self, request: web.Request) -> bool:
+        """A bearer token this sandbox knows or issued, or a valid TBA signature."""
+        if self.tba is not None and request.headers.get("Authorization", "").startswith("OAuth "):
+            verdict = self.tba.verify(request.method, str(request.url), request.headers)
+            if not verdict:
+                self.log.info(f"erp sandbox refused a TBA signature: {verdict.reason}")
+            return bool(verdict)
+        return super().authorized(request)
+
+    def issue_m2m_token(self, token_url: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        if self.m2m is None:
+            return 400, {"error": "invalid_client", "error_description": "no M2M integration is set up"}
+        # `aud` must name the token endpoint the client addressed: this one, on its port.
+        self.m2m.token_url = token_url
+        status, body = self.m2m.issue(form)
+        if status == 200:
+            self._accept(str(body["access_token"]), float(body["expires_in"]))
+        return status, body
+
+    @property
+    def netsuite(self) -> NetSuiteBooks:
+        if self._netsuite is None:
+            raise _ns_refusal(
+                500, "UNEXPECTED_ERROR", "The sandbox's mappings have no [netsuite] section (internal ids)."
+            )
+        return self._netsuite
 
     def issue_token(self) -> tuple[str, float]:
         return self._accept(secrets.token_urlsafe(32), self.config.token_ttl_s), self.config.token_ttl_s
@@ -411,7 +504,9 @@ class Sandbox(SandboxState[FaultSettings]):
         return [*self.mappings.closed_periods, *self.store.closed_periods()]
 
     def validate(self, record_type: RecordType, body: dict[str, Any]) -> Refusal | None:
-        """The ERP's checks on a record about to be stored (the merged body on an update)."""
+        """The create-only API's checks on a record about to be stored (the merged body on an
+        update), in that API's own dialect (minor units, codes) until it speaks Business
+        Central's; NetSuite's are `NetSuiteBooks.check`."""
         subsidiary_id = _ref(body.get("subsidiary"), "id")
         if subsidiary_id is None:
             return Refusal(400, "USER_ERROR", "Please enter value(s) for: Subsidiary")
@@ -483,6 +578,8 @@ class Sandbox(SandboxState[FaultSettings]):
     def reset(self) -> None:
         super().reset()
         self.store.reset()
+        if self._netsuite is not None:
+            self._netsuite.reindex()
 
 
 SANDBOX = web.AppKey("sandbox", Sandbox)
@@ -529,8 +626,8 @@ def _record_type(request: web.Request, name: str) -> RecordType:
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
-        payload = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
+        payload = netsuite.loads(await request.read())
+    except ValueError:
         raise Refused(
             _refuse(request, 400, "INVALID_CONTENT", "The request body is not valid JSON.")
         ) from None
@@ -602,6 +699,36 @@ async def _faulty(
             "Request blocked by the concurrency limit of this account; retry after the indicated time.",
             retry_after,
         )
+    if sandbox.faults.concurrency_limit and sandbox.in_flight >= sandbox.faults.concurrency_limit:
+        # Counted for every call, in scope or not: the limit is the account's, shared by all.
+        entry["fault"] = "concurrency_limit"
+        return _refuse(
+            request,
+            sandbox.faults.concurrency_status,
+            "CONCURRENCY_LIMIT_EXCEEDED",
+            "Concurrent request limit exceeded. Request blocked.",
+        )
+    sandbox.in_flight += 1
+    try:
+        return await _answer(
+            sandbox, request, handler, entry, faults, error_draw, timeout_draw, latency_draw, in_scope
+        )
+    finally:
+        sandbox.in_flight -= 1
+
+
+async def _answer(
+    sandbox: Sandbox,
+    request: web.Request,
+    handler: Handler,
+    entry: dict[str, Any],
+    faults: FaultSettings,
+    error_draw: float,
+    timeout_draw: float,
+    latency_draw: float,
+    in_scope: bool,
+) -> web.StreamResponse:
+    """A call within the concurrency limit: latency, errors, the answer, a lost answer."""
     latency_ms = faults.latency_ms + (latency_draw * 2 - 1) * faults.latency_jitter_ms
     if latency_ms > 0:
         await sandbox.sleep(latency_ms / 1000)
@@ -628,21 +755,381 @@ async def _faulty(
 
 
 # -- NetSuite REST record shape -------------------------------------------------------------
+#
+# As strict as a real account (shared/research/erp-apis.md §A): NetSuite's field names and
+# types from netsuite_records.json, references by internal id that must exist (configuration
+# records from the mappings' [netsuite] section), amounts in major units with at most the
+# currency's decimals, totals computed from the lines, the apply sublist lowering an invoice's
+# amountRemaining, upserts that append non-keyed sublist lines unless `?replace=` names them.
+
+ITEM_SUBLISTS = ("item", "taxDetails")
+"""Sublists without a key: a write appends its lines unless `?replace=` names the sublist."""
+KEYED_SUBLISTS = {"apply": "doc"}
+"""Sublists keyed by a field: a line for the same key replaces the stored one."""
+COMPUTED = (
+    "subtotal",
+    "taxTotal",
+    "total",
+    "amountRemaining",
+    "amountPaid",
+    "applied",
+    "unapplied",
+    "status",
+)
+OPEN = {"id": "A", "refName": "Open"}
+PAID_IN_FULL = {"id": "B", "refName": "Paid In Full"}
+FULLY_APPLIED = {"id": "B", "refName": "Fully Applied"}
+DEPOSITED = {"id": "C", "refName": "Deposited"}
+_CONFIG_TYPES = {
+    "subsidiary": "subsidiaries",
+    "currency": "currencies",
+    "item": "items",
+    "account": "accounts",
+}
 
 
-def _netsuite_view(request: web.Request, doc: StoredDocument) -> dict[str, Any]:
-    number_field = "entityId" if doc.record_type is RecordType.CUSTOMER else "tranId"
-    href = f"{_origin(request)}{NETSUITE_PREFIX}/{doc.record_type.value}/{doc.internal_id}"
-    return {
-        **doc.body,
-        "links": [{"rel": "self", "href": href}],
-        "id": str(doc.internal_id),
-        "externalId": doc.external_id,
-        number_field: doc.document_number,
-        "status": doc.status,
-        "createdDate": doc.created_at,
-        "lastModifiedDate": doc.updated_at,
-    }
+def _ns_refusal(status: int, code: str, detail: str, path: str | None = None) -> Refused:
+    body = netsuite_error_body(status, code, detail)
+    if path:
+        body["o:errorDetails"][0]["o:errorPath"] = path
+    return Refused(ns_json(body, status))
+
+
+def ns_json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A NetSuite answer: Decimals written exactly, in NetSuite's media type."""
+    if status >= 400:
+        kind = "error"
+    else:
+        kind = "collection" if isinstance(payload, dict) and "items" in payload else "singular"
+    response = web.Response(body=netsuite.dumps(payload), status=status, headers=headers)
+    response.headers["Content-Type"] = f"application/vnd.oracle.resource+json; type={kind}; charset=UTF-8"
+    return response
+
+
+async def _ns_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        payload = netsuite.loads(raw) if raw else {}
+    except ValueError:
+        raise _ns_refusal(400, "INVALID_CONTENT", "The request body is not valid JSON.") from None
+    if not isinstance(payload, dict):
+        raise _ns_refusal(400, "INVALID_CONTENT", "The request body must be a JSON object.")
+    return payload
+
+
+class NetSuiteBooks:
+    """The NetSuite stand-in's rules over the sandbox's store: what a write may say, what it
+    references, what it computes."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        ids = sandbox.mappings.netsuite
+        if ids is None:
+            raise ValueError("the NetSuite stand-in needs the mappings' [netsuite] section")
+        self.ids = ids
+        self.config_ids: dict[str, frozenset[str]] = {
+            kind: frozenset(getattr(ids, table).values()) for kind, table in _CONFIG_TYPES.items()
+        }
+        self.config_ids["salesTaxItem"] = frozenset(t.id for t in ids.tax_codes.values())
+        self.custom_fields = frozenset(ids.fields.model_dump().values())
+        self.subsidiary_codes = {v: k for k, v in ids.subsidiaries.items()}
+        self._applications: dict[str, dict[int, Decimal]] = {}
+        """Invoice internal id → {payment or credit memo internal id: amount applied}."""
+        self._sources: dict[int, set[str]] = {}
+        """Payment or credit memo internal id → the invoices it applies to."""
+        self.reindex()
+
+    def reindex(self) -> None:
+        """Rebuild the applications index from the store (at start, after a reset or delete)."""
+        self._applications, self._sources = {}, {}
+        for record_type in (RecordType.CUSTOMER_PAYMENT, RecordType.CREDIT_MEMO):
+            for doc in self.sandbox.store.all(record_type.value):
+                self.written(doc)
+
+    def written(self, doc: StoredDocument) -> StoredDocument:
+        """Note what a stored payment or credit memo applies (its lines replace earlier ones)."""
+        for invoice_id in self._sources.pop(doc.internal_id, set()):
+            self._applications.get(invoice_id, {}).pop(doc.internal_id, None)
+        for line in _applied(doc.body):
+            applied_to = _ref(line.get("doc"), "id")
+            if applied_to is not None:
+                invoice_id = applied_to
+                self._sources.setdefault(doc.internal_id, set()).add(invoice_id)
+                per_doc = self._applications.setdefault(invoice_id, {})
+                per_doc[doc.internal_id] = per_doc.get(doc.internal_id, Decimal(0)) + Decimal(
+                    line.get("amount") or 0
+                )
+        return doc
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def exponent(self, body: dict[str, Any]) -> int | None:
+        currency = _ref(body.get("currency"), "id")
+        code = self.ids.currency_code(currency) if currency else None
+        return currency_exponent(code) if code else None
+
+    def names(
+        self, record_type: RecordType, body: dict[str, Any], strict: bool
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The body with unknown field names dropped (with a warning each) unless `strict`
+        (`X-NetSuite-PropertyNameValidation: Error`), where the first one is refused."""
+        problems = netsuite_schema.check(record_type.value, body, None, self.custom_fields, partial=True)
+        unknown = [p for p in problems if p.kind in ("unknown", "read_only")]
+        if unknown and strict:
+            raise _ns_refusal(400, unknown[0].code, unknown[0].detail, unknown[0].path)
+        warnings = [p.detail for p in unknown]
+        for problem in unknown:
+            if "." not in problem.path:
+                body.pop(problem.path, None)
+        return body, warnings
+
+    def check(self, record_type: RecordType, body: dict[str, Any], existing: StoredDocument | None) -> None:
+        """Refuse a merged record the way NetSuite would; the first problem wins."""
+        problems = [
+            p
+            for p in netsuite_schema.check(record_type.value, body, self.exponent(body), self.custom_fields)
+            if p.kind != "read_only"  # what NetSuite set itself (createdFrom), kept on the record
+        ]
+        if problems:
+            problem = problems[0]
+            raise _ns_refusal(400, problem.code, problem.detail, problem.path)
+        for reference in netsuite_schema.references(record_type.value, body):
+            self._reference_exists(reference, body)
+        if record_type is RecordType.CUSTOMER:
+            self._currency_enabled(body)
+            return
+        self._same_subsidiary_as_customer(record_type, body)
+        self._currency_enabled(body)
+        self._open_period(record_type, body)
+        if record_type in (RecordType.INVOICE, RecordType.CREDIT_MEMO, RecordType.SALES_ORDER):
+            if not (body.get("item") or {}).get("items"):
+                raise _ns_refusal(
+                    400, "USER_ERROR", "You must enter at least one line item for this transaction."
+                )
+            self._tax_details(body)
+        if record_type in (RecordType.CUSTOMER_PAYMENT, RecordType.CREDIT_MEMO):
+            self._applies(record_type, body, existing)
+
+    def _reference_exists(self, reference: netsuite_schema.Reference, body: dict[str, Any]) -> None:
+        if reference.id is None:
+            raise _ns_refusal(
+                400,
+                "INVALID_KEY_OR_REF",
+                f"Invalid {reference.record_type} reference: reference it by internal id.",
+                reference.path,
+            )
+        known: bool
+        if reference.record_type in self.config_ids:
+            known = reference.id in self.config_ids[reference.record_type]
+        elif reference.record_type == "customer":
+            known = self._by_id(RecordType.CUSTOMER, reference.id) is not None
+        elif reference.record_type == "transaction":
+            known = self._by_id(RecordType.INVOICE, reference.id) is not None
+        elif reference.record_type == "taxDetailsReference":
+            lines = (body.get("item") or {}).get("items") or []
+            known = any(line.get("taxDetailsReference") == reference.id for line in lines)
+        else:
+            known = False  # terms, locations, departments …: this account has none
+        if not known:
+            raise _ns_refusal(
+                400,
+                "INVALID_CONTENT",
+                "Error while accessing resource: You have entered an Invalid Field Value "
+                f"{reference.id} for the following field: {reference.path.rsplit('.', 1)[-1]}",
+                reference.path,
+            )
+
+    def _by_id(self, record_type: RecordType, internal_id: str) -> StoredDocument | None:
+        return self.sandbox.store.by_id(record_type, int(internal_id)) if internal_id.isdigit() else None
+
+    def _customer_of(self, body: dict[str, Any]) -> StoredDocument:
+        customer_id = _ref(body.get("entity") or body.get("customer"), "id") or ""
+        customer = self._by_id(RecordType.CUSTOMER, customer_id)
+        assert customer is not None  # the reference check ran first
+        return customer
+
+    def _same_subsidiary_as_customer(self, record_type: RecordType, body: dict[str, Any]) -> None:
+        customer = self._customer_of(body)
+        theirs = _ref(customer.body.get("subsidiary"), "id")
+        ours = _ref(body.get("subsidiary"), "id") or theirs
+        if ours != theirs:
+            raise _ns_refusal(
+                400,
+                "USER_ERROR",
+                f"Invalid subsidiary reference key {ours} for entity {customer.internal_id}: the customer "
+                f"belongs to subsidiary {theirs}.",
+                "subsidiary",
+            )
+
+    def _currency_enabled(self, body: dict[str, Any]) -> None:
+        subsidiary_id = _ref(body.get("subsidiary"), "id")
+        currency_id = _ref(body.get("currency"), "id")
+        code = self.subsidiary_codes.get(subsidiary_id or "")
+        subsidiary = self.sandbox.mappings.subsidiary(code) if code else None
+        currency = self.ids.currency_code(currency_id) if currency_id else None
+        if subsidiary is not None and currency is not None and currency not in subsidiary.currencies:
+            raise _ns_refusal(
+                400,
+                "INVALID_KEY_OR_REF",
+                f"Invalid currency reference key {currency_id}: {currency} is not enabled for subsidiary "
+                f"{subsidiary_id}.",
+                "currency",
+            )
+
+    def _open_period(self, record_type: RecordType, body: dict[str, Any]) -> None:
+        if record_type not in POSTING_RECORD_TYPES:
+            return
+        tran_date = date.fromisoformat(str(body["tranDate"])[:10])
+        code = self.subsidiary_codes.get(_ref(body.get("subsidiary"), "id") or "", "")
+        for period in self.sandbox.closed_periods():
+            if period.start <= tran_date <= period.end and period.subsidiary in ("*", code):
+                raise _ns_refusal(
+                    400,
+                    "USER_ERROR",
+                    f"The accounting period {period.start.isoformat()} to {period.end.isoformat()} is "
+                    f"closed for subsidiary {code}: a transaction dated {tran_date.isoformat()} cannot be "
+                    "posted to it.",
+                    "tranDate",
+                )
+
+    @staticmethod
+    def _tax_details(body: dict[str, Any]) -> None:
+        taxes = (body.get("taxDetails") or {}).get("items") or []
+        if taxes and body.get("taxDetailsOverride") is not True:
+            raise _ns_refusal(
+                400, "USER_ERROR", "Tax details can only be entered when Tax Details Override is checked."
+            )
+
+    def _applies(
+        self, record_type: RecordType, body: dict[str, Any], existing: StoredDocument | None
+    ) -> None:
+        customer = self._customer_of(body)
+        own_total = self.totals(record_type, body)["total"]
+        applied = Decimal(0)
+        for i, line in enumerate((body.get("apply") or {}).get("items") or []):
+            if line.get("apply") is not True:
+                continue
+            path = f"apply.items[{i}]"
+            invoice = self._by_id(RecordType.INVOICE, _ref(line.get("doc"), "id") or "")
+            assert invoice is not None
+            if _ref(invoice.body.get("entity"), "id") != str(customer.internal_id):
+                raise _ns_refusal(
+                    400, "USER_ERROR", "The transaction to apply to belongs to another customer.", path
+                )
+            amount = line.get("amount")
+            if amount is None or amount <= 0:
+                raise _ns_refusal(
+                    400, "USER_ERROR", "Please enter a positive amount to apply.", f"{path}.amount"
+                )
+            remaining = self.remaining(invoice, excluding=existing)
+            if amount > remaining:
+                raise _ns_refusal(
+                    400,
+                    "USER_ERROR",
+                    f"You cannot apply {amount} to invoice {invoice.internal_id}: {remaining} remains due.",
+                    f"{path}.amount",
+                )
+            applied += amount
+        if applied > own_total:
+            raise _ns_refusal(
+                400,
+                "USER_ERROR",
+                f"The total applied ({applied}) exceeds the amount of the transaction ({own_total}).",
+            )
+
+    # -- what NetSuite computes ---------------------------------------------------------------
+
+    def totals(self, record_type: RecordType, body: dict[str, Any]) -> dict[str, Decimal]:
+        if record_type is RecordType.CUSTOMER_PAYMENT:
+            payment = Decimal(body.get("payment") or 0)
+            applied = sum((Decimal(line.get("amount") or 0) for line in _applied(body)), Decimal(0))
+            return {"total": payment, "applied": applied, "unapplied": payment - applied}
+        exponent = self.exponent(body) or 0
+        subtotal = Decimal(0)
+        for line in (body.get("item") or {}).get("items") or []:
+            amount = line.get("amount")
+            if amount is None:  # NetSuite derives the amount from rate and quantity
+                amount = (Decimal(line.get("rate") or 0) * Decimal(line.get("quantity") or 1)).quantize(
+                    Decimal(1).scaleb(-exponent)
+                )
+            subtotal += Decimal(amount)
+        tax = Decimal(0)
+        if body.get("taxDetailsOverride") is True:
+            tax = sum(
+                (Decimal(t["taxAmount"]) for t in (body.get("taxDetails") or {}).get("items") or []),
+                Decimal(0),
+            )
+        totals = {"subtotal": subtotal, "taxTotal": tax, "total": subtotal + tax}
+        if record_type is RecordType.CREDIT_MEMO:
+            applied = sum((Decimal(line.get("amount") or 0) for line in _applied(body)), Decimal(0))
+            totals |= {"applied": applied, "unapplied": totals["total"] - applied}
+        return totals
+
+    def remaining(self, invoice: StoredDocument, excluding: StoredDocument | None = None) -> Decimal:
+        """What is still due on an invoice: its total less every payment and credit applied."""
+        total = self.totals(RecordType.INVOICE, invoice.body)["total"]
+        for source, amount in self._applications.get(str(invoice.internal_id), {}).items():
+            if excluding is None or source != excluding.internal_id:
+                total -= amount
+        return total
+
+    def view(self, request: web.Request, doc: StoredDocument, expand: bool) -> dict[str, Any]:
+        """A record as NetSuite answers a GET: computed fields, references with links,
+        sublists as links unless `expandSubResources=true`."""
+        href = f"{_origin(request)}{NETSUITE_PREFIX}/{doc.record_type.value}/{doc.internal_id}"
+        body: dict[str, Any] = {}
+        for name, value in doc.body.items():
+            if isinstance(value, dict) and "items" in value:
+                body[name] = value if expand else {"links": [{"rel": "self", "href": f"{href}/{name}"}]}
+            else:
+                body[name] = value
+        if doc.record_type is not RecordType.CUSTOMER:
+            totals = self.totals(doc.record_type, doc.body)
+            body |= totals
+            if doc.record_type is RecordType.INVOICE:
+                remaining = self.remaining(doc)
+                body |= {"amountRemaining": remaining, "amountPaid": totals["total"] - remaining}
+                body["status"] = PAID_IN_FULL if remaining <= 0 else OPEN
+            elif doc.record_type is RecordType.CREDIT_MEMO:
+                body["status"] = FULLY_APPLIED if totals["unapplied"] <= 0 else OPEN
+                body["amountRemaining"] = totals["unapplied"]
+            elif doc.record_type is RecordType.CUSTOMER_PAYMENT:
+                body["status"] = DEPOSITED
+            if doc.status != "open":  # set through /admin, as a user in NetSuite's UI would
+                body["status"] = {"id": doc.status, "refName": doc.status}
+        number_field = "entityId" if doc.record_type is RecordType.CUSTOMER else "tranId"
+        return {
+            **body,
+            "links": [{"rel": "self", "href": href}],
+            "id": str(doc.internal_id),
+            "externalId": doc.external_id,
+            number_field: doc.document_number,
+            "createdDate": doc.created_at,
+            "lastModifiedDate": doc.updated_at,
+        }
+
+
+def _applied(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [line for line in (body.get("apply") or {}).get("items") or [] if line.get("apply") is True]
+
+
+def _merge(stored: dict[str, Any], body: dict[str, Any], replace: set[str]) -> dict[str, Any]:
+    """A write over a stored record as NetSuite merges it: body fields replace, non-keyed
+    sublist lines append (unless `replace` names the sublist), keyed ones replace by key."""
+    merged = {**stored}
+    for name, value in body.items():
+        old = stored.get(name)
+        if not (isinstance(value, dict) and "items" in value and isinstance(old, dict)) or name in replace:
+            merged[name] = value
+            continue
+        key = KEYED_SUBLISTS.get(name)
+        if key is None:
+            merged[name] = {"items": [*(old.get("items") or []), *(value.get("items") or [])]}
+            continue
+        lines = {_ref(line.get(key), "id"): line for line in old.get("items") or []}
+        lines |= {_ref(line.get(key), "id"): line for line in value.get("items") or []}
+        merged[name] = {"items": list(lines.values())}
+    return merged
 
 
 def _netsuite_record(request: web.Request, sandbox: Sandbox, record_type: RecordType) -> StoredDocument:
@@ -654,14 +1141,23 @@ def _netsuite_record(request: web.Request, sandbox: Sandbox, record_type: Record
     else:
         doc = sandbox.store.by_id(record_type, int(key)) if key.isdigit() else None
     if doc is None:
-        message = "The record instance does not exist. Provide a valid record instance ID."
-        raise Refused(_refuse(request, 404, "NONEXISTENT_ID", message))
+        raise _ns_refusal(
+            404, "NONEXISTENT_ID", "The record instance does not exist. Provide a valid record instance ID."
+        )
     return doc
+
+
+def _ns_record_type(request: web.Request) -> RecordType:
+    name = request.match_info["record_type"]
+    try:
+        return RecordType(name)
+    except ValueError:
+        raise _ns_refusal(404, "INVALID_RCRD_TYPE", f"Record type {name!r} does not exist.") from None
 
 
 async def _netsuite_collection(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
-    record_type = _record_type(request, request.match_info["record_type"])
+    record_type = _ns_record_type(request)
     limit, offset = _page(request, ("limit", "offset"), 1000, "INVALID_PARAMETER")
     docs, total = sandbox.store.page(record_type, offset, limit)
     base = f"{_origin(request)}{NETSUITE_PREFIX}/{record_type.value}"
@@ -669,13 +1165,14 @@ async def _netsuite_collection(request: web.Request) -> web.StreamResponse:
     has_more = offset + len(docs) < total
     if has_more:
         links.append({"rel": "next", "href": f"{base}?limit={limit}&offset={offset + len(docs)}"})
-    return json_response(
+    books = sandbox.netsuite
+    return ns_json(
         {
             "links": links,
             "count": len(docs),
             "hasMore": has_more,
             # Full records, not NetSuite's {"id", "links"} stubs: saves a GET per record.
-            "items": [_netsuite_view(request, d) for d in docs],
+            "items": [books.view(request, d, expand=False) for d in docs],
             "offset": offset,
             "totalResults": total,
         }
@@ -684,57 +1181,123 @@ async def _netsuite_collection(request: web.Request) -> web.StreamResponse:
 
 async def _netsuite_get(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
-    record_type = _record_type(request, request.match_info["record_type"])
-    return json_response(_netsuite_view(request, _netsuite_record(request, sandbox, record_type)))
+    doc = _netsuite_record(request, sandbox, _ns_record_type(request))
+    expand = request.query.get("expandSubResources", "").lower() == "true"
+    return ns_json(sandbox.netsuite.view(request, doc, expand))
 
 
-def _no_content_at(request: web.Request, doc: StoredDocument) -> web.Response:
-    location = f"{_origin(request)}{NETSUITE_PREFIX}/{doc.record_type.value}/{doc.internal_id}"
-    return web.Response(status=204, headers={"Location": location})
+def _no_content_at(request: web.Request, doc: StoredDocument, warnings: list[str]) -> web.Response:
+    # NetSuite's Location names the record type in lower case for some types (customerpayment).
+    location = f"{_origin(request)}{NETSUITE_PREFIX}/{doc.record_type.value.lower()}/{doc.internal_id}"
+    response = web.Response(status=204, headers={"Location": location})
+    for warning in warnings:
+        response.headers.add("X-NetSuite-Warning", warning)
+    return response
+
+
+def _strict_names(request: web.Request) -> bool:
+    # NetSuite's default is Warning: an unknown field is dropped, said only in a header.
+    return request.headers.get("X-NetSuite-PropertyNameValidation", "Warning").lower() == "error"
+
+
+def _replaced(request: web.Request) -> set[str]:
+    return {name.strip() for name in request.query.get("replace", "").split(",") if name.strip()}
+
+
+async def _netsuite_write(
+    request: web.Request, existing: StoredDocument | None, external_id: str | None
+) -> web.Response:
+    sandbox = request.app[SANDBOX]
+    record_type = _ns_record_type(request)
+    books = sandbox.netsuite
+    body, warnings = books.names(record_type, await _ns_body(request), _strict_names(request))
+    if body.get("externalId") not in (None, external_id) and external_id is not None:
+        raise _ns_refusal(
+            400, "INVALID_CONTENT", "externalId in the body differs from the URL.", "externalId"
+        )
+    merged = _merge(existing.body if existing else {}, body, _replaced(request))
+    if external_id is not None:
+        merged["externalId"] = external_id
+    books.check(record_type, merged, existing)
+    if existing is None:
+        doc = sandbox.store.insert(record_type, "netsuite", external_id, "open", merged, numbered=True)
+    else:
+        doc = sandbox.store.update(existing, merged, existing.status, number=True)
+    return _no_content_at(request, books.written(doc), warnings)
 
 
 async def _netsuite_put(request: web.Request) -> web.StreamResponse:
-    """Upsert by external id: create with a document number, or merge into the existing one."""
+    """Upsert by external id (`PUT …/eid:{externalId}`): create, or merge into the record."""
     sandbox = request.app[SANDBOX]
-    record_type = _record_type(request, request.match_info["record_type"])
+    record_type = _ns_record_type(request)
     key = request.match_info["key"]
     if not key.startswith("eid:") or not key[4:]:
-        return _refuse(
-            request, 405, "METHOD_NOT_ALLOWED", "Upsert (PUT) needs an external id: eid:{externalId}."
-        )
+        raise _ns_refusal(405, "METHOD_NOT_ALLOWED", "Upsert (PUT) needs an external id: eid:{externalId}.")
     external_id = key[4:]
     if not _EXTERNAL_ID.fullmatch(external_id):
-        return _refuse(
-            request,
+        raise _ns_refusal(
             400,
-            "INVALID_FLD_VALUE",
+            "INVALID_CONTENT",
             f"Invalid external id {external_id!r}: use letters, digits, '_' and '-' only.",
         )
-    body = await _json_body(request)
-    if body.get("externalId") not in (None, external_id):
-        return _refuse(request, 400, "INVALID_FLD_VALUE", "externalId in the body differs from the URL.")
     found = sandbox.store.find(record_type, external_id)
-    existing = found[0] if found else None
-    merged = {**(existing.body if existing else {}), **body, "externalId": external_id}
-    status = str(body.get("status") or (existing.status if existing else DEFAULT_STATUS[record_type]))
-    _check(request, sandbox, record_type, merged)
-    if existing is None:
-        doc = sandbox.store.insert(record_type, "netsuite", external_id, status, merged, numbered=True)
-    else:
-        doc = sandbox.store.update(existing, merged, status, number=True)
-    return _no_content_at(request, doc)
+    return await _netsuite_write(request, found[0] if found else None, external_id)
 
 
 async def _netsuite_patch(request: web.Request) -> web.StreamResponse:
-    """Update an existing record; never creates (a void of a missing invoice is a 404)."""
+    """Update an existing record; never creates."""
     sandbox = request.app[SANDBOX]
-    record_type = _record_type(request, request.match_info["record_type"])
-    existing = _netsuite_record(request, sandbox, record_type)
-    body = await _json_body(request)
-    merged = {**existing.body, **body}
-    status = str(body.get("status") or existing.status)
-    _check(request, sandbox, record_type, merged)
-    return _no_content_at(request, sandbox.store.update(existing, merged, status))
+    existing = _netsuite_record(request, sandbox, _ns_record_type(request))
+    return await _netsuite_write(request, existing, existing.external_id)
+
+
+async def _netsuite_transform(request: web.Request) -> web.StreamResponse:
+    """`POST /invoice/{id}/!transform/creditMemo`: a credit memo from the invoice, its lines
+    and tax copied, linked by `createdFrom`; applied to the invoice when the sandbox's
+    `transform_applies` says so (undocumented for REST: the tests run both)."""
+    sandbox = request.app[SANDBOX]
+    books = sandbox.netsuite
+    if (
+        request.match_info["record_type"] != RecordType.INVOICE.value
+        or request.match_info["target"] != "creditMemo"
+    ):
+        raise _ns_refusal(400, "INVALID_PARAMETER", "The sandbox transforms invoices into credit memos only.")
+    if not request.match_info["key"].isdigit():
+        raise _ns_refusal(400, "INVALID_PARAMETER", "A transform takes the invoice's internal id.")
+    invoice = _netsuite_record(request, sandbox, RecordType.INVOICE)
+    body, warnings = books.names(RecordType.CREDIT_MEMO, await _ns_body(request), _strict_names(request))
+    external_id = body.get("externalId")
+    if external_id is not None and sandbox.store.find(RecordType.CREDIT_MEMO, str(external_id)):
+        raise _ns_refusal(
+            400, "DUP_RCRD", f"A credit memo with external id {external_id} already exists.", "externalId"
+        )
+    memo: dict[str, Any] = {
+        name: invoice.body[name]
+        for name in ("entity", "subsidiary", "currency", "item", "taxDetailsOverride", "taxDetails")
+        if name in invoice.body
+    }
+    memo = _merge(memo, body, _replaced(request) | {"item", "taxDetails"} & set(body))
+    memo.setdefault("tranDate", datetime.now(UTC).date().isoformat())
+    if sandbox.config.transform_applies:
+        remaining = books.remaining(invoice)
+        if remaining > 0:
+            total = books.totals(RecordType.CREDIT_MEMO, memo)["total"]
+            memo["apply"] = {
+                "items": [
+                    {"doc": {"id": str(invoice.internal_id)}, "apply": True, "amount": min(remaining, total)}
+                ]
+            }
+    books.check(RecordType.CREDIT_MEMO, memo, None)
+    memo["createdFrom"] = {"id": str(invoice.internal_id)}
+    doc = sandbox.store.insert(
+        RecordType.CREDIT_MEMO,
+        "netsuite",
+        str(external_id) if external_id else None,
+        "open",
+        memo,
+        numbered=True,
+    )
+    return _no_content_at(request, books.written(doc), warnings)
 
 
 _SUITEQL = re.compile(
@@ -798,7 +1361,10 @@ async def _netsuite_suiteql(request: web.Request) -> web.StreamResponse:
             "links": [],
             "count": len(page),
             "hasMore": offset + len(page) < len(rows),
-            "items": [{"links": [], **{c: row[c] for c in columns}} for row in page],
+            # SuiteQL leaves NULL columns out of an item; every value it gives is a string.
+            "items": [
+                {"links": [], **{c: str(row[c]) for c in columns if row[c] is not None}} for row in page
+            ],
             "offset": offset,
             "totalResults": len(rows),
         }
@@ -946,6 +1512,14 @@ async def _oauth_token(request: web.Request) -> web.StreamResponse:
     return json_response(payload, 200, no_store)
 
 
+async def _m2m_token(request: web.Request) -> web.StreamResponse:
+    """NetSuite's OAuth 2.0 token endpoint, client credentials with a JWT client assertion."""
+    sandbox = request.app[SANDBOX]
+    form = {k: str(v) for k, v in (await request.post()).items()}
+    status, body = sandbox.issue_m2m_token(f"{_origin(request)}{M2M_TOKEN_PATH}", form)
+    return json_response(body, status, {"Cache-Control": "no-store"})
+
+
 # -- admin ------------------------------------------------------------------------------------
 
 
@@ -980,6 +1554,8 @@ async def _admin_documents(request: web.Request) -> web.StreamResponse:
 async def _admin_delete_document(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
     deleted = sandbox.store.delete(request.match_info["record_type"], request.match_info["external_id"])
+    if sandbox._netsuite is not None:
+        sandbox._netsuite.reindex()
     if deleted == 0:
         return json_response({"deleted": 0, "error": "no such document"}, 404)
     return json_response({"deleted": deleted})
@@ -1028,7 +1604,7 @@ async def _admin_periods(request: web.Request) -> web.StreamResponse:
 def build_app(config: SandboxConfig) -> web.Application:
     """The sandbox as an aiohttp application (its SQLite file is closed on cleanup)."""
     sandbox = Sandbox(config)
-    app = sandbox_app(SANDBOX, sandbox, "/oauth/", _faulty)
+    app = sandbox_app(SANDBOX, sandbox, ("/oauth/", M2M_TOKEN_PATH), _faulty)
 
     async def close_store(_: web.Application) -> None:
         sandbox.store.close()
@@ -1039,6 +1615,7 @@ def build_app(config: SandboxConfig) -> web.Application:
     app.router.add_get(record + "/{key}", _netsuite_get)
     app.router.add_put(record + "/{key}", _netsuite_put)
     app.router.add_patch(record + "/{key}", _netsuite_patch)
+    app.router.add_post(record + "/{key}/!transform/{target}", _netsuite_transform)
     app.router.add_post(SUITEQL_PATH, _netsuite_suiteql)
     entity = ODATA_PREFIX + "/{target}"
     app.router.add_get(entity, _odata_get)
@@ -1046,6 +1623,7 @@ def build_app(config: SandboxConfig) -> web.Application:
     app.router.add_patch(entity, _odata_patch)
     app.router.add_post(entity + "/{action}", _odata_action)
     app.router.add_post("/oauth/token", _oauth_token)
+    app.router.add_post(M2M_TOKEN_PATH, _m2m_token)
     app.router.add_get("/admin/documents", _admin_documents)
     app.router.add_delete("/admin/documents/{record_type}/{external_id}", _admin_delete_document)
     app.router.add_patch("/admin/documents/{record_type}/{external_id}", _admin_patch_document)

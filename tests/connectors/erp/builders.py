@@ -128,15 +128,17 @@ def apply_payment(
     customer_id: str = "cust-1",
     amount: int = 10720,
     tran_date: date = DAY,
+    currency: str = "USD",
+    subsidiary: str = "US01",
 ) -> ApplyPayment:
     return ApplyPayment(
-        **_envelope(f"apply_payment-{external_id}", customer_id, "US01", None),
+        **_envelope(f"apply_payment-{external_id}", customer_id, subsidiary, None),
         document=ErpPayment(
             external_id=external_id,
             customer_external_id=customer_id,
             invoice_external_id=invoice_external_id,
-            subsidiary="US01",
-            currency="USD",
+            subsidiary=subsidiary,
+            currency=currency,
             amount=amount,
             tran_date=tran_date,
             source=Payment(
@@ -144,7 +146,7 @@ def apply_payment(
                 customer_ref="cus_1",
                 invoice_id="in_1",
                 amount=amount,
-                currency="USD",
+                currency=currency,
                 status=PaymentStatus.SUCCEEDED,
                 received_at=T0,
                 method="card",
@@ -154,16 +156,20 @@ def apply_payment(
 
 
 def post_credit_memo(
-    external_id: str = "stripe-cn_1", invoice_external_id: str = "stripe-in_1", customer_id: str = "cust-1"
+    external_id: str = "stripe-cn_1",
+    invoice_external_id: str = "stripe-in_1",
+    customer_id: str = "cust-1",
+    currency: str = "USD",
+    subsidiary: str = "US01",
 ) -> PostCreditMemo:
     return PostCreditMemo(
-        **_envelope(f"post_credit_memo-{external_id}", customer_id, "US01", None),
+        **_envelope(f"post_credit_memo-{external_id}", customer_id, subsidiary, None),
         document=ErpCreditMemo(
             external_id=external_id,
             customer_external_id=customer_id,
             invoice_external_id=invoice_external_id,
-            subsidiary="US01",
-            currency="USD",
+            subsidiary=subsidiary,
+            currency=currency,
             tran_date=DAY,
             subtotal=1000,
             tax_total=80,
@@ -172,9 +178,11 @@ def post_credit_memo(
     )
 
 
-def void_invoice(invoice_external_id: str = "stripe-in_1", customer_id: str = "cust-1") -> VoidInvoice:
+def void_invoice(
+    invoice_external_id: str = "stripe-in_1", customer_id: str = "cust-1", subsidiary: str = "US01"
+) -> VoidInvoice:
     return VoidInvoice(
-        **_envelope(f"void_invoice-{invoice_external_id}", customer_id, "US01", None),
+        **_envelope(f"void_invoice-{invoice_external_id}", customer_id, subsidiary, None),
         invoice_external_id=invoice_external_id,
         reason="customer cancelled",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -87,12 +88,13 @@ async def test_admin_patch_and_delete_alter_what_the_api_reads(
 ) -> None:
     await netsuite.deliver(upsert_customer())
     await netsuite.deliver(post_invoice())
+    # NetSuite computes the total from the lines: an edit of the lines changes it.
     patched = await admin.patch(
-        "/admin/documents/invoice/stripe-in_1", json={"total": 999, "status": "paidInFull"}
+        "/admin/documents/invoice/stripe-in_1", json={"taxDetails": {"items": []}, "status": "paidInFull"}
     )
     assert patched.status_code == 200 and patched.json()["updated"] == 1
     document = await netsuite.get(RecordType.INVOICE, "stripe-in_1")
-    assert document is not None and (document.total, document.status) == (999, "paidInFull")
+    assert document is not None and (document.total, document.status) == (10000, "paidInFull")
     # An edit behind the API's back is not an API write.
     assert (await documents(admin))["by_external_id"]["invoice"]["stripe-in_1"] == {
         "documents": 1,
@@ -197,20 +199,69 @@ async def test_a_static_token_from_the_config_is_accepted(tmp_path: Path) -> Non
 
 
 async def test_the_sandbox_refuses_what_netsuite_would(admin: httpx.AsyncClient) -> None:
-    auth = {"Authorization": f"Bearer {DEFAULT_TOKEN}"}
-    customer = {"subsidiary": {"id": "US01"}, "currency": "USD", "companyName": "Acme"}
-    bad_id = await admin.put("/services/rest/record/v1/customer/eid:acme.corp", json=customer, headers=auth)
-    assert bad_id.status_code == 400
-    assert bad_id.json()["o:errorDetails"][0]["o:errorCode"] == "INVALID_FLD_VALUE"
-    float_total = {**customer, "total": 10.5}
-    floated = await admin.put("/services/rest/record/v1/customer/eid:acme", json=float_total, headers=auth)
-    assert floated.status_code == 400
-    assert "amounts are integer minor units" in floated.json()["o:errorDetails"][0]["detail"]
+    auth = {"Authorization": f"Bearer {DEFAULT_TOKEN}", "X-NetSuite-PropertyNameValidation": "Error"}
+    url = "/services/rest/record/v1/customer/eid:"
+    customer = {"subsidiary": {"id": "1"}, "currency": {"id": "1"}, "companyName": "Acme"}
+
+    async def refused(
+        key: str, body: dict[str, Any], headers: dict[str, str] = auth
+    ) -> tuple[int, dict[str, Any]]:
+        response = await admin.put(url + key, json=body, headers=headers)
+        assert response.status_code == 400, response.text
+        assert response.headers["content-type"].startswith("application/vnd.oracle.resource+json; type=error")
+        detail: dict[str, Any] = response.json()["o:errorDetails"][0]
+        return response.status_code, detail
+
+    _, bad_id = await refused("acme.corp", customer)
+    assert bad_id["o:errorCode"] == "INVALID_CONTENT" and "external id" in bad_id["detail"]
+    _, unknown = await refused("acme", {**customer, "crmAccountId": "001"})
+    assert (unknown["o:errorCode"], unknown["o:errorPath"]) == ("INVALID_CONTENT", "crmAccountId")
+    _, by_code = await refused("acme", {**customer, "subsidiary": {"id": "US01"}})
+    assert by_code["o:errorPath"] == "subsidiary" and "Invalid Field Value US01" in by_code["detail"]
+    _, by_iso = await refused("acme", {**customer, "currency": "USD"})
+    assert by_iso["o:errorPath"] == "currency"
+    _, read_only = await refused("acme", {**customer, "balance": 10})
+    assert "read-only" in read_only["detail"]
     by_id = await admin.put("/services/rest/record/v1/customer/17", json=customer, headers=auth)
     assert by_id.status_code == 405
     unknown_type = await admin.get("/services/rest/record/v1/vendorBill/eid:x", headers=auth)
     assert unknown_type.status_code == 404
     assert (await documents(admin))["documents"] == []
+    # NetSuite's default (Warning): the unknown field is dropped, said only in a header.
+    lenient = {"Authorization": auth["Authorization"]}
+    warned = await admin.put(url + "acme", json={**customer, "crmAccountId": "001"}, headers=lenient)
+    assert warned.status_code == 204 and "crmAccountId" in warned.headers["X-NetSuite-Warning"]
+    [stored] = (await documents(admin))["documents"]
+    assert "crmAccountId" not in stored["body"]
+
+
+async def test_amounts_are_refused_past_the_currencys_decimals(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient
+) -> None:
+    await netsuite.deliver(upsert_customer())
+    customer = await netsuite.get(RecordType.CUSTOMER, "cust-1")
+    assert customer is not None
+    auth = {"Authorization": f"Bearer {DEFAULT_TOKEN}", "X-NetSuite-PropertyNameValidation": "Error"}
+    line = {"item": {"id": "202"}, "quantity": 1, "amount": 10.005}
+    invoice = {
+        "entity": {"id": customer.erp_internal_id},
+        "subsidiary": {"id": "1"},
+        "currency": {"id": "1"},
+        "tranDate": "2026-03-01",
+        "item": {"items": [line]},
+    }
+    too_fine = await admin.put("/services/rest/record/v1/invoice/eid:inv-x", json=invoice, headers=auth)
+    assert too_fine.status_code == 400
+    detail = too_fine.json()["o:errorDetails"][0]
+    assert detail["o:errorPath"] == "item.items[0].amount" and "more decimals" in detail["detail"]
+    fits = {**invoice, "item": {"items": [{**line, "amount": 10.5}]}}
+    # The customer is in US01: an invoice in another subsidiary is refused, naming both.
+    elsewhere = await admin.put(
+        "/services/rest/record/v1/invoice/eid:inv-y", json={**fits, "subsidiary": {"id": "4"}}, headers=auth
+    )
+    assert elsewhere.status_code == 400 and "belongs to subsidiary 1" in elsewhere.text
+    ok = await admin.put("/services/rest/record/v1/invoice/eid:inv-z", json=fits, headers=auth)
+    assert ok.status_code == 204
 
 
 async def test_clients_close_their_own_http_client(sandbox: SandboxServer) -> None:
