@@ -12,6 +12,7 @@ from faust.cli.faust import cli
 
 from connectors.erp.sandbox import erp_sandbox_command
 from streams.bench import bench_command
+from streams.erp_check import erp_group
 from streams.local_kafka import LocalKafka, LocalKafkaError, cache_root
 from streams.reconcile import reconcile_command
 from streams.replay import replay_command
@@ -157,6 +158,7 @@ for command in (
     replay_command,
     reconcile_command,
     erp_sandbox_command,
+    erp_group,
     bench_command,
 ):
     cli.add_command(command)
@@ -172,6 +174,7 @@ Start here:
   ledgerflow replay    re-drive DLQ entries or open exceptions after a fix (--dry-run first)
   ledgerflow reconcile compare what was posted with the ERP (exit 1 on differences)
   ledgerflow erp-sandbox  a sandbox ERP (NetSuite REST and create-only shapes, fault injection)
+  ledgerflow erp check check the mappings' NetSuite internal ids against the ERP (exit 1 on problems)
   ledgerflow bench     events/s, latency and RSS next to a bare Faust agent and a Quix Streams peer
   ledgerflow kafka     a local Apache Kafka (KRaft) in the foreground
   ledgerflow schemas   the JSON Schemas of the canonical model

@@ -357,35 +357,44 @@ class NetSuiteClient(_HttpErpClient):
         for start in range(0, len(external_ids), SUITEQL_IDS_MAX):
             listed = ", ".join(_quoted(e) for e in external_ids[start : start + SUITEQL_IDS_MAX])
             where = (f"type = {_quoted(kind)} AND " if kind else "") + f"externalid IN ({listed})"
-            query = {"q": f"SELECT id, externalid, {number} FROM {table} WHERE {where}"}
-            offset = 0
-            while True:
-                page = _json(
-                    await self._call(
-                        "POST",
-                        f"{self.base_url}{SUITEQL_PATH}",
-                        correlation_id,
-                        body=query,
-                        params={"limit": SUITEQL_PAGE, "offset": offset},
-                        headers={"prefer": "transient"},
-                    )
+            query = f"SELECT id, externalid, {number} FROM {table} WHERE {where}"
+            for item in await self.suiteql(query, correlation_id):
+                external_id = str(item["externalid"])
+                self.remember(record_type, external_id, str(item["id"]))
+                found[external_id] = ErpDocument(
+                    record_type=record_type,
+                    external_id=external_id,
+                    erp_internal_id=str(item["id"]),
+                    document_number=item.get(number),
+                    body=item,
                 )
-                items = page.get("items") or []
-                for item in items:
-                    # SuiteQL answers every value as a string and leaves NULL columns out.
-                    external_id = str(item["externalid"])
-                    self.remember(record_type, external_id, str(item["id"]))
-                    found[external_id] = ErpDocument(
-                        record_type=record_type,
-                        external_id=external_id,
-                        erp_internal_id=str(item["id"]),
-                        document_number=item.get(number),
-                        body=item,
-                    )
-                if not page.get("hasMore") or not items:
-                    break
-                offset += SUITEQL_PAGE
         return found
+
+    async def suiteql(self, query: str, correlation_id: str | None = None) -> list[dict[str, Any]]:
+        """Every row of a SuiteQL query (`POST /services/rest/query/v1/suiteql`), following its
+        pages until `hasMore` is false: a caller never sees a partial answer as the whole one.
+
+        Rows are as SuiteQL answers them, so callers must expect its quirks: every value is a
+        string, NULL columns are left out of a row, column names are lower-case (and each row
+        carries NetSuite's `links`). `prefer: transient` asks for an answer that is not cached."""
+        rows: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            page = _json(
+                await self._call(
+                    "POST",
+                    f"{self.base_url}{SUITEQL_PATH}",
+                    correlation_id,
+                    body={"q": query},
+                    params={"limit": SUITEQL_PAGE, "offset": offset},
+                    headers={"prefer": "transient"},
+                )
+            )
+            items: list[dict[str, Any]] = page.get("items") or []
+            rows += items
+            if not page.get("hasMore") or not items:
+                return rows
+            offset += SUITEQL_PAGE
 
     async def get_by_id(
         self, record_type: RecordType | str, internal_id: str, correlation_id: str | None = None
@@ -402,6 +411,23 @@ class NetSuiteClient(_HttpErpClient):
         return self.mapper.document(record_type, _netsuite_json(response))
 
     async def list(self, record_type: RecordType | str, correlation_id: str | None = None) -> Documents:
+        """Every record of a type, as reconciliation compares them: a void is a credit memo
+        transformed from its invoice (`createdFrom`), so an invoice it reverses reads as
+        voided, and the reversing memo is not listed as a credit memo of its own."""
+        record_type = RecordType(record_type)
+        documents = await self._collection(record_type, correlation_id)
+        if record_type is RecordType.INVOICE:
+            memos = await self._collection(RecordType.CREDIT_MEMO, correlation_id)
+            reversed_ids = {_ref_id(memo.body.get("createdFrom")) for memo in memos} - {None}
+            return [
+                d.model_copy(update={"status": VOIDED}) if d.erp_internal_id in reversed_ids else d
+                for d in documents
+            ]
+        if record_type is RecordType.CREDIT_MEMO:
+            return [d for d in documents if _ref_id(d.body.get("createdFrom")) is None]
+        return documents
+
+    async def _collection(self, record_type: RecordType, correlation_id: str | None) -> Documents:
         """Every record of a type, paging `?limit=&offset=` until `hasMore` is false.
 
         NetSuite's collection items carry only `id` and `links`, so each is read by id; the

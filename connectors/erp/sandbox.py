@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from canonical.money import currency_exponent
 from connectors.erp import netsuite, netsuite_schema
+from connectors.erp.mapping import to_minor_units
 from connectors.erp.netsuite_auth import TOKEN_PATH as M2M_TOKEN_PATH
 from connectors.erp.netsuite_auth import M2MVerifier, TbaVerifier
 from connectors.erp.schemas import (
@@ -1073,6 +1074,39 @@ class NetSuiteBooks:
                 total -= amount
         return total
 
+    def summary(self, doc: StoredDocument) -> dict[str, Any]:
+        """What tests and operators check of a record, in ledgerflow's terms: its amount and
+        what remains due in minor units of its ISO currency, the invoices it is applied to,
+        and the invoice it was transformed from (external ids)."""
+        currency_id = _ref(doc.body.get("currency"), "id")
+        currency = self.ids.currency_code(currency_id) if currency_id else None
+        out: dict[str, Any] = {"currency": currency}
+        if doc.record_type is RecordType.CUSTOMER or currency is None:
+            return out
+
+        def minor(value: Decimal) -> int:
+            return to_minor_units(value, currency)
+
+        out["amount"] = minor(self.totals(doc.record_type, doc.body)["total"])
+        customer = self._by_id(
+            RecordType.CUSTOMER, _ref(doc.body.get("entity") or doc.body.get("customer"), "id") or ""
+        )
+        out["customer"] = customer.external_id if customer is not None else None
+        if doc.record_type is RecordType.INVOICE:
+            out["remaining"] = minor(self.remaining(doc))
+        out["applied_to"] = {
+            self._external_id(_ref(line.get("doc"), "id")): minor(Decimal(line.get("amount") or 0))
+            for line in _applied(doc.body)
+        }
+        created_from = _ref(doc.body.get("createdFrom"), "id")
+        if created_from is not None:
+            out["created_from"] = self._external_id(created_from)
+        return out
+
+    def _external_id(self, invoice_id: str | None) -> str | None:
+        invoice = self._by_id(RecordType.INVOICE, invoice_id or "")
+        return invoice.external_id if invoice is not None else None
+
     def view(self, request: web.Request, doc: StoredDocument, expand: bool) -> dict[str, Any]:
         """A record as NetSuite answers a GET: computed fields, references with links,
         sublists as links unless `expandSubResources=true`."""
@@ -1095,7 +1129,7 @@ class NetSuiteBooks:
                 body["amountRemaining"] = totals["unapplied"]
             elif doc.record_type is RecordType.CUSTOMER_PAYMENT:
                 body["status"] = DEPOSITED
-            if doc.status != "open":  # set through /admin, as a user in NetSuite's UI would
+            if doc.status != DEFAULT_STATUS[doc.record_type]:  # set through /admin, as in NetSuite's UI
                 body["status"] = {"id": doc.status, "refName": doc.status}
         number_field = "entityId" if doc.record_type is RecordType.CUSTOMER else "tranId"
         return {
@@ -1220,7 +1254,8 @@ async def _netsuite_write(
         merged["externalId"] = external_id
     books.check(record_type, merged, existing)
     if existing is None:
-        doc = sandbox.store.insert(record_type, "netsuite", external_id, "open", merged, numbered=True)
+        status = DEFAULT_STATUS[record_type]
+        doc = sandbox.store.insert(record_type, "netsuite", external_id, status, merged, numbered=True)
     else:
         doc = sandbox.store.update(existing, merged, existing.status, number=True)
     return _no_content_at(request, books.written(doc), warnings)
@@ -1293,7 +1328,7 @@ async def _netsuite_transform(request: web.Request) -> web.StreamResponse:
         RecordType.CREDIT_MEMO,
         "netsuite",
         str(external_id) if external_id else None,
-        "open",
+        DEFAULT_STATUS[RecordType.CREDIT_MEMO],
         memo,
         numbered=True,
     )
@@ -1302,13 +1337,23 @@ async def _netsuite_transform(request: web.Request) -> web.StreamResponse:
 
 _SUITEQL = re.compile(
     r"^\s*SELECT\s+(?P<columns>\w+(?:\s*,\s*\w+)*)\s+FROM\s+(?P<table>\w+)\s+WHERE\s+"
-    r"(?:type\s*=\s*'(?P<type>\w+)'\s+AND\s+)?externalid\s+IN\s*\((?P<ids>[^)]*)\)\s*$",
+    r"(?:type\s*=\s*'(?P<type>\w+)'\s+AND\s+)?(?P<key>externalid|id|scriptid)\s+IN\s*\((?P<ids>[^)]*)\)\s*$",
     re.IGNORECASE,
 )
 _SUITEQL_LITERAL = re.compile(r"\s*'((?:[^']|'')*)'\s*(?:,|$)")
 _SUITEQL_RECORDS = {
     (where.table, where.type.lower() if where.type else None): rt for rt, where in SUITEQL_TABLES.items()
 }
+_SUITEQL_CONFIG: dict[str, tuple[str, ...]] = {
+    "subsidiary": ("id", "name"),
+    "currency": ("id", "symbol"),
+    "item": ("id", "itemid"),
+    "account": ("id", "acctnumber"),
+    "salestaxitem": ("id", "itemid"),
+    "customfield": ("scriptid",),
+}
+"""Configuration tables the sandbox's SuiteQL answers, with their columns; the first is the
+key a query selects by (`WHERE id IN (…)`, `WHERE scriptid IN (…)`)."""
 
 
 def _suiteql_row(doc: StoredDocument) -> dict[str, Any]:
@@ -1320,12 +1365,55 @@ def _suiteql_row(doc: StoredDocument) -> dict[str, Any]:
     }
 
 
-def _suiteql_ids(request: web.Request, text: str) -> list[str]:
+def _suiteql_config_rows(sandbox: Sandbox, table: str) -> dict[str, dict[str, Any]]:
+    """A configuration table's rows by key: the records the mappings' [netsuite] section names
+    are the account's whole configuration, so `ledgerflow erp check` against the sandbox finds
+    exactly what the sandbox accepts in a write (and an id the section does not name is missing)."""
+    ids = sandbox.netsuite.ids
+    rows: list[dict[str, Any]]
+    if table == "subsidiary":
+        rows = [
+            {"id": sid, "name": sub.name if (sub := sandbox.mappings.subsidiary(code)) else None}
+            for code, sid in ids.subsidiaries.items()
+        ]
+    elif table == "currency":
+        rows = [{"id": cid, "symbol": code} for code, cid in ids.currencies.items()]
+    elif table == "item":
+        rows = [{"id": iid, "itemid": code} for code, iid in ids.items.items()]
+    elif table == "account":
+        rows = [{"id": aid, "acctnumber": number} for number, aid in ids.accounts.items()]
+    elif table == "salestaxitem":
+        rows = [{"id": tax.id, "itemid": code} for code, tax in ids.tax_codes.items()]
+    else:  # customfield: NetSuite keeps script ids upper-case
+        rows = [{"scriptid": str(scriptid).upper()} for scriptid in ids.fields.model_dump().values()]
+    key = _SUITEQL_CONFIG[table][0]
+    by_key: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        by_key.setdefault(row[key], row)  # two codes naming one record: it is one row
+    return by_key
+
+
+def _suiteql_columns(
+    request: web.Request, table: str, columns: list[str], known: tuple[str, ...], key: str
+) -> None:
+    """Refuse a query by another key than the table's (the first of `known`) or naming a column
+    the table does not have, as NetSuite refuses an unknown field."""
+    unknown = [c for c in columns if c not in known]
+    if key != known[0]:
+        message = f"The sandbox selects {table} by {known[0]}, not {key}."
+    elif unknown:
+        message = f"Unknown column(s) of {table}: {', '.join(unknown)}."
+    else:
+        return
+    raise Refused(_refuse(request, 400, "INVALID_PARAMETER", message))
+
+
+def _suiteql_ids(request: web.Request, key: str, text: str) -> list[str]:
     ids, at = [], 0
     while at < len(text):
         literal = _SUITEQL_LITERAL.match(text, at)
         if literal is None:
-            raise Refused(_refuse(request, 400, "INVALID_PARAMETER", "externalid IN takes quoted strings."))
+            raise Refused(_refuse(request, 400, "INVALID_PARAMETER", f"{key} IN takes quoted strings."))
         ids.append(literal.group(1).replace("''", "'"))
         at = literal.end()
     return ids
@@ -1333,27 +1421,34 @@ def _suiteql_ids(request: web.Request, text: str) -> list[str]:
 
 async def _netsuite_suiteql(request: web.Request) -> web.StreamResponse:
     """The sandbox's SuiteQL: ids and document numbers of the records with these external ids,
-    paged like NetSuite (`hasMore`, `offset`, `totalResults`); columns by lowercase name."""
+    or configuration records (subsidiary, currency, item, account, salestaxitem, customfield)
+    by key, paged like NetSuite (`hasMore`, `offset`, `totalResults`); columns by lowercase name."""
     sandbox = request.app[SANDBOX]
     body = await _json_body(request)
     query = _SUITEQL.match(str(body.get("q") or ""))
     if query is None:
         message = (
-            "The sandbox answers SELECT … FROM customer|transaction WHERE [type = '…' AND] externalid IN (…)."
+            "The sandbox answers SELECT … FROM customer|transaction WHERE [type = '…' AND] "
+            "externalid IN (…), FROM subsidiary|currency|item|account|salestaxitem WHERE id IN (…) "
+            "and FROM customfield WHERE scriptid IN (…)."
         )
         return _refuse(request, 400, "INVALID_PARAMETER", message)
     table, kind = query["table"].lower(), (query["type"] or "").lower() or None
-    record_type = _SUITEQL_RECORDS.get((table, kind))
-    if record_type is None:
-        return _refuse(request, 400, "INVALID_PARAMETER", f"Unknown table or type: {table} {kind or ''}.")
+    key = query["key"].lower()
     columns = [c.strip().lower() for c in query["columns"].split(",")]
-    unknown = [c for c in columns if c not in {"id", "externalid", SUITEQL_TABLES[record_type].number}]
-    if unknown:
-        return _refuse(
-            request, 400, "INVALID_PARAMETER", f"Unknown column(s) of {table}: {', '.join(unknown)}."
-        )
-    external_ids = dict.fromkeys(_suiteql_ids(request, query["ids"]))
-    rows = [_suiteql_row(d) for eid in external_ids for d in sandbox.store.find(record_type, eid)]
+    rows: list[dict[str, Any]]
+    if table in _SUITEQL_CONFIG and kind is None:
+        _suiteql_columns(request, table, columns, _SUITEQL_CONFIG[table], key)
+        config = _suiteql_config_rows(sandbox, table)
+        rows = [config[k] for k in dict.fromkeys(_suiteql_ids(request, key, query["ids"])) if k in config]
+    else:
+        record_type = _SUITEQL_RECORDS.get((table, kind))
+        if record_type is None:
+            return _refuse(request, 400, "INVALID_PARAMETER", f"Unknown table or type: {table} {kind or ''}.")
+        known = ("externalid", "id", SUITEQL_TABLES[record_type].number)
+        _suiteql_columns(request, table, columns, known, key)
+        external_ids = dict.fromkeys(_suiteql_ids(request, key, query["ids"]))
+        rows = [_suiteql_row(d) for eid in external_ids for d in sandbox.store.find(record_type, eid)]
     limit, offset = _page(request, ("limit", "offset"), 1000, "INVALID_PARAMETER")
     page = rows[offset : offset + limit]
     return json_response(
@@ -1363,7 +1458,7 @@ async def _netsuite_suiteql(request: web.Request) -> web.StreamResponse:
             "hasMore": offset + len(page) < len(rows),
             # SuiteQL leaves NULL columns out of an item; every value it gives is a string.
             "items": [
-                {"links": [], **{c: str(row[c]) for c in columns if row[c] is not None}} for row in page
+                {"links": [], **{c: str(row[c]) for c in columns if row.get(c) is not None}} for row in page
             ],
             "offset": offset,
             "totalResults": len(rows),
@@ -1523,6 +1618,13 @@ async def _m2m_token(request: web.Request) -> web.StreamResponse:
 # -- admin ------------------------------------------------------------------------------------
 
 
+def _admin_view(sandbox: Sandbox, doc: StoredDocument) -> dict[str, Any]:
+    view = doc.admin_view()
+    if doc.api == "netsuite" and sandbox._netsuite is not None:
+        view["netsuite"] = sandbox._netsuite.summary(doc)
+    return view
+
+
 async def _admin_documents(request: web.Request) -> web.StreamResponse:
     """Every document, and per external id how many documents and writes it has."""
     sandbox = request.app[SANDBOX]
@@ -1544,7 +1646,7 @@ async def _admin_documents(request: web.Request) -> web.StreamResponse:
     ]
     return json_response(
         {
-            "documents": [d.admin_view() for d in docs],
+            "documents": [_admin_view(sandbox, d) for d in docs],
             "by_external_id": by_external_id,
             "duplicates": duplicates,
         }
