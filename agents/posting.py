@@ -308,6 +308,7 @@ def decide_invoice(
         version=change.entity_version,
         currency=invoice.currency,
         total=invoice.total,
+        settled=row.settled if row else 0,
         erp_status=erp_status,
         idempotency_key=key,
         document_number=row.document_number if row else None,
@@ -495,6 +496,7 @@ class CustomerBook:
         command = payment_command(
             payment, self.customer_id, row, change.correlation_id, now, self._customer_erp_id()
         )
+        self._settle(row, command.document.applied)
         self.payments[payment.payment_id] = command.idempotency_key
         self.commands.append((command, change.event_id))
         return Outcome.COMMANDED
@@ -508,9 +510,14 @@ class CustomerBook:
         command = credit_memo_command(
             memo, self.customer_id, row, change.correlation_id, now, self._customer_erp_id()
         )
+        self._settle(row, command.document.applied)
         self.credit_memos[memo.credit_memo_id] = command.idempotency_key
         self.commands.append((command, change.event_id))
         return Outcome.COMMANDED
+
+    def _settle(self, row: InvoiceRow, applied: int | None) -> None:
+        if applied:
+            self.invoices[row.invoice_id] = row.model_copy(update={"settled": row.settled + applied})
 
     def _customer_erp_id(self) -> str | None:
         """The ERP's internal id of this customer, once the ERP confirmed it (the sink then
@@ -577,6 +584,7 @@ def payment_command(
             **document,
             currency=payment.currency,
             amount=payment.amount,
+            applied=_applicable(payment.amount, invoice),
             tran_date=payment.received_at.date(),
             source=payment,
         ),
@@ -603,8 +611,15 @@ def credit_memo_command(
             subtotal=memo.subtotal,
             tax_total=memo.tax_total,
             total=memo.total,
+            applied=_applicable(memo.total, invoice),
         ),
     )
+
+
+def _applicable(amount: int, invoice: InvoiceRow) -> int:
+    """How much of a payment or credit can apply to the invoice: what remains due on it as far
+    as stage 2 knows (its total less what earlier payments and credits applied)."""
+    return max(0, min(amount, invoice.total - invoice.settled))
 
 
 async def _post_one(

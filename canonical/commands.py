@@ -68,6 +68,9 @@ class ErpPayment(LedgerModel):
     subsidiary: NonEmptyStr
     currency: Currency
     amount: MinorUnits = Field(gt=0)
+    applied: MinorUnits | None = None
+    """The part of `amount` applied to the invoice, at most what stage 2 knows remains due on
+    it; the rest stays on the customer's account unapplied (None: all of it)."""
     tran_date: date
     source: Payment
 
@@ -85,6 +88,9 @@ class ErpCreditMemo(LedgerModel):
     subtotal: MinorUnits
     tax_total: MinorUnits = 0
     total: MinorUnits
+    applied: MinorUnits | None = None
+    """The part of `total` applied to the invoice, at most what stage 2 knows remains due on
+    it: a credit note on a paid invoice is a credit on the customer's account (None: all of it)."""
 
 
 class ErpCommand(TopicModel):

@@ -33,6 +33,9 @@ class InvoiceRow(LedgerModel):
     version: tuple[int, ...]
     currency: Currency
     total: MinorUnits
+    settled: MinorUnits = 0
+    """What ledgerflow's payments and credit memos applied to it so far: an ERP refuses to
+    apply more than remains due, so the next one applies at most `total - settled`."""
     erp_status: InvoiceErpStatus = InvoiceErpStatus.NOT_SENT
     idempotency_key: str | None = None
     document_number: str | None = None

@@ -284,11 +284,24 @@ class NetSuiteMapper:
             "tranDate": doc.tran_date.isoformat(),
             "payment": amount,
             "memo": doc.source.payment_id,
-            "apply": {"items": [{"doc": self._own(own.invoice, "invoice"), "apply": True, "amount": amount}]},
+            # What is not applied stays on the payment as unapplied funds of the customer.
+            "apply": self._apply(own, doc.amount if doc.applied is None else doc.applied, doc.currency),
         }
         return ErpRecord(
             record_type=RecordType.CUSTOMER_PAYMENT, external_id=doc.external_id, body=_present(body)
         )
+
+    def _apply(self, own: OwnIds, applied: int, currency: str) -> dict[str, Any]:
+        """The apply sublist: the invoice, for `applied` minor units, or no line when nothing
+        applies (NetSuite refuses an amount of zero, or more than remains due)."""
+        if not applied:
+            return {"items": []}
+        line = {
+            "doc": self._own(own.invoice, "invoice"),
+            "apply": True,
+            "amount": to_major_units(applied, currency),
+        }
+        return {"items": [line]}
 
     def _credit_memo(self, command: PostCreditMemo, own: OwnIds) -> ErpRecord:
         doc = command.document
@@ -320,15 +333,8 @@ class NetSuiteMapper:
             "item": {"items": [line]},
             "taxDetailsOverride": True,
             "taxDetails": {"items": taxes},
-            "apply": {
-                "items": [
-                    {
-                        "doc": self._own(own.invoice, "invoice"),
-                        "apply": True,
-                        "amount": to_major_units(doc.total, currency),
-                    }
-                ]
-            },
+            # A credit not applied to the invoice (it was paid) is credit on the customer's account.
+            "apply": self._apply(own, doc.total if doc.applied is None else doc.applied, currency),
         }
         return ErpRecord(record_type=RecordType.CREDIT_MEMO, external_id=doc.external_id, body=_present(body))
 

@@ -202,3 +202,27 @@ def test_waiting_too_long_is_raised_by_reason() -> None:
     book.apply(_payment("in_999"), T0)
     reasons = {e.reason for e in overdue_waiting_invoices(book.state(), T0.replace(hour=20), 3600)}
     assert reasons == {ExceptionReason.CUSTOMER_INCOMPLETE, ExceptionReason.INVOICE_NOT_POSTED}
+
+
+def test_a_credit_on_a_paid_invoice_applies_nothing_and_a_payment_only_what_remains_due() -> None:
+    """An ERP refuses to apply more than an invoice still owes: stage 2 keeps what its payments
+    and credits applied, so a credit note on a paid invoice stays credit on the customer's
+    account, and a payment after a credit applies the rest and leaves its excess unapplied."""
+    for first, second in ((_payment, _memo), (_memo, _payment)):
+        book = CustomerBook(CID, CustomerInvoices(customer_id=CID), {}, None, MAPPINGS)
+        book.apply(account_change(), T0)
+        book.apply_result(posted(book.commands[0][0]), T0)
+        book.apply(invoice_event().model_copy(update={"customer_id": CID}), T0)
+        book.apply_result(posted(book.commands[1][0], "202", "INV0001"), T0)
+        book.apply(first(), T0)
+        book.apply(second(), T0)
+        applied = {
+            type(c).__name__: c.document.applied
+            for c, _ in book.commands
+            if isinstance(c, ApplyPayment | PostCreditMemo)
+        }
+        if first is _payment:  # paid in full (12000), then credited 1200
+            assert applied == {"ApplyPayment": 12000, "PostCreditMemo": 0}
+        else:  # credited 1200 first: the payment of 12000 applies the 10800 that remain
+            assert applied == {"PostCreditMemo": 1200, "ApplyPayment": 10800}
+        assert book.invoices["in_100"].settled == 12000

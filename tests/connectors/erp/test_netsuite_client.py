@@ -6,10 +6,12 @@ import time
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
 
+from canonical import ApplyPayment, PostCreditMemo
 from connectors.erp import (
     ErpAuthError,
     ErpPermanentError,
@@ -39,6 +41,8 @@ from tests.connectors.erp.support import (
     sandbox_config,
     set_faults,
 )
+
+C = TypeVar("C", ApplyPayment, PostCreditMemo)
 
 
 async def test_upserting_twice_makes_one_document_written_twice(
@@ -130,6 +134,30 @@ async def test_payments_credit_memos_and_contracts_are_booked(
         ids["salesOrder"],
     )
     assert (payment.document_number, payment.created) == (None, None)
+
+
+async def test_a_payment_applies_what_remains_due_and_a_credit_on_a_paid_invoice_stays_unapplied(
+    netsuite: NetSuiteClient, admin: httpx.AsyncClient
+) -> None:
+    await netsuite.deliver(upsert_customer())
+    await netsuite.deliver(post_invoice())  # 107.20 due
+    # NetSuite refuses to apply more than remains due; the stand-in does too.
+    with pytest.raises(ErpPermanentError, match="remains due"):
+        await netsuite.deliver(apply_payment(amount=20000))
+    overpaid = apply_payment(amount=20000)  # stage 2 applies what remains; the rest is unapplied
+    await netsuite.deliver(_with_applied(overpaid, 10720))
+    # The invoice is paid: the credit stays on the customer's account.
+    await netsuite.deliver(_with_applied(post_credit_memo(), 0))
+    views = {d["record_type"]: d["netsuite"] for d in (await documents(admin))["documents"]}
+    assert views["invoice"]["remaining"] == 0
+    assert views["customerPayment"]["amount"] == 20000
+    assert views["customerPayment"]["applied_to"] == {"stripe-in_1": 10720}
+    assert (views["creditMemo"]["amount"], views["creditMemo"]["applied_to"]) == (1080, {})
+
+
+def _with_applied(command: C, applied: int) -> C:
+    document = command.document.model_copy(update={"applied": applied})  # type: ignore[attr-defined]
+    return command.model_copy(update={"document": document})
 
 
 async def test_only_customers_and_invoices_are_read_back_after_the_upsert(
