@@ -1835,7 +1835,45 @@ async def serve(
     help="Retry-After of 429/503.",
 )
 @click.option("--maintenance/--no-maintenance", default=False, help="Answer every API call 503.")
+@click.option(
+    "--concurrency-limit",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="NetSuite's per-account concurrency limit: a call beyond it in flight is refused (0: none).",
+)
+@click.option(
+    "--concurrency-status",
+    type=click.Choice(["429", "400"]),
+    default="429",
+    show_default=True,
+    help="How the limit is refused: 429 (REST) or 400 (as some accounts answer).",
+)
 @click.option("--seed", type=int, default=None, help="Seed of the fault dice (repeatable runs).")
+@click.option(
+    "--account", default="1234567_SB1", show_default=True, help="The NetSuite account played (TBA realm)."
+)
+@click.option(
+    "--tba",
+    "tba_credentials",
+    multiple=True,
+    metavar="CONSUMER_KEY:CONSUMER_SECRET:TOKEN_ID:TOKEN_SECRET",
+    envvar="LEDGERFLOW_SANDBOX_TBA",
+    help="A TBA integration and access token to accept (repeatable; env: space-separated).",
+)
+@click.option(
+    "--m2m",
+    "m2m_certificates",
+    multiple=True,
+    metavar="CLIENT_ID:CERTIFICATE_ID:CERTIFICATE_PEM_FILE",
+    help="An M2M certificate mapped to an integration (repeatable).",
+)
+@click.option(
+    "--transform-applies/--no-transform-applies",
+    default=True,
+    show_default=True,
+    help="Whether an invoice's transform to a credit memo applies it to the invoice (accounts differ).",
+)
 def erp_sandbox_command(
     host: str,
     port: int,
@@ -1854,10 +1892,18 @@ def erp_sandbox_command(
     rate_limit_rate: float,
     retry_after_s: float,
     maintenance: bool,
+    concurrency_limit: int,
+    concurrency_status: str,
     seed: int | None,
+    account: str,
+    tba_credentials: tuple[str, ...],
+    m2m_certificates: tuple[str, ...],
+    transform_applies: bool,
 ) -> None:
     """Run the sandbox ERP (NetSuite REST and create-only OData shapes) until Ctrl-C."""
     try:
+        tba = tuple(_tba_option(value) for value in tba_credentials)
+        m2m = tuple(_m2m_option(value) for value in m2m_certificates)
         config = SandboxConfig(
             db_path=db_path,
             tokens=tokens or (DEFAULT_TOKEN,),
@@ -1875,8 +1921,14 @@ def erp_sandbox_command(
                 rate_limit_rate=rate_limit_rate,
                 retry_after_s=retry_after_s,
                 maintenance=maintenance,
+                concurrency_limit=concurrency_limit,
+                concurrency_status=int(concurrency_status),
             ),
             seed=seed,
+            account=account,
+            tba=tba,
+            m2m=m2m,
+            transform_applies=transform_applies,
         )
     except ValidationError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -1887,3 +1939,28 @@ def erp_sandbox_command(
     # SIGTERM too (not only Ctrl-C), so `ledgerflow dev` and CI can stop it cleanly.
     asyncio.run(serve(host, port, config, ready, handle_signals=True))
     click.echo("ERP sandbox stopped")
+
+
+def _tba_option(value: str) -> TbaCredential:
+    parts = value.split(":")
+    if len(parts) != 4 or not all(parts):
+        raise click.BadParameter("CONSUMER_KEY:CONSUMER_SECRET:TOKEN_ID:TOKEN_SECRET", param_hint="--tba")
+    key, secret, token_id, token_secret = parts
+    return TbaCredential(
+        consumer_key=key,
+        consumer_secret=SecretStr(secret),
+        token_id=token_id,
+        token_secret=SecretStr(token_secret),
+    )
+
+
+def _m2m_option(value: str) -> M2MCertificate:
+    parts = value.split(":", 2)
+    if len(parts) != 3 or not all(parts):
+        raise click.BadParameter("CLIENT_ID:CERTIFICATE_ID:CERTIFICATE_PEM_FILE", param_hint="--m2m")
+    client_id, certificate_id, pem_file = parts
+    try:
+        pem = Path(pem_file).read_text()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {pem_file}: {exc}", param_hint="--m2m") from exc
+    return M2MCertificate(certificate_id=certificate_id, client_id=client_id, certificate_pem=pem)

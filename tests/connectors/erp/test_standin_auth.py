@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -14,6 +15,7 @@ from connectors.erp.sandbox import M2MCertificate, SandboxServer, TbaCredential
 from tests.connectors.erp.builders import post_invoice, upsert_customer
 from tests.connectors.erp.netsuite_keys import ec_keys, rsa_keys
 from tests.connectors.erp.support import sandbox_config
+from tests.support import ErpSandbox
 
 ACCOUNT = "1234567_SB1"
 # NetSuite hands out 64 hex digits for each; oauthlib's server side checks the format too.
@@ -67,3 +69,20 @@ async def test_m2m_assertions_are_checked_against_the_mapped_certificate(
             await forged.token()
         assert refused.value.code == "invalid_client"
         await forged.aclose()
+
+
+async def test_the_command_line_sandbox_accepts_tba_it_was_given_and_takes_its_limit(tmp_path: Path) -> None:
+    """`ledgerflow erp-sandbox --tba … --concurrency-limit N` as a process: the flags reach it."""
+    credential = f"{TBA.consumer_key}:cs-secret:{TBA.token_id}:ts-secret"
+    args = ("--account", ACCOUNT, "--tba", credential, "--concurrency-limit", "3", "--no-transform-applies")
+    sandbox = ErpSandbox(tmp_path, args).start()
+    try:
+        async with NetSuiteClient(sandbox.url, tba_token()) as client:
+            await client.deliver(upsert_customer())
+        async with NetSuiteClient(sandbox.url, tba_token("wrong")) as client:
+            with pytest.raises(ErpAuthError):
+                await client.deliver(upsert_customer())
+        faults = httpx.get(f"{sandbox.url}/admin/faults", timeout=5).json()
+        assert faults["concurrency_limit"] == 3
+    finally:
+        sandbox.stop()
