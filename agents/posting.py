@@ -209,6 +209,7 @@ def decide_invoice(
     contract: ContractRow | None = None,
     replay: bool = False,
     customer_erp_id: str | None = None,
+    customer_subsidiary: str | None = None,
 ) -> InvoiceDecision:
     """Apply one invoice snapshot to its row: dedup, ordering, contract gate, validation,
     commands. `contract` is the row of the contract the invoice names, if known; `replay`
@@ -270,7 +271,7 @@ def decide_invoice(
             problems = [Problem(reason, (FieldError(field="contract_id", problem=problem),))]
             resolved = None
         else:
-            resolved, problems = validate_invoice(invoice, mappings)
+            resolved, problems = validate_invoice(invoice, mappings, customer_subsidiary)
         if resolved is not None:
             command = to_posting_command(
                 invoice, change.customer_id, resolved, change.correlation_id, now, customer_erp_id
@@ -476,6 +477,7 @@ class CustomerBook:
                 contract,
                 replay,
                 self._customer_erp_id(),
+                self.master.subsidiary if self.master is not None else None,
             )
             if decision.row is not None:
                 self.invoices[doc.invoice_id] = decision.row

@@ -78,19 +78,28 @@ def check_arithmetic(invoice: Invoice) -> list[FieldError]:
     return errors
 
 
-def validate_invoice(invoice: Invoice, mappings: Mappings) -> tuple[ResolvedInvoice | None, list[Problem]]:
-    """Every rule an invoice must pass to be posted; all failures at once, grouped by reason."""
+def validate_invoice(
+    invoice: Invoice, mappings: Mappings, customer_subsidiary: str | None = None
+) -> tuple[ResolvedInvoice | None, list[Problem]]:
+    """Every rule an invoice must pass to be posted; all failures at once, grouped by reason.
+
+    `customer_subsidiary` is the subsidiary the customer master resolved (the ERP keeps a
+    customer in one, and refuses its invoice in another): the invoice books there, whether its
+    billing record has an address or not, unless its own country or currency says otherwise."""
     found: dict[ExceptionReason, list[FieldError]] = defaultdict(list)
     found[ExceptionReason.ARITHMETIC_MISMATCH].extend(check_arithmetic(invoice))
 
-    subsidiary = mappings.subsidiary_for(invoice.customer_country, invoice.currency)
+    subsidiary = _booking_subsidiary(invoice, mappings, customer_subsidiary, found)
     if subsidiary is None:
-        found[ExceptionReason.UNMAPPED_SUBSIDIARY].append(
-            FieldError(
-                field="customer_country",
-                problem=f"no subsidiary for country {invoice.customer_country} / currency {invoice.currency}",
+        if not found[ExceptionReason.SUBSIDIARY_MISMATCH]:
+            found[ExceptionReason.UNMAPPED_SUBSIDIARY].append(
+                FieldError(
+                    field="customer_country",
+                    problem=(
+                        f"no subsidiary for country {invoice.customer_country} / currency {invoice.currency}"
+                    ),
+                )
             )
-        )
     elif invoice.currency not in subsidiary.currencies:
         found[ExceptionReason.CURRENCY_NOT_ENABLED].append(
             FieldError(
@@ -148,3 +157,42 @@ def validate_invoice(invoice: Invoice, mappings: Mappings) -> tuple[ResolvedInvo
     if problems or subsidiary is None:
         return None, problems
     return ResolvedInvoice(subsidiary, tuple(items), tuple(tax_codes)), []
+
+
+def _booking_subsidiary(
+    invoice: Invoice,
+    mappings: Mappings,
+    customer_subsidiary: str | None,
+    found: dict[ExceptionReason, list[FieldError]],
+) -> Subsidiary | None:
+    """The customer's subsidiary when the master resolved one, else the invoice's own (by its
+    country, then its currency). An invoice whose own country maps to another subsidiary, or
+    whose currency that subsidiary does not enable while another one's default it is, is a
+    mismatch naming both: booking it in either would be wrong in one of the two systems."""
+    customers = mappings.subsidiary(customer_subsidiary) if customer_subsidiary else None
+    if customers is None:
+        return mappings.subsidiary_for(invoice.customer_country, invoice.currency)
+    own = (
+        mappings.subsidiary_for(invoice.customer_country, invoice.currency)
+        if invoice.customer_country
+        else None
+    )
+    if own is not None and own.id != customers.id:
+        problem = (
+            f"the invoice's country {invoice.customer_country} books in {own.id}; "
+            f"its customer is in {customers.id}"
+        )
+        found[ExceptionReason.SUBSIDIARY_MISMATCH].append(
+            FieldError(field="customer_country", problem=problem)
+        )
+        return None
+    if invoice.currency not in customers.currencies:
+        default = mappings.subsidiary_for(None, invoice.currency)
+        if default is not None and default.id != customers.id:
+            problem = (
+                f"{invoice.currency} is {default.id}'s currency and not enabled for {customers.id}, "
+                "its customer's subsidiary"
+            )
+            found[ExceptionReason.SUBSIDIARY_MISMATCH].append(FieldError(field="currency", problem=problem))
+            return None
+    return customers

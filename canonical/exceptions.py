@@ -12,6 +12,8 @@ class ExceptionReason(StrEnum):
 
     ARITHMETIC_MISMATCH = "arithmetic_mismatch"
     UNMAPPED_SUBSIDIARY = "unmapped_subsidiary"
+    SUBSIDIARY_MISMATCH = "subsidiary_mismatch"
+    """The invoice's own country or currency belongs to another subsidiary than its customer's."""
     CURRENCY_NOT_ENABLED = "currency_not_enabled"
     MISSING_GL_MAPPING = "missing_gl_mapping"
     MISSING_TAX_CODE = "missing_tax_code"

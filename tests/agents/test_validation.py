@@ -101,3 +101,32 @@ def test_mappings_refuse_references_to_unknown_subsidiaries() -> None:
                 "default_subsidiary_by_currency": {"USD": "XX99"},
             }
         )
+
+
+def test_an_invoice_books_in_its_customers_subsidiary_even_without_an_address() -> None:
+    # A GB customer (UK01) invoiced in EUR with no address on the billing record: EUR alone
+    # would say DE01, but the ERP keeps the customer in UK01 and UK01 takes EUR.
+    resolved, problems = validate_invoice(invoice(customer_country=None, currency="EUR"), MAPPINGS, "UK01")
+    assert problems == [] and resolved is not None and resolved.subsidiary.id == "UK01"
+    resolved, problems = validate_invoice(invoice(customer_country=None), MAPPINGS, "UK01")
+    assert problems == [] and resolved is not None and resolved.subsidiary.id == "UK01"
+
+
+@pytest.mark.parametrize(
+    ("inv", "field", "named"),
+    [
+        # Its own country is American: US01, not the customer's UK01.
+        (invoice(customer_country="US", currency="USD"), "customer_country", ("US01", "UK01")),
+        # No address, and JPY is JP01's currency, which UK01 does not take.
+        (invoice(customer_country=None, currency="JPY"), "currency", ("JP01", "UK01")),
+    ],
+)
+def test_an_invoice_contradicting_its_customers_subsidiary_is_an_exception_naming_both(
+    inv, field, named
+) -> None:  # type: ignore[no-untyped-def]
+    resolved, problems = validate_invoice(inv, MAPPINGS, "UK01")
+    assert resolved is None
+    [problem] = [p for p in problems if p.reason is ExceptionReason.SUBSIDIARY_MISMATCH]
+    [error] = problem.fields
+    assert error.field == field and all(s in error.problem for s in named)
+    assert ExceptionReason.UNMAPPED_SUBSIDIARY not in {p.reason for p in problems}
