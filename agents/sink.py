@@ -42,6 +42,7 @@ from canonical import (
     codec,
 )
 from connectors.erp import (
+    CallSlots,
     CircuitBreaker,
     ErpClient,
     ErpDocument,
@@ -81,7 +82,7 @@ class ErpLink:
     client: ErpClient
     policy: RetryPolicy
     breaker: CircuitBreaker
-    calls: asyncio.Semaphore
+    calls: CallSlots
     create_only: bool
 
 
@@ -95,7 +96,7 @@ def erp_link(s: Settings) -> ErpLink:
             max_elapsed_s=s.erp_retry_max_s,
         ),
         breaker=CircuitBreaker(s.erp_breaker_failures, s.erp_breaker_open_s),
-        calls=asyncio.Semaphore(s.erp_concurrency),
+        calls=CallSlots(s.erp_concurrency),
         create_only=s.erp_mode == "create-only",
     )
 
@@ -160,6 +161,9 @@ class Lane:
     """The results the batch owes, in order; sent by `finish`, once the numbers are read."""
     unnumbered: list[tuple[ErpCommand, ErpReceipt]] = field(default_factory=list)
     """Commands the ERP took whose document number is still to be read (`read_document_numbers`)."""
+    left: int = 0
+    """Commands of the batch still to go in this lane, the current one included: its calls'
+    priority for a slot (`CallSlots`), so the batch's longest lanes do not end it alone."""
 
     def mark_in_flight(self, now: datetime) -> None:
         """Create-only mode: record every command about to be attempted before any call, and
@@ -182,7 +186,8 @@ class Lane:
             self.outbox.put(posting_ledger_table, self.customer_id, self.ledger, event)
 
     async def run(self, now: datetime) -> None:
-        for command, event in self.work:
+        for done, (command, event) in enumerate(self.work):
+            self.left = len(self.work) - done
             await self._handle(command, event, now)
 
     async def finish(self, kept: bool) -> None:
@@ -238,7 +243,7 @@ class Lane:
             # calls (create, then post), and a failure of a later one leaves the document created.
             nonlocal tries
             tries += 1
-            async with self.link.calls:
+            async with self.link.calls.slot(self.left + len(self.ledger.queued)):
                 with metrics.erp_call(kind):
                     return await self.link.client.deliver(
                         command, uncertain=unsure or uncertain or tries > 1, read_back=False
@@ -376,12 +381,14 @@ async def read_document_numbers(link: ErpLink, lanes: list[Lane]) -> None:
             by_id.setdefault(receipt.external_id, []).append((lane, command))
         lane.unnumbered = []
     client = link.client
+    # The whole batch's results wait on these reads: they go before any lane's next call.
+    behind = sum(len(lane.owed) for lane in lanes)
     for record_type, by_id in wanted.items():
-        found = await _erp_read(link, partial(client.document_numbers, record_type, tuple(by_id)))
+        found = await _erp_read(link, partial(client.document_numbers, record_type, tuple(by_id)), behind)
         for external_id, waiting in by_id.items():
             document = found.get(external_id) if found is not None else None
             if document is None and found is not None:  # not in the answer: read it on its own
-                document = await _erp_read(link, partial(client.get, record_type, external_id))
+                document = await _erp_read(link, partial(client.get, record_type, external_id), behind)
             for lane, command in waiting:
                 if document is not None:
                     lane.numbered(command, document)
@@ -396,12 +403,12 @@ async def read_document_numbers(link: ErpLink, lanes: list[Lane]) -> None:
                 )
 
 
-async def _erp_read(link: ErpLink, read: Callable[[], Awaitable[Any]]) -> Any:
+async def _erp_read(link: ErpLink, read: Callable[[], Awaitable[Any]], priority: int) -> Any:
     """One read from the ERP with the delivery's retries and breaker; None when it cannot be
     had (the ERP down past the retries, or a bug: logged, the batch goes on)."""
 
     async def attempt(_unsure: bool) -> Any:
-        async with link.calls:
+        async with link.calls.slot(priority):
             with metrics.erp_call(metrics.READ_NUMBERS):
                 return await read()
 

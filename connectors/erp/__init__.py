@@ -13,6 +13,7 @@ from connectors.erp.errors import (
 from connectors.erp.mapping import to_major_units, to_minor_units, to_record
 from connectors.erp.resilience import (
     BreakerState,
+    CallSlots,
     CircuitBreaker,
     RetriesExhausted,
     RetryEvent,
@@ -23,6 +24,7 @@ from connectors.erp.schemas import ErpDocument, ErpReceipt, ErpRecord, RecordTyp
 
 __all__ = [
     "BreakerState",
+    "CallSlots",
     "CircuitBreaker",
     "ClientCredentialsToken",
     "CreateOnlyClient",

@@ -4,15 +4,19 @@
 retried with exponential backoff and full jitter (never sooner than the ERP's `Retry-After`),
 an uncertain outcome makes every later attempt look the document up first, permanent errors
 end the call at once, and the breaker stops hammering an ERP that keeps failing.
+`CallSlots` keeps the calls in flight within the ERP's concurrency limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeVar
@@ -165,6 +169,61 @@ class CircuitBreaker:
             "erp circuit opened",
             extra={"consecutive_failures": self._failures, "open_for_s": self.open_for_s},
         )
+
+
+class CallSlots:
+    """At most `limit` calls in flight (the ERP's concurrency, shared by every lane of a worker);
+    a slot that frees goes to the waiting call with the most work behind it, first come first
+    served among equals.
+
+    A batch ends when its longest lane does, and a lane makes one call at a time: with a plain
+    semaphore every call of a customer with eleven invoices queues behind the whole batch's
+    others, and the batch ends with that lane running alone while the other slots stay empty.
+    Served longest-lane-first, the long lanes keep pace and the slots stay full to the end."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("a call needs at least one slot")
+        self.limit = limit
+        self.in_flight = 0
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, priority: int = 0) -> AsyncIterator[None]:
+        """Hold one slot for the block; a higher `priority` (work left behind the call) is served first."""
+        await self._acquire(priority)
+        try:
+            yield
+        finally:
+            self._release()
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a slot."""
+        return sum(1 for *_, future in self._waiting if not future.done())
+
+    async def _acquire(self, priority: int) -> None:
+        # A slot is free only when nobody waits: a release hands its slot to a live waiter first.
+        if self.in_flight < self.limit and not self._waiting:
+            self.in_flight += 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (-priority, next(self._order), future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._release()  # handed a slot as it was cancelled: pass it on
+            raise
+
+    def _release(self) -> None:
+        while self._waiting:
+            *_, future = heapq.heappop(self._waiting)
+            if not future.done():  # a cancelled waiter is skipped
+                future.set_result(None)  # the slot passes on: in_flight stays
+                return
+        self.in_flight -= 1
 
 
 @dataclass(frozen=True)

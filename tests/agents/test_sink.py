@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,7 @@ from agents.outbox import Outbox
 from agents.sink import ErpLink, Lane, run_lanes
 from canonical import BusinessException, ErpCommand, ExceptionReason, PostingResult
 from connectors.erp import (
+    CallSlots,
     CircuitBreaker,
     ErpDocument,
     ErpPermanentError,
@@ -128,7 +128,7 @@ def lane(
         client=erp,
         policy=RetryPolicy(max_attempts=3, base_delay_s=0.0, max_delay_s=0.0),
         breaker=CircuitBreaker(100, 1.0),
-        calls=asyncio.Semaphore(1),
+        calls=CallSlots(1),
         create_only=False,
     )
     event = mock.Mock(message=mock.Mock(topic="erp.commands", partition=0, offset=1), key=CID)

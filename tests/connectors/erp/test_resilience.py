@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
 
 from connectors.erp import (
     BreakerState,
+    CallSlots,
     CircuitBreaker,
     ErpAuthError,
     ErpPermanentError,
@@ -311,3 +313,50 @@ async def test_a_permanent_error_proves_the_erp_is_up() -> None:
             clock=clock,
         )
     assert breaker.state is BreakerState.CLOSED
+
+
+async def test_call_slots_hold_the_limit_and_serve_the_longest_lane_first() -> None:
+    slots = CallSlots(2)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def call(name: str, priority: int) -> None:
+        async with slots.slot(priority):
+            order.append(name)
+            assert slots.in_flight <= 2
+            await release.wait()
+
+    running = [asyncio.create_task(call(n, 0)) for n in ("a", "b")]
+    await asyncio.sleep(0)
+    assert (slots.in_flight, order) == (2, ["a", "b"])
+    waiting = [asyncio.create_task(call(n, p)) for n, p in (("short", 1), ("long", 9), ("short2", 1))]
+    await asyncio.sleep(0)
+    assert slots.waiting == 3 and order == ["a", "b"]  # full: nobody jumps in
+    release.set()
+    await asyncio.gather(*running, *waiting)
+    # The freed slots went to the call with the most behind it, then in arrival order.
+    assert order == ["a", "b", "long", "short", "short2"]
+    assert (slots.in_flight, slots.waiting) == (0, 0)
+
+
+async def test_a_cancelled_waiter_gives_up_its_place_and_never_leaks_a_slot() -> None:
+    slots = CallSlots(1)
+    gate = asyncio.Event()
+
+    async def hold() -> None:
+        async with slots.slot():
+            await gate.wait()
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    cancelled = asyncio.create_task(hold())
+    after = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(holder, after)
+    assert cancelled.cancelled()
+    assert (slots.in_flight, slots.waiting) == (0, 0)
+    async with slots.slot():  # the slot is free again at once
+        assert slots.in_flight == 1
