@@ -430,8 +430,7 @@ class NetSuiteClient(_HttpErpClient):
     async def _collection(self, record_type: RecordType, correlation_id: str | None) -> Documents:
         """Every record of a type, paging `?limit=&offset=` until `hasMore` is false.
 
-        NetSuite's collection items carry only `id` and `links`, so each is read by id; the
-        sandbox returns full records in `items` (a convenience that saves that read)."""
+        NetSuite's collection items carry only `id` and `links`, so each is read by id."""
         documents: Documents = []
         offset = 0
         while True:
@@ -444,9 +443,6 @@ class NetSuiteClient(_HttpErpClient):
             page = _netsuite_json(response)
             items = page.get("items") or []
             for item in items:
-                if "externalId" in item or "tranId" in item or "entityId" in item:
-                    documents.append(self.mapper.document(record_type, item))
-                    continue
                 document = await self.get_by_id(record_type, str(item["id"]), correlation_id)
                 if document is not None:  # deleted between the page and the read
                     documents.append(document)

@@ -2,7 +2,7 @@
 
 * NetSuite REST record shape under `/services/rest/record/v1/{recordType}`: `PUT …/eid:{id}`
   upserts (204 + `Location`), `PATCH …/{eid:id|id}` updates, `GET` reads one record or a page
-  (`?limit=&offset=`, full records in `items` — a sandbox convenience; NetSuite sends links).
+  (`?limit=&offset=`, each item only the record's `id` and `links`, as NetSuite answers).
 * NetSuite SuiteQL, `POST /services/rest/query/v1/suiteql` (`{"q": …}`, `?limit=&offset=`),
   for the one query shape the connector sends: ids and document numbers by external id
   (`SELECT id, externalid, tranid FROM transaction WHERE type = 'CustInvc' AND externalid IN
@@ -1199,14 +1199,16 @@ async def _netsuite_collection(request: web.Request) -> web.StreamResponse:
     has_more = offset + len(docs) < total
     if has_more:
         links.append({"rel": "next", "href": f"{base}?limit={limit}&offset={offset + len(docs)}"})
-    books = sandbox.netsuite
     return ns_json(
         {
             "links": links,
             "count": len(docs),
             "hasMore": has_more,
-            # Full records, not NetSuite's {"id", "links"} stubs: saves a GET per record.
-            "items": [books.view(request, d, expand=False) for d in docs],
+            # As NetSuite: each item is the record's id and a link to it, never the record.
+            "items": [
+                {"links": [{"rel": "self", "href": f"{base}/{d.internal_id}"}], "id": str(d.internal_id)}
+                for d in docs
+            ],
             "offset": offset,
             "totalResults": total,
         }

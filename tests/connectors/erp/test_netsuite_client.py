@@ -372,8 +372,16 @@ async def test_list_pages_through_the_collection(sandbox: SandboxServer, admin: 
     assert [d.external_id for d in listed] == [f"cust-{n}" for n in range(7)]
     assert [d.document_number for d in listed] == [f"CUST{n:06d}" for n in range(1, 8)]
     assert nothing == []
-    pages = [e["query"] for e in await requests_log(admin, correlation_id="corr-list")]
+    calls = [
+        (e["path"].rsplit("/", 1)[-1], e["query"])
+        for e in await requests_log(admin, correlation_id="corr-list")
+    ]
+    # A page holds only ids and links, as NetSuite's: each record is then read by its id.
+    pages = [query for last, query in calls if last == "customer"]
     assert pages == ["limit=3&offset=0", "limit=3&offset=3", "limit=3&offset=6"]
+    assert sorted(last for last, _ in calls if last != "customer") == sorted(
+        str(d.erp_internal_id) for d in listed
+    )
 
 
 async def test_a_429_burst_is_transient_with_the_erps_retry_after(
