@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import secrets
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from streams.topic_names import DLQ, ERP_COMMANDS, EXCEPTIONS
 DEV_ROOT = Path(".ledgerflow-dev")
 OUTPUT_TOPICS = [ERP_COMMANDS, EXCEPTIONS, DLQ]
 DEV_ERP_TOKEN = "sandbox-token"
+DEV_ACCOUNT = "1234567_SB1"
+"""The NetSuite account the demo's stand-in plays; the worker signs its calls with TBA for it."""
 
 
 @dataclass
@@ -52,7 +55,8 @@ def demo_scenario(invoices: int, seed: int = 7) -> Scenario:
     customers = max(1, invoices // 3)
     announced: set[str] = set()
     for n in range(invoices):
-        country = countries[n % len(countries)]
+        # A customer is in one market: the ERP keeps it in that market's subsidiary.
+        country = countries[(n % customers) % len(countries)]
         customer = f"cus_demo{n % customers:04d}"
         lines = [("prod_platform", 1), ("prod_seats", rng.randint(1, 40))]
         if rng.random() < 0.3:
@@ -117,16 +121,62 @@ def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def _start_erp(port: int, log: Path) -> subprocess.Popen[bytes]:
-    """The sandbox ERP, with a few faults so the demo shows retries doing their job."""
+@dataclass(frozen=True)
+class DemoTba:
+    """A TBA integration and access token made up for the demo (NetSuite's are 64 hex digits):
+    the stand-in accepts calls they sign, the worker signs with them. They travel in the
+    processes' environment, never on a command line."""
+
+    consumer_key: str = field(default_factory=lambda: secrets.token_hex(32))
+    consumer_secret: str = field(default_factory=lambda: secrets.token_hex(32))
+    token_id: str = field(default_factory=lambda: secrets.token_hex(32))
+    token_secret: str = field(default_factory=lambda: secrets.token_hex(32))
+
+    def sandbox_env(self) -> dict[str, str]:
+        parts = (self.consumer_key, self.consumer_secret, self.token_id, self.token_secret)
+        return {"LEDGERFLOW_SANDBOX_TBA": ":".join(parts)}
+
+    def worker_env(self) -> dict[str, str]:
+        return {
+            "LEDGERFLOW_ERP_MODE": "netsuite",
+            "LEDGERFLOW_NETSUITE_ACCOUNT": DEV_ACCOUNT,
+            "LEDGERFLOW_NETSUITE_AUTH": "tba",
+            "LEDGERFLOW_NETSUITE_CONSUMER_KEY": self.consumer_key,
+            "LEDGERFLOW_NETSUITE_CONSUMER_SECRET": self.consumer_secret,
+            "LEDGERFLOW_NETSUITE_TOKEN_ID": self.token_id,
+            "LEDGERFLOW_NETSUITE_TOKEN_SECRET": self.token_secret,
+        }
+
+
+def _start_erp(port: int, log: Path, tba: DemoTba) -> subprocess.Popen[bytes]:
+    """The NetSuite stand-in, with a few faults so the demo shows retries doing their job."""
     args = ["--port", str(port), "--db", str((DEV_ROOT / "erp.sqlite3").resolve()), "--token", DEV_ERP_TOKEN]
+    args += ["--account", DEV_ACCOUNT]
     args += ["--latency-ms", "20", "--error-rate", "0.05", "--timeout-rate", "0.02", "--hang-s", "3"]
     return subprocess.Popen(
         [sys.executable, "-m", "streams", "erp-sandbox", *args],
+        env={**os.environ, **tba.sandbox_env()},
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def _erp_check(env: dict[str, str]) -> str:
+    """`ledgerflow erp check` against the stand-in: the mappings' internal ids exist there."""
+    out = subprocess.run(
+        [sys.executable, "-m", "streams", "erp", "check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(
+            f"ledgerflow erp check found problems (exit {out.returncode}):\n{out.stdout}{out.stderr}"
+        )
+    return out.stdout.strip().splitlines()[-1]
 
 
 def _erp_view(erp_url: str) -> dict[str, Any]:
@@ -183,20 +233,24 @@ def run_dev(events: int, keep_running: bool) -> None:
         erp_port = free_port()
         erp_url = f"http://127.0.0.1:{erp_port}"
         erp_log = (DEV_ROOT / "erp-sandbox.log").resolve()
-        erp = _start_erp(erp_port, erp_log)
+        tba = DemoTba()
+        erp = _start_erp(erp_port, erp_log, tba)
         wait_for_log(erp_log, "ERP sandbox on", erp, timeout=30)
-        print(f"Sandbox ERP on {erp_url} (documents: {erp_url}/admin/documents)")
+        print(
+            f"NetSuite stand-in (account {DEV_ACCOUNT}) on {erp_url} (documents: {erp_url}/admin/documents)"
+        )
         web_port = settings.web_port if _port_free(settings.web_port) else free_port()
         env = {
             **os.environ,
+            **tba.worker_env(),
             "LEDGERFLOW_ERP_BASE_URL": erp_url,
-            "LEDGERFLOW_ERP_TOKEN": DEV_ERP_TOKEN,
             "LEDGERFLOW_ERP_TIMEOUT_S": "2",
             "LEDGERFLOW_KAFKA_BOOTSTRAP": bootstrap,
             "LEDGERFLOW_DATA_DIR": str((DEV_ROOT / "worker").resolve()),
             "LEDGERFLOW_WEB_PORT": str(web_port),
             "PYTHONUNBUFFERED": "1",
         }
+        print(_erp_check(env))
         log = (DEV_ROOT / "worker.log").resolve()
         worker = _start_worker(env, log)
         ready = wait_for_log(log, "Worker ready", worker, timeout=120)

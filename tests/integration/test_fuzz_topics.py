@@ -31,7 +31,7 @@ from streams import metrics
 from streams.replay import KafkaLink
 from streams.settings import Settings
 from tests.fuzz.seeds import SOURCE_TOPICS, adapters, garbage, internal_models, internal_seeds, source_seeds
-from tests.support import Stack, erp_documents_of, finish_simulation, start_simulation
+from tests.support import Stack, document_amount, erp_documents_of, finish_simulation, start_simulation
 
 PER_TOPIC = 200
 SECRETS = {"LEDGERFLOW_STRIPE_WEBHOOK_SECRET": "whsec_fuzz", "LEDGERFLOW_RELAY_SECRET": "relay-fuzz"}
@@ -209,9 +209,7 @@ def test_garbage_on_every_topic_and_route_stops_nothing(new_stack: Any, tmp_path
     expected = erp_documents_of(truth)
     view = stack.erp.wait_for(expected, timeout=240)
     good = [d for d in view["documents"] if (d["record_type"], d["external_id"]) in expected]
-    amounts = {
-        (d["record_type"], d["external_id"]): d["body"].get("total", d["body"].get("amount")) for d in good
-    }
+    amounts = {(d["record_type"], d["external_id"]): document_amount(d) for d in good}
     assert amounts == expected and len(good) == len(expected), "a good document is missing or duplicated"
     good_after = time.monotonic() - started
 

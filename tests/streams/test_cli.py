@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,9 +75,14 @@ def test_dev_runs_the_demo_scenario_end_to_end(kafka_bootstrap: str, tmp_path: P
     assert out.returncode == 0, out.stdout + out.stderr
     assert "post_invoice         40 (40 distinct keys)" in out.stdout
     assert "upsert_customer" in out.stdout
-    assert "arithmetic_mismatch  1" in out.stdout and "unmapped_subsidiary  1" in out.stdout
+    assert "arithmetic_mismatch  1" in out.stdout and "currency_not_enabled 1" in out.stdout
     assert "not_json             1" in out.stdout
     assert "invoice              40" in out.stdout and "0 duplicates" in out.stdout  # in the sandbox ERP
+    # Against the NetSuite stand-in, its ids checked first, every call signed with TBA (the
+    # worker has no bearer token), and no signature refused.
+    assert "NetSuite stand-in (account 1234567_SB1)" in out.stdout
+    assert re.search(r"erp check \S+ \(http://127\.0\.0\.1:\d+\): \d+ id\(s\) checked, all ok", out.stdout)
+    assert "refused a TBA signature" not in (tmp_path / ".ledgerflow-dev" / "erp-sandbox.log").read_text()
 
 
 def test_a_worker_runs_only_the_stages_it_is_given() -> None:

@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from pydantic import SecretStr
 from canonical import codec
 from canonical.commands import ErpCommand, PostingOutcome, PostingResult
 from canonical.exceptions import BusinessException, ExceptionReason, ExceptionStatus, Severity
-from connectors.erp import CreateOnlyClient, ErpDocument, ErpMode, RecordType, to_record
+from connectors.erp import CreateOnlyClient, ErpDocument, ErpMode, RecordType, netsuite, to_record
 from connectors.erp.sandbox import DEFAULT_TOKEN, SandboxServer
 from connectors.erp.schemas import document_from
 from streams import headers as h
@@ -624,6 +625,34 @@ async def deliver_and_record(
     )
 
 
+async def alter_total(admin: httpx.AsyncClient, external_id: str, by: str) -> None:
+    """Change an invoice's first line as a user in NetSuite's UI would (NetSuite computes the
+    total from the lines; it has no total to set)."""
+    view = (await admin.get("/admin/documents")).json()
+    [doc] = [d for d in view["documents"] if (d["record_type"], d["external_id"]) == ("invoice", external_id)]
+    items = _decimals(doc["body"]["item"]["items"])
+    line = items[0]
+    amount = line["amount"] + Decimal(by)
+    items[0] = {**line, "amount": amount, "rate": amount / line.get("quantity", 1)}
+    patched = await admin.patch(
+        f"/admin/documents/invoice/{external_id}",
+        content=netsuite.dumps({"item": {"items": items}}),
+        headers={"content-type": "application/json"},
+    )
+    assert patched.status_code == 200, patched.text
+
+
+def _decimals(value: Any) -> Any:
+    """JSON numbers read back as NetSuite keeps them: decimals, never floats."""
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return Decimal(str(value))
+    if isinstance(value, list):
+        return [_decimals(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _decimals(v) for k, v in value.items()}
+    return value
+
+
 async def test_reconcile_finds_a_deleted_and_an_altered_document_and_raises_them(
     kafka_bootstrap: str, sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -649,9 +678,7 @@ async def test_reconcile_finds_a_deleted_and_an_altered_document_and_raises_them
     # Behind ledgerflow's back: a payment deleted, an invoice's total changed.
     async with httpx.AsyncClient(base_url=sandbox.url, timeout=5) as admin:
         assert (await admin.delete("/admin/documents/customerPayment/stripe-pi_1")).status_code == 200
-        assert (
-            await admin.patch("/admin/documents/invoice/stripe-in_2", json={"total": 9999})
-        ).status_code == 200
+        await alter_total(admin, "stripe-in_2", "-7.21")  # 107.20 → 99.99
 
         ticks: list[int] = []
         report = await reconcile(s, raise_exceptions=True, tick=ticks.append, timeout=20)
@@ -683,9 +710,7 @@ async def test_reconcile_finds_a_deleted_and_an_altered_document_and_raises_them
             assert record.header(h.CAUSATION_ID) == f"reconcile:{report.run_id}"
 
         # The invoice is put right: its exception is resolved, the missing payment's updated.
-        assert (
-            await admin.patch("/admin/documents/invoice/stripe-in_2", json={"total": 10720})
-        ).status_code == 200
+        await alter_total(admin, "stripe-in_2", "7.21")
     again = await reconcile(s, raise_exceptions=True, timeout=20)
     assert kinds(again.differences) == [(DifferenceKind.MISSING, PAYMENT, "stripe-pi_1")]
     assert (again.exceptions_raised, again.exceptions_resolved) == (1, 1)
