@@ -280,10 +280,37 @@ def assert_erp_holds_exactly(view: dict[str, Any], expected: dict[tuple[str, str
     docs = [d for d in view["documents"] if d["record_type"] in {rt for rt, _ in expected}]
     counts = Counter((d["record_type"], d["external_id"]) for d in docs)
     assert view["duplicates"] == [] and set(counts.values()) == {1}, view["duplicates"]
-    amounts = {
-        (d["record_type"], d["external_id"]): d["body"].get("total", d["body"].get("amount")) for d in docs
-    }
+    amounts = {(d["record_type"], d["external_id"]): document_amount(d) for d in docs}
     assert amounts == expected
+
+
+def document_amount(document: dict[str, Any]) -> int | None:
+    """A sandbox document's total (a payment's amount) in minor units: NetSuite's computed from
+    its lines in major units (the sandbox's `netsuite` summary), the create-only API's as sent."""
+    if "netsuite" in document:
+        amount: int | None = document["netsuite"].get("amount")
+        return amount
+    body = document["body"]
+    return body.get("total", body.get("amount"))
+
+
+def assert_netsuite_books_balance(view: dict[str, Any]) -> None:
+    """NetSuite's books as the truth implies them: each payment and credit applied to its
+    invoice and to no other, no invoice over-applied, each reversed invoice reversed once."""
+    netsuite = [d for d in view["documents"] if "netsuite" in d]
+    invoices = {d["external_id"]: d for d in netsuite if d["record_type"] == "invoice"}
+    reversals = Counter(
+        d["netsuite"].get("created_from") for d in netsuite if d["record_type"] == "creditMemo"
+    )
+    reversals.pop(None, None)
+    assert set(reversals.values()) <= {1}, reversals
+    for d in netsuite:
+        if d["record_type"] in ("customerPayment", "creditMemo"):  # what is not applied stays unapplied
+            assert sum(d["netsuite"]["applied_to"].values()) <= d["netsuite"]["amount"], d["external_id"]
+        for invoice_id in d["netsuite"].get("applied_to", {}):
+            assert invoice_id in invoices, (d["external_id"], invoice_id)
+    for invoice in invoices.values():
+        assert invoice["netsuite"]["remaining"] >= 0, invoice["external_id"]
 
 
 def erp_documents_of(truth: dict[str, Any]) -> dict[tuple[str, str], int]:

@@ -1,8 +1,10 @@
 """The chaos run (issue #8; design §6, invariants 1-4): a simulated quote-to-cash history of 500
 customers and 22,000 events, with 10% of Stripe's events delivered twice and 10% reordered, half
 posted signed to a worker's webhook ingress and half produced straight to the source topics;
-two workers on a broker of the test's own; the sandbox ERP (create-only API shape, where a
-second POST is a second document) failing 10% of calls with 500s, answering 5% only after
+two workers on a broker of the test's own; the sandbox ERP, once as NetSuite (its property,
+reference and amount checks on: each payment must apply to its invoice) and once in the
+create-only API shape (where a second POST is a second document), failing 10% of calls with
+500s, answering 5% only after
 committing them and hanging past the sink's timeout, and in bursts of 429s. Meanwhile a worker
 is killed with `kill -9` three times (restarted on its data each time) and the broker restarts.
 
@@ -36,6 +38,7 @@ from pydantic import SecretStr
 
 from agents.identity import provisional_customer_id
 from canonical import PostingOutcome
+from connectors.erp import ErpMode
 from connectors.errors import Rejection
 from connectors.salesforce import ResyncRequired
 from connectors.simulation import generate
@@ -51,6 +54,7 @@ from tests.support import (
     ErpSandbox,
     Stack,
     assert_erp_holds_exactly,
+    assert_netsuite_books_balance,
     erp_documents_of,
     unconsumed,
 )
@@ -78,7 +82,6 @@ the sink's circuit breaker, and while it is open only its probes reach the ERP (
 every LEDGERFLOW_ERP_BREAKER_OPEN_S), so the rest of a burst is used up by probes: 40 stalled
 the ERP side of the run for about a minute each time."""
 WORKER_ENV = {
-    "LEDGERFLOW_ERP_MODE": "create-only",
     "LEDGERFLOW_ERP_TIMEOUT_S": "1.5",
     "LEDGERFLOW_ERP_RETRY_BASE_S": "0.05",
     "LEDGERFLOW_ERP_RETRY_MAX_S": "30",
@@ -102,6 +105,7 @@ class ChaosRun:
     root: Path
     broker: LocalKafka
     stack: Stack
+    mode: ErpMode
     started: float = field(default_factory=time.monotonic)
     lines: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -129,12 +133,12 @@ class ChaosRun:
             app_id=env["LEDGERFLOW_APP_ID"],
             partitions=self.stack.partitions,
             erp_base_url=self.erp.url,
-            erp_mode="create-only",
+            erp_mode=self.mode,
             erp_token=SecretStr(ErpSandbox.token),
         )
 
 
-@pytest.fixture
+@pytest.fixture(params=["netsuite", "create-only"])
 def chaos(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ChaosRun]:
     """A broker of the run's own (it is restarted mid-run: the session's broker is left alone)
     and a stack on it; on failure everything worth reading goes to test-artifacts/chaos/."""
@@ -143,8 +147,10 @@ def chaos(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     broker = LocalKafka(data_dir=root / "kafka")
     started = time.monotonic()
     broker.start()
-    stack = Stack(bootstrap=broker.bootstrap, root=root, extra_env=WORKER_ENV, erp_args=ERP_FAULTS)
-    run = ChaosRun(root, broker, stack)
+    mode: ErpMode = request.param
+    env = {**WORKER_ENV, "LEDGERFLOW_ERP_MODE": mode}
+    stack = Stack(bootstrap=broker.bootstrap, root=root, extra_env=env, erp_args=ERP_FAULTS)
+    run = ChaosRun(root, broker, stack, mode)
     run.timings["broker up"] = time.monotonic() - started
     failed_before = request.session.testsfailed
     try:
@@ -412,6 +418,8 @@ def test_chaos_every_document_once_and_every_event_accounted_for(
         print("\n" + "\n".join(run.lines))
 
     assert_erp_holds_exactly(view, expected)  # each once (the sandbox's duplicates list), amounts
+    if run.mode == "netsuite":
+        assert_netsuite_books_balance(view)  # each payment and credit applied to its invoice
     assert set(docs) == set(expected) | {("customer", c) for c in customers}, "a document the truth lacks"
     assert len(view["documents"]) == len(docs), view["duplicates"]
     assert all(not found_problems for found_problems in problems.values()), problems
@@ -451,19 +459,37 @@ def content_mismatches(docs: Docs, truths: list[Any]) -> list[str]:
         for m in t["credit_memos"]
     }
     out = [
-        f"{k}: currency {docs[k]['body'].get('currency')}, the truth {c}"
+        f"{k}: currency {_currency(docs[k])}, the truth {c}"
         for k, c in currency.items()
-        if k in docs and docs[k]["body"].get("currency") != c
+        if k in docs and _currency(docs[k]) != c
     ]
     booked = {"customer": "active", "invoice": "open", "customerPayment": "deposited", "creditMemo": "open"}
     out += [f"{k}: status {d['status']}" for k, d in docs.items() if booked.get(k[0]) != d["status"]]
     paid = {("invoice", i["external_id"]) for t in truths for i in t["invoices"] if i["status"] == "paid"}
-    applied = {
-        ("invoice", d["body"]["invoice"]["externalId"]) for k, d in docs.items() if k[0] == "customerPayment"
-    }
+    applied = {("invoice", _invoice_of(d)) for k, d in docs.items() if k[0] == "customerPayment"}
     out += [f"{k}: paid in the truth, no payment in the ERP" for k in sorted(paid - applied)]
     out += [f"{k}: a payment in the ERP, unpaid in the truth" for k in sorted(applied - paid)]
     return out
+
+
+def _currency(doc: dict[str, Any]) -> str | None:
+    # NetSuite references a currency record by internal id; the sandbox's summary names its code.
+    currency = doc["netsuite"]["currency"] if "netsuite" in doc else doc["body"].get("currency")
+    return str(currency) if currency is not None else None
+
+
+def _customer_of(doc: dict[str, Any]) -> str:
+    return str(doc["netsuite"]["customer"] if "netsuite" in doc else doc["body"]["customer"]["externalId"])
+
+
+def _invoice_of(doc: dict[str, Any]) -> str | None:
+    """The invoice a payment or credit memo is for: in NetSuite, the one its apply sublist names
+    (none for a credit on a paid invoice: it stays on the customer's account)."""
+    if "netsuite" in doc:
+        applied = list(doc["netsuite"]["applied_to"])
+        assert len(applied) <= 1, doc["external_id"]
+        return str(applied[0]) if applied else None
+    return str(doc["body"]["invoice"]["externalId"])
 
 
 def documents_out_of_order(docs: Docs) -> tuple[int, list[str]]:
@@ -474,9 +500,9 @@ def documents_out_of_order(docs: Docs) -> tuple[int, list[str]]:
     for key, doc in docs.items():
         before: tuple[str, str] | None = None
         if key[0] == "invoice":
-            before = ("customer", doc["body"]["customer"]["externalId"])
-        elif key[0] in ("customerPayment", "creditMemo"):
-            before = ("invoice", doc["body"]["invoice"]["externalId"])
+            before = ("customer", _customer_of(doc))
+        elif key[0] in ("customerPayment", "creditMemo") and (invoice := _invoice_of(doc)) is not None:
+            before = ("invoice", invoice)
         if before is None:
             continue
         pairs += 1
@@ -607,7 +633,9 @@ def _report(
         ]
         for rt in ("customer", "invoice", "customerPayment", "creditMemo")
     ]
-    note("ERP documents against the truth (create-only API: a second POST would be a duplicate):")
+    note(
+        f"ERP documents against the truth ({run.mode} API; create-only: a second POST would be a duplicate):"
+    )
     for line in _table(["record type", "truth", "in ERP", "duplicated", "writes"], rows):
         note("  " + line)
     note()
