@@ -48,11 +48,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from click.core import ParameterSource
 
+from connectors.erp.client import NETSUITE_RECORD_PATH, SUITEQL_PATH
 from connectors.simulation import Message, Scenario, generate
 from streams import headers as h
 from streams.local_kafka import LocalKafka, LocalKafkaError, free_port
@@ -109,10 +111,20 @@ class BenchOptions:
     profile: bool = False
     results_dir: Path = RESULTS
     keep_work: bool = False
+    erp_bound: bool = False
+    """Run only the ERP-bound mode (`run_erp_bound`): no peers, no paced run."""
+    erp_concurrency_limits: tuple[int, ...] = (5, 10)
+    """The sandbox's concurrency limit of each ERP-bound run, and the sink's LEDGERFLOW_ERP_CONCURRENCY."""
 
 
 QUICK = {"customers": 8, "months": 2, "partitions": 2, "rate": 200.0, "timeout_s": 300.0}
 """`--quick`: enough to see every contender work end to end, not to measure anything."""
+ERP_BOUND = {"customers": 205, "months": 12, "erp_latency_ms": 250.0}
+"""`--erp-bound`'s defaults: at seed 7, 4,805 documents (invoices, payments, credit memos) and 205
+customers, ~5,000 ERP writes, at NetSuite's ~250 ms a call; a month-end backlog is big enough
+that the start-up and the last batch's tail are a few percent of the run, not its shape."""
+ERP_BOUND_QUICK = {"customers": 20, "months": 6, "erp_latency_ms": 50.0, "partitions": 2, "timeout_s": 300.0}
+"""`--erp-bound --quick`: ~260 writes at 50 ms a call, a few seconds per limit: does the mode work?"""
 
 
 # --- input -----------------------------------------------------------------------------------
@@ -166,6 +178,13 @@ class Expected:
 
     def met_by(self, seen: Observed) -> bool:
         return len(seen.customers_confirmed) >= self.customers and self.documents <= seen.confirmed_at.keys()
+
+    def settled_by(self, seen: Observed) -> bool:
+        """Every customer confirmed and every document answered for good, posted or not: the
+        ERP-bound runs end there, since a document the ERP refuses spent its call like any other
+        and will not be confirmed however long the run waits (its refusal is reported)."""
+        answered = seen.confirmed_at.keys() | seen.not_posted.keys()
+        return len(seen.customers_confirmed) >= self.customers and self.documents <= answered
 
     def shortfall(self, seen: Observed) -> str:
         missing = sorted(self.documents - seen.confirmed_at.keys())
@@ -322,6 +341,11 @@ class Observed:
     confirmed_at: dict[str, int] = field(default_factory=dict)
     """Idempotency key → timestamp (ms) of its first posted `erp.results` record."""
     customers_confirmed: set[str] = field(default_factory=set)
+    not_posted: dict[str, str] = field(default_factory=dict)
+    """Idempotency key → error code of its last result other than posted (refused, or parked on
+    an ERP that would not take it): calls that bought no document."""
+    not_posted_at: dict[str, int] = field(default_factory=dict)
+    """Idempotency key → timestamp (ms) of its first result other than posted."""
     commands: int = 0
     results: int = 0
     first_command_at: int = 0
@@ -347,19 +371,27 @@ class Observed:
     def add_result(self, at: int, value: bytes) -> None:
         self.results += 1
         result = orjson.loads(value)
-        if result["outcome"] != "posted":
-            return
         key = str(result["idempotency_key"])
+        if result["outcome"] != "posted":
+            self.not_posted[key] = str(result.get("error_code"))
+            self.not_posted_at.setdefault(key, at)
+            return
         self.confirmed_at.setdefault(key, at)
         if result["command"] == "upsert_customer":
             self.customers_confirmed.add(str(result["customer_id"]))
 
 
 async def watch(
-    bootstrap: str, prefix: str, expected: Expected, timeout_s: float, alive: Callable[[], None]
+    bootstrap: str,
+    prefix: str,
+    expected: Expected,
+    timeout_s: float,
+    alive: Callable[[], None],
+    done: Callable[[Observed], bool] | None = None,
 ) -> Observed:
     """Read `erp.commands` and `erp.results` from the start until the ERP has confirmed every
-    expected posting; `alive` raises if a process of the deployment died."""
+    expected posting (or until `done`); `alive` raises if a process of the deployment died."""
+    done = done or expected.met_by
     consumer = AIOKafkaConsumer(
         prefix + ERP_COMMANDS,
         prefix + ERP_RESULTS,
@@ -373,7 +405,7 @@ async def watch(
     seen = Observed()
     deadline = time.monotonic() + timeout_s
     try:
-        while not expected.met_by(seen):
+        while not done(seen):
             if time.monotonic() > deadline:
                 raise BenchError(
                     f"ledgerflow did not finish within {timeout_s:.0f}s: {expected.shortfall(seen)}"
@@ -548,7 +580,13 @@ class Deployment:
     erp_latency_ms: float
     workers: int
     sink_workers: int = 0
+    worker_env: dict[str, str] = field(default_factory=dict)
+    """Settings of every worker over the caller's (LEDGERFLOW_ERP_CONCURRENCY, say)."""
+    erp_faults: dict[str, Any] = field(default_factory=dict)
+    """Sandbox fault settings (`POST /admin/faults`) set before any worker starts: the sandbox
+    has no flag for some (its `concurrency_limit`), and a call before them would escape them."""
     erp: Child | None = None
+    erp_url: str = ""
     processes: list[Child] = field(default_factory=list)
 
     def start(self) -> Deployment:
@@ -565,6 +603,9 @@ class Deployment:
             self.work,
         )
         wait_for_log(self.erp.log, "ERP sandbox on", self.erp.proc, 60)
+        self.erp_url = f"http://127.0.0.1:{port}"
+        if self.erp_faults:
+            set_erp_faults(self.erp_url, self.erp_faults)
         for index in range(self.workers + self.sink_workers):
             stages = "ingest,core,sink" if not self.sink_workers else "ingest,core"
             env = child_env(
@@ -575,9 +616,10 @@ class Deployment:
                 LEDGERFLOW_PARTITIONS=str(self.partitions),
                 LEDGERFLOW_DATA_DIR=str(self.work / f"worker{index}"),
                 LEDGERFLOW_WEB_PORT=str(free_port()),
-                LEDGERFLOW_ERP_BASE_URL=f"http://127.0.0.1:{port}",
+                LEDGERFLOW_ERP_BASE_URL=self.erp_url,
                 LEDGERFLOW_ERP_TOKEN=ERP_TOKEN,
             )
+            env.update(self.worker_env)
             command = [sys.executable, "-m", "streams", "worker", "-l", "info"]
             self.processes.append(spawn(f"{self.app_id}-worker{index}", command, env, self.work))
         for worker in self.processes:
@@ -586,6 +628,11 @@ class Deployment:
             except ProcessFailed as exc:
                 raise BenchError(f"{exc}:\n{worker.tail()}") from None
         return self
+
+    @property
+    def sink_processes(self) -> int:
+        """Processes running the sink: each holds LEDGERFLOW_ERP_CONCURRENCY calls of its own."""
+        return self.sink_workers or self.workers
 
     def alive(self) -> None:
         for child in [*self.processes, *([self.erp] if self.erp else [])]:
@@ -610,6 +657,20 @@ class Deployment:
             terminate(child.proc)
         if self.erp is not None:
             terminate(self.erp.proc)
+
+
+def set_erp_faults(erp_url: str, faults: dict[str, Any]) -> None:
+    """Merge `faults` into the sandbox's fault settings, and check it took them: a setting it
+    does not know would be refused, and a run under the wrong limit would measure nothing."""
+    try:
+        answer = httpx.post(f"{erp_url}/admin/faults", json=faults, timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise BenchError(f"the sandbox ERP at {erp_url} did not take its fault settings: {exc}") from exc
+    settings = answer.json() if answer.is_success else {}
+    if any(settings.get(name) != value for name, value in faults.items()):
+        raise BenchError(
+            f"the sandbox ERP refused the fault settings {faults}: {answer.status_code} {answer.text}"
+        )
 
 
 class Profiler:
@@ -921,6 +982,245 @@ RUNNERS: dict[str, Callable[[Run], dict[str, Any]]] = {
 }
 
 
+# --- ERP-bound --------------------------------------------------------------------------------
+#
+# NetSuite's concurrency limit is per account and shared by every integration: every call spends
+# it, so at month-end the bound is documents/s <= limit / latency. These runs put the sink against
+# a sandbox ERP that answers in `erp_latency_ms` and refuses a call beyond its limit, and measure
+# how close to that bound it gets and what each document costs in calls.
+
+REQUEST_LOG_SIZE = 2000
+"""Entries the sandbox ERP's request log keeps (its `request_log_size` default): fewer than a run
+makes, so `ErpCalls` follows the log while the run goes."""
+RECORD_PREFIX = NETSUITE_RECORD_PATH + "/"
+
+
+def call_kind(method: str, path: str) -> tuple[str, str]:
+    """(kind, record) of one sandbox API call: `PUT record`/`PUT invoice`, `GET record`/`GET
+    customer`, `POST suiteql`, `POST transform`/`POST invoice` (a void's credit memo): what a
+    document's calls were for, beyond the one write it needs."""
+    if path.startswith(RECORD_PREFIX):
+        record_type = path[len(RECORD_PREFIX) :].split("/", 1)[0]
+        kind = "transform" if "/!transform/" in path else "record"
+        return f"{method} {kind}", f"{method} {record_type}"
+    if path == SUITEQL_PATH:
+        return f"{method} suiteql", f"{method} suiteql"
+    return f"{method} {path}", f"{method} {path}"
+
+
+@dataclass
+class ErpCalls:
+    """The sandbox ERP's API calls, read from its request log (`GET /admin/requests`) while a run
+    goes: the log keeps only the last `REQUEST_LOG_SIZE` entries, so a whole run's calls can be
+    counted (refusals included) only by following it. Each entry has a `seq`, one per API call
+    (admin calls are not logged): the highest is the calls the sandbox took. An entry is counted
+    once answered (a call in flight is logged without a status yet), in `seq` order; entries
+    that left the log before they were read are `missed`."""
+
+    calls: int = 0
+    """The highest `seq` seen: API calls the sandbox took, answered or refused."""
+    counted: int = 0
+    """Entries up to this `seq` are counted (or missed)."""
+    missed: int = 0
+    by_kind: Counter[str] = field(default_factory=Counter)
+    by_record: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)
+    refused_by_kind: Counter[str] = field(default_factory=Counter)
+
+    def add(self, entries: Sequence[dict[str, Any]]) -> None:
+        """Count the entries after `counted`, up to the first still in flight (read again later)."""
+        ordered = sorted(entries, key=lambda e: int(e["seq"]))
+        if ordered:
+            self.calls = max(self.calls, int(ordered[-1]["seq"]))
+        for entry in ordered:
+            seq = int(entry["seq"])
+            if seq <= self.counted:
+                continue
+            if entry.get("status") is None and entry.get("fault") is None:
+                # In flight: it and everything after it wait for the next read. (A dropped
+                # connection has no status ever, but says so in its fault.)
+                return
+            self.missed += seq - self.counted - 1
+            self.counted = seq
+            kind, record = call_kind(str(entry.get("method")), str(entry.get("path")))
+            self.by_kind[kind] += 1
+            self.by_record[record] += 1
+            self.statuses[str(entry.get("status"))] += 1
+            fault = entry.get("fault")
+            if fault is not None:
+                self.faults[str(fault)] += 1
+                if fault == "concurrency_limit":
+                    self.refused_by_kind[kind] += 1
+
+    async def poll(self, client: httpx.AsyncClient) -> None:
+        """One read: the newest entry's `seq`, then every entry after `counted` (two small
+        answers rather than the whole log each time: the sandbox's CPU is the run's too)."""
+        newest = (await client.get("/admin/requests", params={"limit": 1})).json()["requests"]
+        if not newest or int(newest[0]["seq"]) <= self.counted:
+            return
+        # A margin for calls logged between the two reads: the whole gap must be in the answer.
+        limit = min(REQUEST_LOG_SIZE, int(newest[0]["seq"]) - self.counted + 200)
+        self.add((await client.get("/admin/requests", params={"limit": limit})).json()["requests"])
+
+    async def follow(self, client: httpx.AsyncClient, interval_s: float = 1.0) -> None:
+        """Poll until cancelled; a failed read is only a later one's work (or a `missed` count)."""
+        while True:
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                await self.poll(client)
+            await asyncio.sleep(interval_s)
+
+    async def finish(self, client: httpx.AsyncClient, timeout_s: float = 15.0) -> None:
+        """Read until every call logged so far is counted: the last ones may still be in flight."""
+        deadline = time.monotonic() + timeout_s
+        await self.poll(client)
+        while self.counted < self.calls and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            await self.poll(client)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "log_missed": self.missed,
+            "log_uncounted": self.calls - self.counted,
+            "refused": self.faults["concurrency_limit"],
+            "calls_by_kind": dict(self.by_kind.most_common()),
+            "calls_by_record": dict(self.by_record.most_common()),
+            "refused_by_kind": dict(self.refused_by_kind.most_common()),
+            "statuses": dict(sorted(self.statuses.items())),
+            "faults": dict(sorted(self.faults.items())),
+        }
+
+
+async def watch_with_erp_calls(
+    run: Run, prefix: str, deployment: Deployment, poll_s: float = 1.0
+) -> tuple[Observed, ErpCalls]:
+    """`watch` until the ERP confirmed the backlog, following the sandbox's request log meanwhile."""
+    calls = ErpCalls()
+    async with httpx.AsyncClient(base_url=deployment.erp_url, timeout=10.0) as client:
+        follower = asyncio.create_task(calls.follow(client, poll_s))
+        try:
+            expected = run.input.expected
+            seen = await watch(
+                run.bootstrap, prefix, expected, run.options.timeout_s, deployment.alive, expected.settled_by
+            )
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+        await calls.finish(client)
+    return seen, calls
+
+
+def erp_bound_measures(
+    seen: Observed, calls: ErpCalls, limit: int, latency_ms: float, expected: Expected
+) -> dict[str, Any]:
+    """One ERP-bound run's figures. A *document* is every ERP write the backlog came to, each
+    distinct command the ERP answered for good — confirmed, or refused (`documents_refused`, by
+    error code): customers as well as invoices, payments and credit memos, since each spends the
+    account's concurrency as much as any other. Timed from the first command on `erp.commands`
+    to the last such answer on `erp.results` (record timestamps: the sandbox's log has none)."""
+    refused = {k: code for k, code in seen.not_posted.items() if k not in seen.confirmed_at}
+    documents = len(seen.confirmed_at) + len(refused)
+    answered_at = [*seen.confirmed_at.values(), *(seen.not_posted_at[k] for k in refused)]
+    seconds = (max(answered_at, default=seen.first_command_at) - seen.first_command_at) / 1000
+    per_s = documents / seconds if seconds > 0 else 0.0
+    bound = limit / (latency_ms / 1000) if latency_ms > 0 else math.inf
+    taken = calls.calls - calls.faults["concurrency_limit"]
+
+    def by_command(keys: set[str]) -> dict[str, int]:
+        return dict(sorted(Counter(seen.command_kind.get(k, "?") for k in keys).items()))
+
+    return {
+        "concurrency_limit": limit,
+        "erp_concurrency": limit,
+        "documents": documents,
+        "documents_confirmed": len(seen.confirmed_at),
+        "documents_refused": len(refused),
+        "documents_expected": len(expected.documents) + expected.customers,
+        # Of the scenario's own: its documents confirmed, and its customers (each at least once).
+        "expected_confirmed": len(expected.documents & seen.confirmed_at.keys())
+        + min(expected.customers, len(seen.customers_confirmed)),
+        "confirmed_by_command": by_command(set(seen.confirmed_at)),
+        "refused_by_command": by_command(set(refused)),
+        "refused_codes": dict(Counter(refused.values()).most_common()),
+        "timed": "first command on erp.commands -> last confirmed or refused on erp.results",
+        "seconds": round(seconds, 2),
+        "documents_per_s": round(per_s, 2),
+        "bound_per_s": round(bound, 2) if math.isfinite(bound) else None,
+        "share_of_bound": round(per_s / bound, 3) if math.isfinite(bound) else None,
+        "calls_per_document": round(calls.calls / documents, 3) if documents else None,
+        # How much of the account's concurrency the run held (a call taken ≈ one slot for one
+        # latency): share_of_bound is this over calls_per_document, so what share_of_bound
+        # misses beyond the extra calls is slots the sink left empty.
+        "concurrency_used": (
+            round(taken * latency_ms / 1000 / (limit * seconds), 3) if seconds > 0 and latency_ms else None
+        ),
+        **calls.summary(),
+    }
+
+
+def run_erp_bound_limit(run: Run, limit: int) -> dict[str, Any]:
+    """One ERP-bound run: the backlog on fresh topics (a ledgerflow deployment reads and writes
+    its own topics under its prefix, so each run needs its own), a sandbox ERP that refuses a
+    call beyond `limit` in flight, a sink allowed `limit` calls, until every document is answered
+    (`Expected.settled_by`)."""
+    options = run.options
+    prefix = f"bench-{run.run_id}-erp{limit}."
+    asyncio.run(
+        create_topics(run.bootstrap, [prefix + t for t in SOURCE_TOPICS], options.partitions, run.replication)
+    )
+    asyncio.run(produce(run.bootstrap, prefix, run.input.records))
+    deployment = Deployment(
+        run.bootstrap,
+        prefix,
+        f"bench-{run.run_id}-lferp{limit}",
+        options.partitions,
+        run.work / f"ledgerflow-erp{limit}",
+        options.erp_latency_ms,
+        options.workers,
+        options.sink_workers,
+        worker_env={"LEDGERFLOW_ERP_CONCURRENCY": str(limit)},
+        erp_faults={"concurrency_limit": limit},
+    )
+    try:
+        deployment.start()
+        seen, calls = asyncio.run(watch_with_erp_calls(run, prefix, deployment))
+        resources = deployment.resources()
+    finally:
+        deployment.stop()
+    return {
+        **erp_bound_measures(seen, calls, limit, options.erp_latency_ms, run.input.expected),
+        "commands": seen.commands,
+        "latency_ms": {"command_to_confirmed": stage_latencies({}, seen)["command_to_confirmed"]},
+        **resources,
+    }
+
+
+def run_erp_bound(run: Run, echo: Callable[[str], None]) -> dict[str, Any]:
+    """The ERP-bound runs, one per concurrency limit, on the same backlog."""
+    options = run.options
+    expected = run.input.expected
+    runs: dict[str, dict[str, Any]] = {}
+    for limit in options.erp_concurrency_limits:
+        echo(f"ERP-bound, concurrency limit {limit} at {options.erp_latency_ms:g} ms a call: running")
+        result = run_erp_bound_limit(run, limit)
+        runs[str(limit)] = result
+        echo(
+            f"ERP-bound {limit}: {result['documents']} documents in {result['seconds']:.1f}s, "
+            f"{result['documents_per_s']:.2f}/s of {result['bound_per_s']:.0f}/s "
+            f"({result['share_of_bound']}), {result['calls_per_document']} calls/document, "
+            f"{result['refused']} calls refused (429), {result['documents_refused']} documents refused"
+        )
+    return {
+        "erp_latency_ms": options.erp_latency_ms,
+        "documents_expected": len(expected.documents) + expected.customers,
+        "sink_processes": options.sink_workers or options.workers,
+        "targets": {"share_of_bound": 0.9, "calls_per_document": 1.05},
+        "runs": runs,
+    }
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -1007,16 +1307,20 @@ def run_bench(options: BenchOptions, echo: Callable[[str], None] = click.echo) -
             machine = machine_info(kafka_version)
             echo(f"generating {options.customers} customers x {options.months} months (seed {options.seed})")
             run = Run(options, bootstrap, work, run_id, Input.generate(options, options.customers))
-            names = [run.prefix + t for t in SOURCE_TOPICS]
-            asyncio.run(create_topics(bootstrap, names, options.partitions, run.replication))
-            produced = asyncio.run(produce(bootstrap, run.prefix, run.input.records))
-            run.source_at = produced.source_at
-            echo(
-                f"{len(run.input.records)} messages pre-produced to {options.partitions} partitions in "
-                f"{produced.seconds:.1f}s on {bootstrap}"
-            )
             contenders: dict[str, dict[str, Any]] = {}
-            for name in options.contenders:
+            erp_bound = None
+            if options.erp_bound:
+                erp_bound = run_erp_bound(run, echo)
+            else:
+                names = [run.prefix + t for t in SOURCE_TOPICS]
+                asyncio.run(create_topics(bootstrap, names, options.partitions, run.replication))
+                produced = asyncio.run(produce(bootstrap, run.prefix, run.input.records))
+                run.source_at = produced.source_at
+                echo(
+                    f"{len(run.input.records)} messages pre-produced to {options.partitions} partitions in "
+                    f"{produced.seconds:.1f}s on {bootstrap}"
+                )
+            for name in () if options.erp_bound else options.contenders:
                 echo(f"{name}: running")
                 contenders[name] = RUNNERS[name](run)
                 echo(f"{name}: {contenders[name]['events_per_s']:.0f} events/s")
@@ -1026,7 +1330,7 @@ def run_bench(options: BenchOptions, echo: Callable[[str], None] = click.echo) -
             if external:
                 with contextlib.suppress(Exception):
                     asyncio.run(delete_topics_containing(bootstrap, run_id))
-        results = assemble(options, machine, run, contenders, started)
+        results = assemble(options, machine, run, contenders, started, erp_bound)
         path = write_results(results, options.results_dir, started, machine["host"])
         ok = True
         return results, path
@@ -1043,6 +1347,7 @@ def assemble(
     run: Run,
     contenders: dict[str, dict[str, Any]],
     started: datetime,
+    erp_bound: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     s = Settings()
     parameters = {
@@ -1059,6 +1364,8 @@ def assemble(
         "workers": options.workers,
         "sink_workers": options.sink_workers,
         "profile": options.profile,
+        "erp_bound": options.erp_bound,
+        "erp_concurrency_limits": list(options.erp_concurrency_limits) if options.erp_bound else None,
         "ledgerflow_settings": {
             "batch_size": s.batch_size,
             "batch_window_ms": s.batch_window_ms,
@@ -1069,7 +1376,7 @@ def assemble(
     }
     by_topic = Counter(r.topic for r in run.input.records)
     truth = run.input.scenario.truth
-    return {
+    results: dict[str, Any] = {
         "schema_version": 1,
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -1085,6 +1392,9 @@ def assemble(
         "contenders": contenders,
         "ratios": ratios(contenders),
     }
+    if erp_bound is not None:
+        results["erp_bound"] = erp_bound
+    return results
 
 
 def write_results(results: dict[str, Any], directory: Path, started: datetime, host: str) -> Path:
@@ -1131,7 +1441,7 @@ def format_table(results: dict[str, Any]) -> str:
         f"{'src→cmd ms p50/95/99':>21} {'ready→cmd p50/95/99':>20} {'cmd→ERP ms p50/95/99':>21} "
         f"{'RSS MB':>7} {'CPU s':>6}"
     )
-    rows = [header, "", columns]
+    rows = [header, "", columns] if results["contenders"] else [header]
 
     def row(label: str, inputs: str, c: dict[str, Any], per_s: float) -> str:
         latency = c.get("latency_ms")
@@ -1157,7 +1467,43 @@ def format_table(results: dict[str, Any]) -> str:
     ratio_text = ", ".join(f"{k.replace('_to_', '/')} {v:.2f}" for k, v in results["ratios"].items())
     if ratio_text:
         rows += ["", f"events/s ratios: {ratio_text}"]
+    if "erp_bound" in results:
+        rows += ["", *erp_bound_table(results["erp_bound"])]
     return "\n".join(rows)
+
+
+def erp_bound_table(erp_bound: dict[str, Any]) -> list[str]:
+    """The ERP-bound runs, a row per concurrency limit N: documents/s against N / latency."""
+    latency = erp_bound["erp_latency_ms"]
+    targets = erp_bound.get("targets", {})
+    rows = [
+        f"ERP-bound: {erp_bound['documents_expected']} documents at {latency:g} ms a call; bound = N / "
+        f"{latency / 1000:g} s (targets: share >= {targets.get('share_of_bound', 0.9)}, calls/doc <= "
+        f"{targets.get('calls_per_document', 1.05)}); s = first command -> last answered; refused: by the "
+        "ERP, for good; 429s: calls over the limit; slots used: calls taken x latency / (N x s)",
+        f"{'N':>3} {'documents':>9} {'refused':>7} {'s':>7} {'docs/s':>7} {'bound':>6} {'share':>6} "
+        f"{'calls/doc':>9} {'429s':>5} {'slots used':>10}  calls by kind",
+    ]
+    for n, r in erp_bound["runs"].items():
+        share = r.get("share_of_bound")
+        per_doc = r.get("calls_per_document")
+        used = r.get("concurrency_used")
+        kinds = ", ".join(f"{k} {v}" for k, v in r.get("calls_by_kind", {}).items())
+        bound = r.get("bound_per_s")
+        rows.append(
+            f"{n:>3} {r['documents']:>9} {r['documents_refused']:>7} {r['seconds']:>7.1f} "
+            f"{r['documents_per_s']:>7.2f} {(f'{bound:.0f}' if bound is not None else '-'):>6} "
+            f"{(f'{share:.3f}' if share is not None else '-'):>6} "
+            f"{(f'{per_doc:.3f}' if per_doc is not None else '-'):>9} {r['refused']:>5} "
+            f"{(f'{used:.3f}' if used is not None else '-'):>10}  {kinds}"
+        )
+    refused = Counter[str]()
+    for r in erp_bound["runs"].values():
+        refused.update(r.get("refused_codes", {}))
+    if refused:
+        codes = ", ".join(f"{code} {n}" for code, n in refused.most_common())
+        rows.append(f"documents the ERP refused (all runs; counted as documents, not confirmed): {codes}")
+    return rows
 
 
 def _contenders(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[str, ...]:
@@ -1168,9 +1514,31 @@ def _contenders(_ctx: click.Context, _param: click.Parameter, value: str) -> tup
     return names
 
 
+def _limits(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        limits = tuple(int(n) for n in value.split(",") if n.strip())
+    except ValueError:
+        limits = ()
+    if not limits or any(n < 1 for n in limits):
+        raise click.BadParameter(f"positive integers, comma-separated (got {value!r})")
+    return limits
+
+
 @click.command("bench")
-@click.option("--customers", type=click.IntRange(1), default=300, show_default=True)
-@click.option("--months", type=click.IntRange(1, 60), default=6, show_default=True)
+@click.option(
+    "--customers",
+    type=click.IntRange(1),
+    default=300,
+    show_default=True,
+    help=f"Customers of the scenario [--erp-bound: {ERP_BOUND['customers']}].",
+)
+@click.option(
+    "--months",
+    type=click.IntRange(1, 60),
+    default=6,
+    show_default=True,
+    help=f"Months of the scenario [--erp-bound: {ERP_BOUND['months']}].",
+)
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--duplicate-rate", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--reorder-rate", type=click.FloatRange(0, 1), default=0.1, show_default=True)
@@ -1196,7 +1564,11 @@ def _contenders(_ctx: click.Context, _param: click.Parameter, value: str) -> tup
     help="Customers in the paced run's scenario [default: --customers].",
 )
 @click.option(
-    "--erp-latency-ms", type=click.FloatRange(0), default=0.0, show_default=True, help="Sandbox ERP latency."
+    "--erp-latency-ms",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help=f"Sandbox ERP latency [--erp-bound: {ERP_BOUND['erp_latency_ms']:g}].",
 )
 @click.option(
     "--workers", type=click.IntRange(1, 16), default=1, show_default=True, help="ledgerflow workers."
@@ -1223,6 +1595,20 @@ def _contenders(_ctx: click.Context, _param: click.Parameter, value: str) -> tup
     help="py-spy every ledgerflow worker during the backlog run; a text summary goes beside the JSON.",
 )
 @click.option(
+    "--erp-bound",
+    is_flag=True,
+    help="Only the ERP-bound mode: the backlog against a sandbox ERP with a concurrency limit N (and "
+    "the sink at LEDGERFLOW_ERP_CONCURRENCY=N), for each of --erp-concurrency-limits: documents/s "
+    "against N / latency, and ERP calls per document.",
+)
+@click.option(
+    "--erp-concurrency-limits",
+    default=",".join(str(n) for n in BenchOptions.erp_concurrency_limits),
+    show_default=True,
+    callback=_limits,
+    help="The limits N of the --erp-bound runs, comma-separated.",
+)
+@click.option(
     "--quick", is_flag=True, help="A tiny run that checks every contender works (numbers mean little)."
 )
 @click.option(
@@ -1236,12 +1622,21 @@ def _contenders(_ctx: click.Context, _param: click.Parameter, value: str) -> tup
 )
 @click.pass_context
 def bench_command(ctx: click.Context, quick: bool, **given: Any) -> None:
-    """Measure ledgerflow against a bare Faust agent and a Quix Streams peer on one broker."""
-    if quick:
-        for name, value in QUICK.items():
-            if ctx.get_parameter_source(name) is ParameterSource.DEFAULT:
-                given[name] = value
+    """Measure ledgerflow against a bare Faust agent and a Quix Streams peer on one broker
+    (or, with --erp-bound, how close its sink gets to an ERP's concurrency / latency)."""
+    defaults = QUICK if quick else {}
+    if given["erp_bound"]:
+        defaults = ERP_BOUND_QUICK if quick else ERP_BOUND
+    for name, value in defaults.items():
+        if ctx.get_parameter_source(name) is ParameterSource.DEFAULT:
+            given[name] = value
     options = replace(BenchOptions(), **given)
+    if options.erp_bound and (options.sink_workers or options.workers) != 1:
+        # LEDGERFLOW_ERP_CONCURRENCY is each process's: two sinks at N would hold 2N calls
+        # against an account that takes N, and the run would measure the refusals.
+        raise click.UsageError(
+            "--erp-bound needs one process running the sink (--sink-workers 1, or 0 with --workers 1)"
+        )
     # A freshly created partition may refuse the first sends once; aiokafka retries and says so.
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     try:

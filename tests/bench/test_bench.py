@@ -3,10 +3,12 @@ input and the JSON says so. Behaviour, not speed: the numbers of a tiny run mean
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -16,14 +18,15 @@ from tests.support import REPO
 pytestmark = pytest.mark.bench
 
 
-def test_quick_bench_measures_every_contender_on_the_whole_input(
-    kafka_bootstrap: str, tmp_path: Path
-) -> None:
+def run_bench(
+    kafka_bootstrap: str, tmp_path: Path, *args: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`ledgerflow bench ARGS` on the session's broker, and the JSON it wrote."""
     results_dir = tmp_path / "results"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")}
     env["LEDGERFLOW_KAFKA_BOOTSTRAP"] = kafka_bootstrap
     out = subprocess.run(
-        [sys.executable, "-m", "streams", "bench", "--quick", "--results-dir", str(results_dir)],
+        [sys.executable, "-m", "streams", "bench", *args, "--results-dir", str(results_dir)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -32,9 +35,15 @@ def test_quick_bench_measures_every_contender_on_the_whole_input(
         check=False,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-
     [path] = results_dir.glob("*.json")
-    results = orjson.loads(path.read_bytes())
+    results: dict[str, Any] = orjson.loads(path.read_bytes())
+    return out, results
+
+
+def test_quick_bench_measures_every_contender_on_the_whole_input(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    out, results = run_bench(kafka_bootstrap, tmp_path, "--quick")
     given = results["input"]
     stripe = given["by_topic"]["billing.changes"] + given["by_topic"]["payments.changes"]
     contenders = results["contenders"]
@@ -62,3 +71,27 @@ def test_quick_bench_measures_every_contender_on_the_whole_input(
     assert all(r > 0 for r in results["ratios"].values())
     assert results["machine"]["cpus"] and results["machine"]["python"]
     assert "events/s ratios" in out.stdout
+
+
+def test_quick_erp_bound_bench_measures_each_concurrency_limit(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out, results = run_bench(kafka_bootstrap, tmp_path, "--erp-bound", "--quick")
+    assert results["contenders"] == {}  # this mode only
+    erp_bound = results["erp_bound"]
+    assert set(erp_bound["runs"]) == {"5", "10"}
+    expected = results["input"]["documents"] + results["input"]["customers"]
+    assert erp_bound["documents_expected"] == expected
+    for n, run in erp_bound["runs"].items():
+        assert run["concurrency_limit"] == run["erp_concurrency"] == int(n)
+        # Every document the scenario implies was confirmed, none refused by the ERP.
+        assert run["expected_confirmed"] == expected, (n, run["refused_codes"])
+        assert run["documents_refused"] == 0, (n, run["refused_by_command"], run["refused_codes"])
+        assert run["documents"] >= expected and run["seconds"] > 0
+        assert math.isfinite(run["calls_per_document"]) and run["calls_per_document"] >= 1
+        assert 0 < run["share_of_bound"] < 1.5
+        assert run["bound_per_s"] == int(n) / (erp_bound["erp_latency_ms"] / 1000)
+        # The sandbox's log was followed to the end: every call counted, by kind.
+        assert run["log_missed"] == 0 and run["log_uncounted"] == 0
+        assert sum(run["calls_by_kind"].values()) == run["calls"]
+        assert run["calls_by_kind"]["PUT record"] >= run["documents_confirmed"]
+        assert run["refused"] == sum(run["refused_by_kind"].values())
+    assert "ERP-bound" in out.stdout and "calls/doc" in out.stdout
