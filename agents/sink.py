@@ -60,6 +60,7 @@ from streams import headers as h
 from streams import metrics
 from streams.app import app
 from streams.erp import token_provider
+from streams.logs import log_context
 from streams.settings import Settings, settings
 from streams.topics import erp_commands_topic, erp_results_topic
 from tables.ledger import CustomerLedger, DeliveryState, LedgerEntry, posting_ledger_table
@@ -235,6 +236,13 @@ class Lane:
         previous = self.ledger.entries.get(key)
         uncertain = previous is not None and previous.state in UNCONFIRMED and key in self.uncertain
         kind: str = command.command  # type: ignore[attr-defined]
+        # Every line the call logs (the client's "erp call failed" among them) names the command.
+        context = {
+            "command": kind,
+            "idempotency_key": key,
+            "customer_id": command.customer_id,
+            "correlation_id": command.correlation_id,
+        }
 
         tries = 0
 
@@ -244,7 +252,7 @@ class Lane:
             nonlocal tries
             tries += 1
             async with self.link.calls.slot(self.left + len(self.ledger.queued)):
-                with metrics.erp_call(kind):
+                with metrics.erp_call(kind), log_context(**context):
                     return await self.link.client.deliver(
                         command, uncertain=unsure or uncertain or tries > 1, read_back=False
                     )
@@ -409,7 +417,7 @@ async def _erp_read(link: ErpLink, read: Callable[[], Awaitable[Any]], priority:
 
     async def attempt(_unsure: bool) -> Any:
         async with link.calls.slot(priority):
-            with metrics.erp_call(metrics.READ_NUMBERS):
+            with metrics.erp_call(metrics.READ_NUMBERS), log_context(command=metrics.READ_NUMBERS):
                 return await read()
 
     try:

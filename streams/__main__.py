@@ -12,8 +12,10 @@ def run() -> None:
         at = args.index("--stages")
         os.environ["LEDGERFLOW_STAGES"] = args[at + 1]
         del args[at : at + 2]
+    from streams import logs
     from streams.settings import settings
 
+    logs.configure(settings.log_format, settings.log_level)  # a worker's Faust sets it up again
     use_event_loop(settings.event_loop)
     from streams.cli import main
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 import mode
 
-from streams import kafka_consumer, rocksdb
+from streams import kafka_consumer, logs, rocksdb
 from streams.settings import Settings, settings
 
 if TYPE_CHECKING:
@@ -327,6 +327,7 @@ def create_app(s: Settings) -> LedgerflowApp:
         table_cleanup_interval=30.0,
         table_standby_replicas=s.standby_replicas,
         worker_redirect_stdouts=False,
+        logging_config=logs.logging_config(s.log_format),
         web_application_options={"client_max_size": 1 << 20},
         # An agent that raises out of its batch stops the worker (an orchestrator restarts it)
         # instead of being restarted alone past the batch it did not finish; see

@@ -232,6 +232,10 @@ class Settings(BaseSettings):
     under asyncio's loop that was a quarter to a third of each worker's CPU in the bench."""
     log_level: str = "info"
     """LEDGERFLOW_LOG_LEVEL"""
+    log_format: Literal["json", "text"] = "text"
+    """LEDGERFLOW_LOG_FORMAT: `json`, one JSON object per line (a pod's log shipper; the k8s
+    base sets it), or `text`, `… [LEVEL] logger: message key=value …` for a terminal. Either
+    way every line carries its fields (streams/logs.py), personal data and secrets redacted."""
 
     @model_validator(mode="before")
     @classmethod

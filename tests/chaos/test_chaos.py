@@ -206,7 +206,7 @@ def sink_observations(root: Path) -> Counter[str]:
     for log in root.glob("worker*.log"):
         for line in log.read_text(errors="replace").splitlines():
             for text in SINK_LINES:
-                if f"] {text}" in line:
+                if f": {text}" in line:  # `… [WARNING] logger: message key=value …`
                     seen[text] += 1
     return seen
 

@@ -7,6 +7,7 @@ Either way the tables hold the same state as before."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tests.support import (
 TOKEN = "restart-test-token"
 HIGHWATER = "Highwater for active changelog partitions"
 STARTS_AT = "active offsets at start of reading"
+LOG_LINE = re.compile(r"^\d{4}-\d{2}-\d{2}T")  # streams/logs.py's text lines start with their UTC time
 
 
 def recovery_table(log: str, title: str) -> dict[tuple[str, int], int]:
@@ -33,7 +35,7 @@ def recovery_table(log: str, title: str) -> dict[tuple[str, int], int]:
     rows: dict[tuple[str, int], int] = {}
     topic = ""
     for line in log[log.index(title) :].splitlines()[1:]:
-        if line.startswith("["):  # the next log line
+        if LOG_LINE.match(line):  # the next log line
             break
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 3 and cells[1].isdigit():
