@@ -295,7 +295,7 @@ def decide_invoice(
                 idempotency_key=posting_key("void_invoice", external_id),
                 customer_id=change.customer_id,
                 correlation_id=change.correlation_id,
-                subsidiary=_subsidiary_of(invoice, mappings),
+                subsidiary=row.subsidiary if row and row.subsidiary else _subsidiary_of(invoice, mappings),
                 issued_at=now,
                 invoice_external_id=external_id,
                 invoice_erp_id=row.erp_internal_id if row else None,

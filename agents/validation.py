@@ -166,27 +166,28 @@ def _booking_subsidiary(
     found: dict[ExceptionReason, list[FieldError]],
 ) -> Subsidiary | None:
     """The customer's subsidiary when the master resolved one, else the invoice's own (by its
-    country, then its currency). An invoice whose own country maps to another subsidiary, or
-    whose currency that subsidiary does not enable while another one's default it is, is a
-    mismatch naming both: booking it in either would be wrong in one of the two systems."""
-    customers = mappings.subsidiary(customer_subsidiary) if customer_subsidiary else None
-    if customers is None:
+    country, then its currency). A mismatch names both, as booking in either would be wrong in
+    one of the two systems: the invoice's own country belongs to another subsidiary, or it has
+    no country and its currency is another subsidiary's default that the customer's does not
+    enable. (A currency the customer's subsidiary does not enable, on an invoice whose country
+    agrees, stays `currency_not_enabled`: the fix is to enable it there.)"""
+    if customer_subsidiary is None:
         return mappings.subsidiary_for(invoice.customer_country, invoice.currency)
-    own = (
-        mappings.subsidiary_for(invoice.customer_country, invoice.currency)
-        if invoice.customer_country
-        else None
-    )
-    if own is not None and own.id != customers.id:
-        problem = (
-            f"the invoice's country {invoice.customer_country} books in {own.id}; "
-            f"its customer is in {customers.id}"
-        )
-        found[ExceptionReason.SUBSIDIARY_MISMATCH].append(
-            FieldError(field="customer_country", problem=problem)
-        )
+    customers = mappings.subsidiary(customer_subsidiary)
+    if customers is None:  # the mappings lost the customer's subsidiary: unmapped, not another one
         return None
-    if invoice.currency not in customers.currencies:
+    if invoice.customer_country is not None:
+        own = next((sub for sub in mappings.subsidiaries if invoice.customer_country in sub.countries), None)
+        if own is not None and own.id != customers.id:
+            problem = (
+                f"the invoice's country {invoice.customer_country} books in {own.id}; "
+                f"its customer is in {customers.id}"
+            )
+            found[ExceptionReason.SUBSIDIARY_MISMATCH].append(
+                FieldError(field="customer_country", problem=problem)
+            )
+            return None
+    elif invoice.currency not in customers.currencies:
         default = mappings.subsidiary_for(None, invoice.currency)
         if default is not None and default.id != customers.id:
             problem = (

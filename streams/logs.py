@@ -30,10 +30,13 @@ from pythonjsonlogger.json import JsonFormatter
 LogFormat = Literal["json", "text"]
 REDACTED = "[redacted]"
 SENSITIVE = re.compile(
-    r"(?i)(^|_)(name|first_?name|last_?name|display_?name|e_?mail|address|street|city|postal_?code|"
-    r"phone|password|passphrase|secret|token|authorization|api_?key|signature|credentials?|cookie)($|_)"
+    r"(^|_)(names?|first_?name|last_?name|display_?name|company_?name|user_?name|e_?mails?|addresse?s?|"
+    r"street|city|postal_?code|phones?|tax_?ids?|password|passphrase|secrets?|tokens?|authorization|"
+    r"api_?key|private_?key|signatures?|credentials?|cookies?|assertion|jwt)($|_)"
 )
-"""Field names whose values are personal data or secrets (`customer_name`, `erp_token`, …)."""
+"""Field names whose values are personal data or secrets (`customer_name`, `billingAddress`,
+`erp_token`, …), matched on the name in snake case."""
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 _context: ContextVar[Mapping[str, Any]] = ContextVar("ledgerflow_log_context", default=MappingProxyType({}))
 TEXT_FORMAT = "%(asctime)s [%(levelname)s] %(name)s: %(message)s"
@@ -53,7 +56,23 @@ def log_context(**fields: Any) -> Iterator[None]:
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:
     """The record's own fields (its `extra=`) over the current `log_context`, redacted."""
     fields = {**_context.get(), **{k: v for k, v in record.__dict__.items() if k not in _STANDARD}}
-    return {k: REDACTED if SENSITIVE.search(k) else v for k, v in fields.items() if not k.startswith("_")}
+    return {k: _redacted(k, v) for k, v in fields.items() if not k.startswith("_")}
+
+
+def sensitive(name: str) -> bool:
+    return SENSITIVE.search(_CAMEL.sub("_", name).lower()) is not None
+
+
+def _redacted(name: str, value: Any) -> Any:
+    """The value, or REDACTED if its name says personal data or secret; dicts and lists are
+    redacted inside too (a body's `companyName`, a list of contacts' e-mails)."""
+    if sensitive(name):
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: _redacted(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(name, v) for v in value]
+    return value
 
 
 class TextFormatter(logging.Formatter):

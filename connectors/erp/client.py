@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import httpx
 import orjson
 
+from canonical.base import to_external_id
 from canonical.commands import ErpCommand, VoidInvoice
 from connectors.erp import netsuite
 from connectors.erp.auth import TokenProvider
@@ -418,13 +419,15 @@ class NetSuiteClient(_HttpErpClient):
         documents = await self._collection(record_type, correlation_id)
         if record_type is RecordType.INVOICE:
             memos = await self._collection(RecordType.CREDIT_MEMO, correlation_id)
-            reversed_ids = {_ref_id(memo.body.get("createdFrom")) for memo in memos} - {None}
+            reversed_ids = {_ref_id(memo.body.get("createdFrom")) for memo in memos if _is_void(memo)} - {
+                None
+            }
             return [
                 d.model_copy(update={"status": VOIDED}) if d.erp_internal_id in reversed_ids else d
                 for d in documents
             ]
         if record_type is RecordType.CREDIT_MEMO:
-            return [d for d in documents if _ref_id(d.body.get("createdFrom")) is None]
+            return [d for d in documents if not _is_void(d)]
         return documents
 
     async def _collection(self, record_type: RecordType, correlation_id: str | None) -> Documents:
@@ -449,6 +452,19 @@ class NetSuiteClient(_HttpErpClient):
             if not page.get("hasMore") or not items:
                 return documents
             offset += len(items)
+
+
+VOID_PREFIX = to_external_id("void_invoice", "")
+"""How a void's key starts (stage 2's `posting_key("void_invoice", invoice)`)."""
+
+
+def _is_void(memo: ErpDocument) -> bool:
+    """A credit memo ledgerflow transformed from an invoice to void it: keyed by the void
+    command (`void_invoice-…`). A credit a user made from the invoice in NetSuite's UI is
+    transformed from it too, but is a credit memo of its own, not a void."""
+    return _ref_id(memo.body.get("createdFrom")) is not None and (memo.external_id or "").startswith(
+        VOID_PREFIX
+    )
 
 
 def _netsuite_json(response: httpx.Response) -> Any:

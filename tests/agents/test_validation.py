@@ -130,3 +130,18 @@ def test_an_invoice_contradicting_its_customers_subsidiary_is_an_exception_namin
     [error] = problem.fields
     assert error.field == field and all(s in error.problem for s in named)
     assert ExceptionReason.UNMAPPED_SUBSIDIARY not in {p.reason for p in problems}
+
+
+def test_a_country_no_subsidiary_takes_is_no_mismatch_and_an_agreeing_country_keeps_its_reason() -> None:
+    # ES maps to no subsidiary: the UK01 customer's EUR invoice books in UK01, as without a country.
+    resolved, problems = validate_invoice(invoice(customer_country="ES", currency="EUR"), MAPPINGS, "UK01")
+    assert problems == [] and resolved is not None and resolved.subsidiary.id == "UK01"
+    # A US invoice of a US01 customer in EUR: the country agrees, US01 just does not take EUR.
+    _, problems = validate_invoice(invoice(customer_country="US", currency="EUR"), MAPPINGS, "US01")
+    assert {p.reason for p in problems} >= {ExceptionReason.CURRENCY_NOT_ENABLED}
+    assert ExceptionReason.SUBSIDIARY_MISMATCH not in {p.reason for p in problems}
+
+
+def test_a_customer_subsidiary_the_mappings_lost_is_unmapped_not_another_one() -> None:
+    resolved, problems = validate_invoice(invoice(), MAPPINGS, "XX99")
+    assert resolved is None and ExceptionReason.UNMAPPED_SUBSIDIARY in {p.reason for p in problems}

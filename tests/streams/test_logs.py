@@ -130,3 +130,20 @@ def test_faust_workers_logging_takes_ledgerflows_formatter(
     handler.setStream(captured)  # mode's handler writes to stderr
     logging.getLogger("faust.worker").info("Worker ready", extra={"pid": 1})
     assert "Worker ready" in captured.getvalue() and "pid" in captured.getvalue()
+
+
+def test_names_are_matched_in_any_case_and_inside_nested_values(captured: io.StringIO) -> None:
+    _to(captured, "json")
+    logging.getLogger("x").warning(
+        "nested",
+        extra={
+            "body": {"companyName": "Acme Ltd", "billingAddress": {"line1": "1 Main St"}, "currency": "GBP"},
+            "contacts": [{"emails": ["ap@acme.example"]}],
+            "private_key": "-----BEGIN",
+            "record_type": "invoice",
+        },
+    )
+    line = orjson.loads(captured.getvalue())
+    assert line["body"] == {"companyName": logs.REDACTED, "billingAddress": logs.REDACTED, "currency": "GBP"}
+    assert line["contacts"] == [{"emails": logs.REDACTED}]
+    assert line["private_key"] == logs.REDACTED and line["record_type"] == "invoice"

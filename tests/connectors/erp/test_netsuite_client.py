@@ -285,6 +285,31 @@ async def test_void_reverses_the_invoice_once_with_a_credit_memo(
         await client.aclose()
 
 
+async def test_a_users_credit_from_the_invoice_is_a_credit_memo_not_a_void(
+    netsuite: NetSuiteClient, sandbox: SandboxServer
+) -> None:
+    """Reconciliation reads an invoice as voided only when ledgerflow's void reversed it: a
+    credit a user made with the invoice's Credit button is transformed from it too."""
+    await netsuite.deliver(upsert_customer())
+    posted = await netsuite.deliver(post_invoice())
+    async with httpx.AsyncClient(
+        base_url=sandbox.url, headers={"authorization": f"Bearer {DEFAULT_TOKEN}"}
+    ) as ns:
+        made = await ns.post(
+            f"/services/rest/record/v1/invoice/{posted.erp_internal_id}/!transform/creditMemo",
+            json={"externalId": "user-credit-1"},
+        )
+        assert made.status_code == 204, made.text
+    [invoice] = await netsuite.list(RecordType.INVOICE)
+    assert invoice.status != "voided"
+    memos = await netsuite.list(RecordType.CREDIT_MEMO)
+    assert [m.external_id for m in memos] == ["user-credit-1"]
+    await netsuite.deliver(void_invoice())
+    [invoice] = await netsuite.list(RecordType.INVOICE)
+    assert invoice.status == "voided"
+    assert [m.external_id for m in await netsuite.list(RecordType.CREDIT_MEMO)] == ["user-credit-1"]
+
+
 async def test_voiding_an_unknown_invoice_never_creates_one(
     netsuite: NetSuiteClient, admin: httpx.AsyncClient
 ) -> None:
