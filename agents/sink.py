@@ -59,7 +59,7 @@ from connectors.erp.client import READ_BACK_RECORD_TYPES
 from streams import headers as h
 from streams import metrics
 from streams.app import app
-from streams.erp import token_provider
+from streams.erp import retry_policy, token_provider
 from streams.logs import log_context
 from streams.settings import Settings, settings
 from streams.topics import erp_commands_topic, erp_results_topic
@@ -90,12 +90,7 @@ class ErpLink:
 def erp_link(s: Settings) -> ErpLink:
     return ErpLink(
         client=make_client(s.erp_mode, s.erp_base_url, token_provider(s), timeout=s.erp_timeout_s),
-        policy=RetryPolicy(
-            max_attempts=s.erp_max_attempts,
-            base_delay_s=s.erp_retry_base_s,
-            max_delay_s=max(s.erp_retry_base_s, min(30.0, s.erp_retry_max_s)),
-            max_elapsed_s=s.erp_retry_max_s,
-        ),
+        policy=retry_policy(s),
         breaker=CircuitBreaker(s.erp_breaker_failures, s.erp_breaker_open_s),
         calls=CallSlots(s.erp_concurrency),
         create_only=s.erp_mode == "create-only",

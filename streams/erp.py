@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from connectors.erp import (
     ClientCredentialsToken,
     CreateOnlyClient,
     NetSuiteClient,
+    RetryPolicy,
     StaticToken,
     TokenProvider,
+    call_with_retries,
     make_client,
 )
 from connectors.erp.netsuite_auth import NetSuiteM2MToken, TbaToken
@@ -17,6 +21,8 @@ from streams.mappings import load_mappings
 from streams.settings import NetSuiteSecret, Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def token_provider(s: Settings) -> TokenProvider:
@@ -71,3 +77,25 @@ def erp_client(s: Settings, tokens: TokenProvider | None = None) -> NetSuiteClie
         timeout=s.erp_timeout_s,
         mappings=load_mappings(s.mappings),
     )
+
+
+def retry_policy(s: Settings) -> RetryPolicy:
+    """How ERP calls are retried (LEDGERFLOW_ERP_MAX_ATTEMPTS, _RETRY_BASE_S, _RETRY_MAX_S): the
+    sink's commands and the reads of `erp check` and `reconcile` alike."""
+    return RetryPolicy(
+        max_attempts=s.erp_max_attempts,
+        base_delay_s=s.erp_retry_base_s,
+        max_delay_s=max(s.erp_retry_base_s, min(30.0, s.erp_retry_max_s)),
+        max_elapsed_s=s.erp_retry_max_s,
+    )
+
+
+async def read_with_retries(policy: RetryPolicy, read: Callable[[], Awaitable[T]]) -> T:
+    """A read of the ERP (a SuiteQL query, a listing), retried on transient failures (a 5xx, a
+    429, no answer) as the sink retries its commands: a read writes nothing, so it is always safe."""
+
+    async def attempt(_uncertain: bool) -> T:
+        return await read()
+
+    result, _ = await call_with_retries(attempt, policy)
+    return result

@@ -24,14 +24,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import click
 import orjson
 from pydantic import ValidationError
 
-from connectors.erp import ClientCredentialsToken, ErpError, NetSuiteClient
+from connectors.erp import ClientCredentialsToken, ErpError, NetSuiteClient, RetryPolicy
 from connectors.erp import client as erp_client_module
+from streams.erp import read_with_retries
 from streams.mappings import Mappings, NetSuiteIds, load_mappings
 from streams.reconcile import EXIT_CLEAN, EXIT_DIFFERENCES, EXIT_FAILED
 from streams.settings import Settings
@@ -205,10 +207,15 @@ def judge(wanted: Wanted, row: dict[str, Any] | None) -> Check:
 
 
 async def check_ids(
-    client: NetSuiteClient, wanted: Sequence[Wanted], correlation_id: str | None = None
+    client: NetSuiteClient,
+    wanted: Sequence[Wanted],
+    correlation_id: str | None = None,
+    policy: RetryPolicy | None = None,
 ) -> list[Check]:
     """Ask the ERP about every wanted id: one SuiteQL query per record kind (per
-    SUITEQL_IDS_MAX ids), and judge each id by the row answered for it."""
+    SUITEQL_IDS_MAX ids), each retried under `policy` (once without), and judge each id by the
+    row answered for it."""
+    policy = policy or RetryPolicy(max_attempts=1)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for kind in KINDS:
         keys = list(dict.fromkeys(w.key for w in wanted if w.kind is kind))
@@ -217,7 +224,8 @@ async def check_ids(
         for start in range(0, len(keys), batch):
             listed = ", ".join(_literal(k) for k in keys[start : start + batch])
             query = f"SELECT {columns} FROM {kind.table} WHERE {kind.key} IN ({listed})"
-            for row in await client.suiteql(query, correlation_id):
+            answer = await read_with_retries(policy, partial(client.suiteql, query, correlation_id))
+            for row in answer:
                 key = str(row.get(kind.key, ""))
                 rows[(kind.table, key.upper() if kind.case_insensitive else key)] = row
     return [judge(w, rows.get((w.kind.table, w.key))) for w in wanted]
@@ -244,14 +252,14 @@ async def erp_check(s: Settings, *, now: datetime | None = None) -> CheckReport:
     started = (now or datetime.now(UTC)).astimezone(UTC)
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     cause = f"erp-check:{run_id}"
-    from streams.erp import erp_client, token_provider
+    from streams.erp import erp_client, retry_policy, token_provider
 
     tokens = token_provider(s)
     client = erp_client(s, tokens)
     try:
         if not isinstance(client, NetSuiteClient):  # erp_mode said netsuite; make_client agrees
             raise ErpCheckFailed(f"LEDGERFLOW_ERP_MODE=netsuite gave a {type(client).__name__}")
-        checks = await check_ids(client, wanted_ids(mappings.netsuite), cause)
+        checks = await check_ids(client, wanted_ids(mappings.netsuite), cause, retry_policy(s))
     except ErpError as exc:
         log.error(
             "erp check stopped",

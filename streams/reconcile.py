@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -754,14 +755,15 @@ def _contract_names() -> tuple[str, str, str]:
 
 async def list_erp_documents(s: Settings, correlation_id: str, tick: Tick = _no_tick) -> list[ErpDocument]:
     """Every document of every record type ledgerflow writes, from the configured ERP."""
-    from streams.erp import erp_client, token_provider
+    from streams.erp import erp_client, read_with_retries, retry_policy, token_provider
 
     tokens = token_provider(s)
     client = erp_client(s, tokens)
+    policy = retry_policy(s)
     documents: list[ErpDocument] = []
     try:
         for record_type in WRITTEN_RECORD_TYPES:
-            documents += await client.list(record_type, correlation_id)
+            documents += await read_with_retries(policy, partial(client.list, record_type, correlation_id))
             tick(1)
     finally:
         await client.aclose()

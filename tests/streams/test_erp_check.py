@@ -100,6 +100,18 @@ async def test_ids_are_batched_into_few_suiteql_queries(sandbox: SandboxServer) 
     assert [e["path"] for e in log] == ["/services/rest/query/v1/suiteql"] * 6  # one per kind
 
 
+async def test_a_query_the_erp_failed_or_left_unanswered_is_asked_again(sandbox: SandboxServer) -> None:
+    # The demo's stand-in drops an answer now and then: a check must not stop on one.
+    async with httpx.AsyncClient(base_url=sandbox.url, timeout=5.0) as admin:
+        set_faults = {"burst_500": 1, "burst_timeout": 1, "hang_s": 1.0}
+        assert (await admin.post("/admin/faults", json=set_faults)).status_code == 200
+        report = await erp_check(settings(sandbox, erp_timeout_s=0.5, erp_retry_base_s=0.01))
+        log = await requests_log(admin)
+    assert report.clean
+    queries = [e for e in log if e["path"] == "/services/rest/query/v1/suiteql"]
+    assert len(queries) == 6 + 2  # one per kind, and the two that failed asked again
+
+
 async def test_it_refuses_to_run_outside_netsuite_mode(sandbox: SandboxServer) -> None:
     with pytest.raises(ErpCheckFailed) as raised:
         await erp_check(settings(sandbox, erp_mode="create-only"))
