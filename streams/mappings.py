@@ -95,6 +95,31 @@ class NetSuiteIds(_Config):
         return next((code for code, cid in self.currencies.items() if cid == internal_id), None)
 
 
+class BusinessCentralCompany(_Config):
+    """The Business Central company a subsidiary books in (one legal entity, one company)."""
+
+    id: str = Field(min_length=1)
+    """The company's id (a GUID: `GET …/api/v2.0/companies`), which every URL names."""
+    currency: Currency
+    """The company's local currency (LCY): Business Central writes it as an empty currencyCode."""
+    payment_journal: str = Field(min_length=1)
+    """The id of the customer payment journal (batch) payments are entered in."""
+    credit_tax_code: str | None = None
+    """The tax code a credit memo's credited amount is taxed with."""
+
+
+class BusinessCentralIds(_Config):
+    """What Business Central calls the things the rest of the mappings name. Items are referenced
+    by their number (the mappings' item codes), G/L accounts by theirs, tax codes by code."""
+
+    companies: dict[str, BusinessCentralCompany]
+    """Subsidiary code (US01) → its company."""
+    shipping_account: str | None = None
+    """G/L account number an invoice's shipping is booked to (an Account line)."""
+    credit_account: str | None = None
+    """G/L account number a credit memo's credited amount is booked to (an Account line)."""
+
+
 class Mappings(_Config):
     subsidiaries: tuple[Subsidiary, ...] = Field(min_length=1)
     default_subsidiary_by_currency: dict[Currency, str] = {}
@@ -121,12 +146,16 @@ class Mappings(_Config):
     taken from another source only while the owner has not supplied it."""
     netsuite: NetSuiteIds | None = None
     """NetSuite's internal ids for the codes above; required in NetSuite mode."""
+    business_central: BusinessCentralIds | None = None
+    """Business Central's companies and accounts; required in Business Central mode."""
 
     @model_validator(mode="after")
     def _references_exist(self) -> Mappings:
         known = {s.id for s in self.subsidiaries}
         if self.netsuite is not None:
             self._netsuite_complete(self.netsuite, known)
+        if self.business_central is not None:
+            self._business_central_complete(self.business_central, known)
         for currency, subsidiary in self.default_subsidiary_by_currency.items():
             if subsidiary not in known:
                 raise ValueError(f"default_subsidiary_by_currency.{currency} names unknown {subsidiary!r}")
@@ -159,6 +188,19 @@ class Mappings(_Config):
         ]
         if missing:
             raise ValueError("netsuite: no internal id for " + ", ".join(missing))
+
+    def _business_central_complete(self, bc: BusinessCentralIds, subsidiaries: set[str]) -> None:
+        """Every subsidiary has its company, whose local currency it enables."""
+        missing = sorted(subsidiaries - bc.companies.keys())
+        if missing:
+            raise ValueError("business_central: no company for " + ", ".join(missing))
+        for sub in self.subsidiaries:
+            company = bc.companies[sub.id]
+            if company.currency not in sub.currencies:
+                raise ValueError(
+                    f"business_central.companies.{sub.id}: local currency {company.currency} is not "
+                    f"one of the subsidiary's currencies ({', '.join(sub.currencies)})"
+                )
 
     def subsidiary(self, subsidiary_id: str) -> Subsidiary | None:
         return next((s for s in self.subsidiaries if s.id == subsidiary_id), None)
