@@ -41,13 +41,12 @@ from canonical.commands import (
     VoidInvoice,
 )
 from canonical.money import currency_exponent
-from connectors.erp.errors import ErpPermanentError
-from connectors.erp.mapping import to_major_units, to_minor_units
+from connectors.erp.errors import ErpMappingError
+from connectors.erp.mapping import present, to_major_units, to_minor_units
 from connectors.erp.schemas import ErpDocument, RecordType
 from streams.mappings import BusinessCentralCompany, BusinessCentralIds, Mappings
 
 SCHEMA_PATH = Path(__file__).with_name("business_central_entities.json")
-UNMAPPED = "LEDGERFLOW_UNMAPPED"
 CUSTOMER_NUMBER_WIDTH = 20
 DOCUMENT_NUMBER_WIDTH = 20
 EXTERNAL_DOCUMENT_NUMBER_WIDTH = 35
@@ -57,12 +56,6 @@ PaymentSign = Literal["negative", "positive"]
 """The sign of a customer payment journal line's amount: a receipt credits the customer, so
 Business Central's data model has it negative, while Microsoft's API example sends 1500 [UNSURE]."""
 
-ENTITY_SETS: dict[RecordType, str] = {
-    RecordType.CUSTOMER: "customers",
-    RecordType.INVOICE: "salesInvoices",
-    RecordType.CREDIT_MEMO: "salesCreditMemos",
-    RecordType.CUSTOMER_PAYMENT: "customerPayments",
-}
 ENTITIES: dict[RecordType, str] = {
     RecordType.CUSTOMER: "customer",
     RecordType.INVOICE: "salesInvoice",
@@ -72,11 +65,8 @@ ENTITIES: dict[RecordType, str] = {
 _CODE_CHARS = re.compile(r"^[A-Z0-9_\-]+$")
 
 
-class BusinessCentralMappingError(ErpPermanentError):
-    """The mappings cannot express a command in Business Central: an operator fixes them."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(UNMAPPED, message, 400)
+class BusinessCentralMappingError(ErpMappingError):
+    """The mappings name no company, account or tax code Business Central needs for a command."""
 
 
 def bc_code(external_id: str, width: int) -> str:
@@ -163,7 +153,7 @@ class BusinessCentralMapper:
             "currencyCode": self._currency_code(company, customer.currency) if customer.currency else None,
             "blocked": "All" if customer.deleted else " ",
         }
-        return BcRecord(RecordType.CUSTOMER, company, number, _present(body))
+        return BcRecord(RecordType.CUSTOMER, company, number, present(body))
 
     def _invoice(self, command: PostInvoice) -> BcRecord:
         doc = command.document
@@ -189,7 +179,7 @@ class BusinessCentralMapper:
             "salesInvoiceLines": lines,
         }
         return BcRecord(
-            RecordType.INVOICE, company, key, _present(body), total=doc.total, tax_total=doc.tax_total
+            RecordType.INVOICE, company, key, present(body), total=doc.total, tax_total=doc.tax_total
         )
 
     def _item_line(self, line: ErpInvoiceLine, currency: str) -> dict[str, Any]:
@@ -204,7 +194,7 @@ class BusinessCentralMapper:
             "unitPrice": unit_price,
             "taxCode": line.tax_code,
         }
-        return _present(entry)
+        return present(entry)
 
     def _payment(self, command: ApplyPayment, invoice_id: str | None) -> BcRecord:
         doc = command.document
@@ -229,7 +219,7 @@ class BusinessCentralMapper:
             "appliesToInvoiceId": _own(invoice_id, "invoice") if applied else None,
             "description": doc.source.payment_id[:100],
         }
-        return BcRecord(RecordType.CUSTOMER_PAYMENT, company, key, _present(body), total=doc.amount)
+        return BcRecord(RecordType.CUSTOMER_PAYMENT, company, key, present(body), total=doc.amount)
 
     def _credit_memo(self, command: PostCreditMemo, invoice_id: str | None) -> BcRecord:
         doc = command.document
@@ -254,7 +244,7 @@ class BusinessCentralMapper:
             "salesCreditMemoLines": [line],
         }
         return BcRecord(
-            RecordType.CREDIT_MEMO, company, key, _present(body), total=doc.total, tax_total=doc.tax_total
+            RecordType.CREDIT_MEMO, company, key, present(body), total=doc.total, tax_total=doc.tax_total
         )
 
     # -- what Business Central answers -------------------------------------------------------
@@ -264,18 +254,16 @@ class BusinessCentralMapper:
     ) -> ErpDocument:
         """An entity read back: its total in minor units (exactly, or an error), its currency as
         an ISO code (the company's for an empty code), its status and number."""
-        currency = str(payload.get("currencyCode") or "") or company.currency
+        currency = _iso_currency(payload, company)
         if record_type is RecordType.CUSTOMER_PAYMENT:
             amount = payload.get("amount")
             total = abs(to_minor_units(amount, currency)) if amount is not None else None
-            number, key = payload.get("documentNumber"), payload.get("documentNumber")
+            number = key = payload.get("documentNumber")
         else:
             amount = payload.get("totalAmountIncludingTax")
             total = to_minor_units(amount, currency) if amount is not None else None
             number = payload.get("number")
             key = payload.get("number" if record_type is RecordType.CUSTOMER else "externalDocumentNumber")
-        if isinstance(amount, float):
-            raise TypeError("parse Business Central's answers with netsuite.loads: amounts are never floats")
         return ErpDocument(
             record_type=record_type,
             external_id=str(key) if key else None,
@@ -293,7 +281,7 @@ def totals_agree(record: BcRecord, payload: dict[str, Any]) -> str | None:
     what differs, in words (its tax setup computed another tax than the one charged)."""
     if record.total is None:
         return None
-    currency = str(record.body.get("currencyCode") or "") or record.company.currency
+    currency = _iso_currency(record.body, record.company)
     problems = []
     for name, expected in (("totalAmountIncludingTax", record.total), ("totalTaxAmount", record.tax_total)):
         value = payload.get(name)
@@ -306,6 +294,11 @@ def totals_agree(record: BcRecord, payload: dict[str, Any]) -> str | None:
                 f"{to_major_units(expected, currency)}"
             )
     return "; ".join(problems) or None
+
+
+def _iso_currency(body: dict[str, Any], company: BusinessCentralCompany) -> str:
+    """A body's currency as an ISO code: an empty currencyCode is the company's local currency."""
+    return str(body.get("currencyCode") or "") or company.currency
 
 
 def _quantity_and_price(amount: int, quantity: int, currency: str) -> tuple[int, Decimal]:
@@ -343,10 +336,6 @@ def _own(internal_id: str | None, what: str) -> str:
     if internal_id is None:
         raise ValueError(f"the {what}'s Business Central id must be resolved before the body is built")
     return internal_id
-
-
-def _present(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if v is not None}
 
 
 # -- the schema check -----------------------------------------------------------------------

@@ -67,6 +67,18 @@ class ErpPermanentError(ErpError):
         self.status = status
 
 
+UNMAPPED = "LEDGERFLOW_UNMAPPED"
+"""Code of the error for a command the mappings cannot express in the ERP's terms."""
+
+
+class ErpMappingError(ErpPermanentError):
+    """The mappings cannot express something a command names in the ERP (no internal id, no
+    company, no account): retrying cannot help, an operator fixes the mappings."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(UNMAPPED, message, 400)
+
+
 class ErpAuthError(ErpError):
     """Credentials refused (401/403, or the token endpoint said no)."""
 

@@ -54,6 +54,12 @@ def to_major_units(amount: int, currency: str) -> Decimal:
     return Decimal(amount).scaleb(-currency_exponent(currency))
 
 
+def present(body: dict[str, Any]) -> dict[str, Any]:
+    """A body without its None fields: an absent field stays as it is in the ERP, where a null
+    would clear it on an update."""
+    return {k: v for k, v in body.items() if v is not None}
+
+
 def to_minor_units(value: Decimal | str | int, currency: str) -> int:
     """A major-unit amount from the ERP → minor units; refuses what does not fit the currency
     (0.005 USD) instead of rounding, so a mismatch shows up as an error, not a lost cent."""

@@ -29,21 +29,15 @@ from canonical.commands import (
     UpsertCustomer,
     VoidInvoice,
 )
-from connectors.erp.errors import ErpPermanentError
-from connectors.erp.mapping import to_major_units, to_minor_units
+from connectors.erp.errors import ErpMappingError
+from connectors.erp.mapping import present, to_major_units, to_minor_units
 from connectors.erp.schemas import ErpDocument, ErpRecord, RecordType
 from streams.mappings import Mappings, NetSuiteIds
 
-UNMAPPED = "LEDGERFLOW_UNMAPPED"
-"""Code of the error for a command the mappings cannot express in NetSuite's ids."""
 
-
-class NetSuiteMappingError(ErpPermanentError):
-    """The mappings give no NetSuite internal id for something a command names: retrying
-    cannot help, an operator fixes the mappings (and `ledgerflow erp check` finds it first)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(UNMAPPED, message, 400)
+class NetSuiteMappingError(ErpMappingError):
+    """The mappings give no NetSuite internal id for something a command names
+    (`ledgerflow erp check` finds it first)."""
 
 
 @dataclass(frozen=True)
@@ -161,9 +155,7 @@ class NetSuiteMapper:
             fields.crm_account_id: customer.crm_account_id,
             fields.billing_customer_id: customer.billing_customer_id,
         }
-        return ErpRecord(
-            record_type=RecordType.CUSTOMER, external_id=command.external_id, body=_present(body)
-        )
+        return ErpRecord(record_type=RecordType.CUSTOMER, external_id=command.external_id, body=present(body))
 
     def _sales_order(self, command: UpsertContract, own: OwnIds) -> ErpRecord:
         contract = command.document
@@ -193,7 +185,7 @@ class NetSuiteMapper:
             "item": {"items": lines},
         }
         return ErpRecord(
-            record_type=RecordType.SALES_ORDER, external_id=command.external_id, body=_present(body)
+            record_type=RecordType.SALES_ORDER, external_id=command.external_id, body=present(body)
         )
 
     def _invoice(self, command: PostInvoice, own: OwnIds) -> ErpRecord:
@@ -216,7 +208,7 @@ class NetSuiteMapper:
                 taxes.append(self._tax_line(reference, line.tax_code, line.amount, line.tax_amount, currency))
             elif line.tax_amount:
                 raise NetSuiteMappingError(f"line {line.line_no} is taxed but names no tax code")
-            lines.append(_present(entry))
+            lines.append(present(entry))
         if doc.shipping_total:
             if self.ids.shipping_item is None:
                 raise NetSuiteMappingError("the invoice has shipping and the mappings name no shipping_item")
@@ -247,7 +239,7 @@ class NetSuiteMapper:
             "taxDetailsOverride": True,
             "taxDetails": {"items": taxes},
         }
-        return ErpRecord(record_type=RecordType.INVOICE, external_id=doc.external_id, body=_present(body))
+        return ErpRecord(record_type=RecordType.INVOICE, external_id=doc.external_id, body=present(body))
 
     def _tax_code_ref(self, code: str) -> dict[str, str]:
         tax = self.ids.tax_codes.get(code)
@@ -288,7 +280,7 @@ class NetSuiteMapper:
             "apply": self._apply(own, doc.amount if doc.applied is None else doc.applied, doc.currency),
         }
         return ErpRecord(
-            record_type=RecordType.CUSTOMER_PAYMENT, external_id=doc.external_id, body=_present(body)
+            record_type=RecordType.CUSTOMER_PAYMENT, external_id=doc.external_id, body=present(body)
         )
 
     def _apply(self, own: OwnIds, applied: int, currency: str) -> dict[str, Any]:
@@ -336,7 +328,7 @@ class NetSuiteMapper:
             # A credit not applied to the invoice (it was paid) is credit on the customer's account.
             "apply": self._apply(own, doc.total if doc.applied is None else doc.applied, currency),
         }
-        return ErpRecord(record_type=RecordType.CREDIT_MEMO, external_id=doc.external_id, body=_present(body))
+        return ErpRecord(record_type=RecordType.CREDIT_MEMO, external_id=doc.external_id, body=present(body))
 
     @staticmethod
     def _reversal(command: VoidInvoice) -> ErpRecord:
@@ -391,11 +383,6 @@ def _rate(amount: int, quantity: int, currency: str) -> Decimal | None:
     if quantity > 0 and amount % quantity == 0:
         return to_major_units(amount // quantity, currency)
     return None
-
-
-def _present(body: dict[str, Any]) -> dict[str, Any]:
-    # An absent field stays as it is in NetSuite; a null would clear it on an update.
-    return {k: v for k, v in body.items() if v is not None}
 
 
 def _ref_id(value: Any) -> str | None:
