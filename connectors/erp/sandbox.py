@@ -30,6 +30,7 @@ import secrets
 import signal
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -43,6 +44,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from canonical.money import currency_exponent
 from connectors.erp import netsuite, netsuite_schema
+from connectors.erp.business_central_sandbox import API as BC_API
+from connectors.erp.business_central_sandbox import PATH_PREFIX as BC_PATH_PREFIX
+from connectors.erp.business_central_sandbox import ROUTE as BC_ROUTE
+from connectors.erp.business_central_sandbox import BusinessCentralBooks, BusinessCentralSandboxConfig
+from connectors.erp.business_central_sandbox import route as business_central_route
 from connectors.erp.mapping import to_minor_units
 from connectors.erp.netsuite_auth import TOKEN_PATH as M2M_TOKEN_PATH
 from connectors.erp.netsuite_auth import M2MVerifier, TbaVerifier
@@ -89,7 +95,7 @@ DEFAULT_STATUS: dict[RecordType, str] = {
 }
 AMOUNT_FIELDS = ("total", "amount", "subtotal", "taxTotal", "discountTotal", "shippingCost")
 LINE_AMOUNT_FIELDS = ("amount", "taxAmount", "rate")
-Api = Literal["netsuite", "create-only"]
+Api = Literal["netsuite", "create-only", "business-central"]
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -136,6 +142,13 @@ class FaultSettings(BaseModel):
     refused with CONCURRENCY_LIMIT_EXCEEDED (0: no limit)."""
     concurrency_status: Literal[429, 400] = 429
     """The status of that refusal: sources report 429, and 400 from some services [UNSURE]."""
+    rate_limit: int = Field(default=0, ge=0)
+    """Business Central's rate limit: calls past this many in `rate_window_s` are answered 429
+    (0: none). Microsoft documents 6,000 per 5 minutes per user; tests use far fewer."""
+    rate_window_s: float = Field(default=300.0, gt=0)
+    retry_after_header: bool = True
+    """Whether a 429 or 503 says `Retry-After` (NetSuite does; for Business Central it is not
+    documented [UNSURE], so its tests run both)."""
 
 
 class TbaCredential(BaseModel):
@@ -188,6 +201,8 @@ class SandboxConfig(BaseModel):
     transform_applies: bool = True
     """Whether `!transform/creditMemo` applies the new memo to its invoice. NetSuite's UI does;
     for REST it is undocumented [UNSURE], so the tests run both and the client handles both."""
+    business_central: BusinessCentralSandboxConfig = BusinessCentralSandboxConfig()
+    """The Business Central stand-in's tenant, environment and [UNSURE] behaviours."""
 
 
 @dataclass(frozen=True)
@@ -396,15 +411,26 @@ class DocumentStore:
 
     @staticmethod
     def _next_number(db: sqlite3.Connection, record_type: RecordType) -> str:
+        return DocumentStore._next_in(db, record_type.value, NUMBER_PREFIXES[record_type])
+
+    @staticmethod
+    def _next_in(db: sqlite3.Connection, sequence: str, prefix: str) -> str:
         db.execute(
             "INSERT INTO sequences (record_type, last) VALUES (?, 1)"
             " ON CONFLICT (record_type) DO UPDATE SET last = last + 1",
-            (record_type.value,),
+            (sequence,),
         )
-        last = db.execute(
-            "SELECT last FROM sequences WHERE record_type = ?", (record_type.value,)
-        ).fetchone()[0]
-        return f"{NUMBER_PREFIXES[record_type]}{int(last):06d}"
+        last = db.execute("SELECT last FROM sequences WHERE record_type = ?", (sequence,)).fetchone()[0]
+        return f"{prefix}{int(last):06d}"
+
+    def next_number(self, sequence: str, prefix: str) -> str:
+        """The next number of a named number series (Business Central's No. Series)."""
+        with self._transaction() as db:
+            return self._next_in(db, sequence, prefix)
+
+    def remove(self, doc: StoredDocument) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM documents WHERE internal_id = ?", (doc.internal_id,))
 
     def close_period(self, period: ClosedPeriod) -> None:
         with self._transaction() as db:
@@ -454,6 +480,13 @@ class Sandbox(SandboxState[FaultSettings]):
         self.in_flight = 0
         """API calls being answered now (NetSuite's concurrency limit counts them)."""
         self._netsuite = NetSuiteBooks(self) if self.mappings.netsuite is not None else None
+        self._business_central = (
+            BusinessCentralBooks(self, config.business_central)
+            if self.mappings.business_central is not None
+            else None
+        )
+        self._calls: deque[float] = deque()
+        """When recent API calls came (Business Central's rate limit counts them)."""
         self.tba = (
             TbaVerifier(
                 config.account,
@@ -495,6 +528,32 @@ class Sandbox(SandboxState[FaultSettings]):
                 500, "UNEXPECTED_ERROR", "The sandbox's mappings have no [netsuite] section (internal ids)."
             )
         return self._netsuite
+
+    @property
+    def business_central(self) -> BusinessCentralBooks:
+        if self._business_central is None:
+            raise Refused(
+                json_response(
+                    odata_error_body(
+                        "Internal_ServerError", "The sandbox's mappings have no [business_central] section."
+                    ),
+                    500,
+                )
+            )
+        return self._business_central
+
+    def throttled(self) -> bool:
+        """Whether this call is one more than `rate_limit` calls in the last `rate_window_s`."""
+        limit = self.faults.rate_limit
+        if not limit:
+            return False
+        now = self._clock()
+        while self._calls and self._calls[0] <= now - self.faults.rate_window_s:
+            self._calls.popleft()
+        if len(self._calls) >= limit:
+            return True
+        self._calls.append(now)
+        return False
 
     def issue_token(self) -> tuple[str, float]:
         return self._accept(secrets.token_urlsafe(32), self.config.token_ttl_s), self.config.token_ttl_s
@@ -579,6 +638,7 @@ class Sandbox(SandboxState[FaultSettings]):
     def reset(self) -> None:
         super().reset()
         self.store.reset()
+        self._calls.clear()
         if self._netsuite is not None:
             self._netsuite.reindex()
 
@@ -607,10 +667,23 @@ def _non_minor_amount(body: dict[str, Any]) -> tuple[str, Any] | None:
     return None
 
 
+BC_CODES = {
+    "INVALID_LOGIN": ("Authentication_InvalidCredentials", "The server has rejected the client credentials."),
+    "SSS_REQUEST_LIMIT_EXCEEDED": ("Application_TooManyRequests", "Too many requests reached."),
+    "UNEXPECTED_ERROR": ("Internal_ServerError", "An unexpected error occurred."),
+    "SERVICE_UNAVAILABLE": ("Internal_ServiceUnavailable", "The service is temporarily unavailable."),
+}
+"""The faults' refusals in Business Central's words (its codes for 429 and 5xx are not
+documented [UNSURE]: the client reads the status)."""
+
+
 def _refuse(
     request: web.Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
     # Each API shape answers errors in its own dialect; the client's classify() reads both.
+    if request.path.startswith(BC_PATH_PREFIX):
+        bc_code, bc_message = BC_CODES.get(code, (code, message))
+        return json_response(odata_error_body(bc_code, bc_message), status, headers)
     if request.path.startswith(ODATA_PREFIX):
         return json_response(odata_error_body(code, message), status, headers)
     return json_response(netsuite_error_body(status, code, message), status, headers)
@@ -677,7 +750,7 @@ async def _faulty(
     )
     if not in_scope:
         faults = FaultSettings()  # this call is outside the faults' scope: no dice count
-    retry_after = {"Retry-After": f"{faults.retry_after_s:g}"}
+    retry_after = {"Retry-After": f"{faults.retry_after_s:g}"} if sandbox.faults.retry_after_header else {}
     if faults.maintenance:
         entry["fault"] = "maintenance"
         return _refuse(
@@ -691,7 +764,11 @@ async def _faulty(
             "Invalid login attempt. For more details, see the Login Audit Trail in the NetSuite UI.",
             {"WWW-Authenticate": 'Bearer realm="erp-sandbox"'},
         )
-    if (in_scope and sandbox.take_burst("burst_429")) or rate_limit_draw < faults.rate_limit_rate:
+    if (
+        (in_scope and sandbox.take_burst("burst_429"))
+        or rate_limit_draw < faults.rate_limit_rate
+        or sandbox.throttled()
+    ):
         entry["fault"] = "rate_limit"
         return _refuse(
             request,
@@ -1624,6 +1701,8 @@ def _admin_view(sandbox: Sandbox, doc: StoredDocument) -> dict[str, Any]:
     view = doc.admin_view()
     if doc.api == "netsuite" and sandbox._netsuite is not None:
         view["netsuite"] = sandbox._netsuite.summary(doc)
+    if doc.api == BC_API and sandbox._business_central is not None:
+        view["business_central"] = sandbox._business_central.summary(doc)
     return view
 
 
@@ -1726,6 +1805,7 @@ def build_app(config: SandboxConfig) -> web.Application:
     app.router.add_post(entity, _odata_post)
     app.router.add_patch(entity, _odata_patch)
     app.router.add_post(entity + "/{action}", _odata_action)
+    app.router.add_route("*", BC_ROUTE, business_central_route)
     app.router.add_post("/oauth/token", _oauth_token)
     app.router.add_post(M2M_TOKEN_PATH, _m2m_token)
     app.router.add_get("/admin/documents", _admin_documents)
