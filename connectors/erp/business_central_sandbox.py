@@ -50,7 +50,7 @@ from streams.mappings import BusinessCentralCompany, BusinessCentralIds
 if TYPE_CHECKING:
     from connectors.erp.sandbox import Sandbox, StoredDocument
 
-API = "business-central"
+API: Literal["business-central"] = "business-central"
 PATH_PREFIX = "/v2.0/"
 ROUTE = "/v2.0/{tenant}/{environment}/api/v2.0/{path:.*}"
 BATCH_MAX = 100
@@ -427,9 +427,10 @@ class BusinessCentralBooks:
             return BcAnswer(
                 201, self.view(doc), {"Location": f"{call.origin}/{call.path}({guid(doc.internal_id)})"}
             )
-        lines = body.pop(lines_name, []) if lines_name else []
+        assert lines_name is not None
+        lines = body.pop(lines_name, [])
         header = self._header(subsidiary, company, record_type, body)
-        draft = {
+        draft: dict[str, Any] = {
             "@company": company.id,
             **header,
             "number": store.next_number(
@@ -703,7 +704,7 @@ class BusinessCentralBooks:
         subsidiary = self.companies[company.id][0]
         self._check_period(subsidiary, invoice.body.get("postingDate"))
         store = self.sandbox.store
-        memo = {
+        memo: dict[str, Any] = {
             **{
                 k: invoice.body[k]
                 for k in (

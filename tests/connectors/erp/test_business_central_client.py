@@ -1,0 +1,296 @@
+"""BusinessCentralClient against the Business Central stand-in, over real HTTP: every document
+posted once and to the cent, lookups after a committed-then-hung write, etags, cancels, the
+stand-in's refusals. Behaviours the sources leave open run both ways (`VARIANTS`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from connectors.erp import StaticToken
+from connectors.erp.business_central_client import TOTALS_DIFFER, BusinessCentralClient, key_of
+from connectors.erp.business_central_sandbox import BusinessCentralSandboxConfig
+from connectors.erp.errors import ErpPermanentError, ErpTransientError, ErpUncertainError
+from connectors.erp.sandbox import DEFAULT_TOKEN, SandboxServer
+from connectors.erp.schemas import RecordType
+from tests.connectors.erp.builders import (
+    apply_payment,
+    post_credit_memo,
+    post_invoice,
+    upsert_customer,
+    void_invoice,
+)
+from tests.connectors.erp.support import CLIENT_TIMEOUT_S, HANG_S, documents, sandbox_config, set_faults
+
+US_TAX = {"US-SALES": Decimal(8), "UK-VAT-S": Decimal(20), "DE-VAT-19": Decimal(19), "JP-CT-10": Decimal(10)}
+"""The builders' invoices carry 8% US sales tax; the company's tax setup says the same."""
+VARIANTS = {
+    "documented": {"payment_sign": "negative", "journal_post": "bound", "deep_insert": True},
+    "other-reading": {"payment_sign": "positive", "journal_post": "journals", "deep_insert": False},
+}
+US01 = "5b1f6f1e-0d3a-4c55-9a51-0c0000000001"
+
+
+@pytest.fixture(params=list(VARIANTS))
+def variant(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return dict(VARIANTS[request.param])
+
+
+async def _stand_in(tmp_path: Path, **bc: Any) -> SandboxServer:
+    config = sandbox_config(
+        tmp_path / "erp.sqlite3",
+        business_central=BusinessCentralSandboxConfig(**{"tax_percent": US_TAX, **bc}),
+        faults={"hang_s": HANG_S},
+    )
+    return SandboxServer(config)
+
+
+def api_url(server: SandboxServer) -> str:
+    bc = server.config.business_central
+    return f"{server.url}/v2.0/{bc.tenant}/{bc.environment}/api/v2.0"
+
+
+@pytest.fixture
+async def bc_sandbox(tmp_path: Path, variant: dict[str, Any]) -> AsyncIterator[SandboxServer]:
+    async with await _stand_in(tmp_path, **variant) as server:
+        yield server
+
+
+@pytest.fixture
+async def admin(bc_sandbox: SandboxServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=bc_sandbox.url, timeout=5.0) as client:
+        yield client
+
+
+@pytest.fixture
+async def bc(bc_sandbox: SandboxServer, variant: dict[str, Any]) -> AsyncIterator[BusinessCentralClient]:
+    client = BusinessCentralClient(
+        api_url(bc_sandbox),
+        StaticToken(DEFAULT_TOKEN),
+        timeout=CLIENT_TIMEOUT_S,
+        payment_sign=variant["payment_sign"],
+    )
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def api(bc_sandbox: SandboxServer) -> AsyncIterator[httpx.AsyncClient]:
+    """Plain HTTP to the stand-in's API, to see what a client would be answered."""
+    headers = {"authorization": f"Bearer {DEFAULT_TOKEN}"}
+    async with httpx.AsyncClient(base_url=api_url(bc_sandbox), headers=headers, timeout=5.0) as client:
+        yield client
+
+
+async def bc_documents(admin: httpx.AsyncClient, record_type: RecordType) -> list[dict[str, Any]]:
+    docs = (await documents(admin, record_type=record_type.value))["documents"]
+    return [d for d in docs if d["api"] == "business-central"]
+
+
+async def test_each_document_posts_once_to_the_cent(bc: BusinessCentralClient, admin: httpx.AsyncClient) -> None:
+    customer = await bc.deliver(upsert_customer())
+    assert customer.created and customer.document_number == key_of(RecordType.CUSTOMER, "cust-1")
+    invoice = await bc.deliver(post_invoice())
+    assert invoice.created and invoice.document_number and invoice.document_number.startswith("PS-INV")
+    await bc.deliver(apply_payment(amount=5000))
+    await bc.deliver(post_credit_memo())
+
+    [stored] = await bc_documents(admin, RecordType.INVOICE)
+    assert stored["status"] == "Open"
+    assert stored["business_central"]["total"] == 10720
+    # 107.20 - 50.00 paid - 10.80 credited.
+    assert stored["business_central"]["remaining"] == 10720 - 5000 - 1080
+    [payment] = await bc_documents(admin, RecordType.CUSTOMER_PAYMENT)
+    assert payment["status"] == "Posted" and payment["business_central"]["total"] == 5000
+    memos = await bc_documents(admin, RecordType.CREDIT_MEMO)
+    assert [m["status"] for m in memos] == ["Paid"]  # fully applied to the invoice
+
+
+async def test_a_paid_invoice_reads_paid_and_cannot_be_canceled(
+    bc: BusinessCentralClient, admin: httpx.AsyncClient
+) -> None:
+    await bc.deliver(upsert_customer())
+    await bc.deliver(post_invoice())
+    await bc.deliver(apply_payment())
+    [stored] = await bc_documents(admin, RecordType.INVOICE)
+    assert stored["status"] == "Paid" and stored["business_central"]["remaining"] == 0
+    with pytest.raises(ErpPermanentError, match="paid"):
+        await bc.deliver(void_invoice())
+
+
+async def test_a_void_cancels_once(bc: BusinessCentralClient, admin: httpx.AsyncClient) -> None:
+    await bc.deliver(upsert_customer())
+    await bc.deliver(post_invoice())
+    first = await bc.deliver(void_invoice())
+    again = await bc.deliver(void_invoice())
+    assert first.erp_internal_id == again.erp_internal_id
+    [stored] = await bc_documents(admin, RecordType.INVOICE)
+    assert stored["status"] == "Canceled"
+    memos = await bc_documents(admin, RecordType.CREDIT_MEMO)
+    assert len(memos) == 1 and memos[0]["business_central"]["corrective"]
+
+
+@pytest.mark.parametrize("what", ["create", "post"])
+async def test_a_hung_invoice_write_is_found_not_made_twice(
+    bc: BusinessCentralClient, admin: httpx.AsyncClient, what: str
+) -> None:
+    await bc.deliver(upsert_customer())
+    # The create (or the post) commits, and its answer never comes.
+    scope = r"/salesInvoices\{" if what == "create" else r"Microsoft\.NAV\.post"
+    await set_faults(admin, burst_timeout=1, scope=scope)
+    with pytest.raises(ErpUncertainError):
+        await bc.deliver(post_invoice())
+    await set_faults(admin, burst_timeout=0, scope=None)
+    receipt = await bc.deliver(post_invoice(), uncertain=True)
+    assert receipt.document_number and receipt.document_number.startswith("PS-INV")
+    invoices = await bc_documents(admin, RecordType.INVOICE)
+    assert [i["status"] for i in invoices] == ["Open"]
+
+
+async def test_a_hung_payment_is_found_in_the_journal_or_the_ledger(
+    bc: BusinessCentralClient, admin: httpx.AsyncClient
+) -> None:
+    await bc.deliver(upsert_customer())
+    await bc.deliver(post_invoice())
+    await set_faults(admin, burst_timeout=1, scope=r"/customerPayments\{")
+    with pytest.raises(ErpUncertainError):
+        await bc.deliver(apply_payment())
+    await set_faults(admin, burst_timeout=0, scope=None)
+    await bc.deliver(apply_payment(), uncertain=True)  # the line is in the journal: posted now
+    await bc.deliver(apply_payment(), uncertain=True)  # posted: found in the general ledger
+    payments = await bc_documents(admin, RecordType.CUSTOMER_PAYMENT)
+    assert [p["status"] for p in payments] == ["Posted"]
+    [stored] = await bc_documents(admin, RecordType.INVOICE)
+    assert stored["status"] == "Paid"
+
+
+async def test_totals_business_central_computes_otherwise_are_refused_and_the_draft_deleted(
+    tmp_path: Path,
+) -> None:
+    # A company whose tax setup says 7% where billing charged 8%.
+    async with await _stand_in(tmp_path, tax_percent={**US_TAX, "US-SALES": Decimal(7)}) as server:
+        client = BusinessCentralClient(api_url(server), StaticToken(DEFAULT_TOKEN), timeout=CLIENT_TIMEOUT_S)
+        try:
+            await client.deliver(upsert_customer())
+            with pytest.raises(ErpPermanentError) as refused:
+                await client.deliver(post_invoice())
+            assert refused.value.code == TOTALS_DIFFER
+            assert "totalTaxAmount 6.30 USD where the billing platform charged 7.20" in refused.value.message
+        finally:
+            await client.aclose()
+        async with httpx.AsyncClient(base_url=server.url) as admin:
+            assert await bc_documents(admin, RecordType.INVOICE) == []
+
+
+async def test_tax_rounded_per_document_can_differ_by_a_cent(tmp_path: Path) -> None:
+    # Two lines of 0.05 at 10%: 0.01 tax each when rounded per line, 0.01 in all per document.
+    async with await _stand_in(tmp_path, tax_rounding="document") as server:
+        client = BusinessCentralClient(api_url(server), StaticToken(DEFAULT_TOKEN), timeout=CLIENT_TIMEOUT_S)
+        try:
+            await client.deliver(upsert_customer(customer_id="cust-jp", subsidiary="JP01", currency="JPY"))
+            invoice = post_invoice(customer_id="cust-jp", subsidiary="JP01", currency="JPY")
+            lines = tuple(
+                line.model_copy(update={"amount": 5, "tax_code": "JP-CT-10", "tax_amount": 1})
+                for line in invoice.document.lines
+            )
+            document = invoice.document.model_copy(update={"lines": lines, "tax_total": 2, "total": 12})
+            with pytest.raises(ErpPermanentError, match=TOTALS_DIFFER):
+                await client.deliver(invoice.model_copy(update={"document": document}))
+        finally:
+            await client.aclose()
+
+
+async def test_a_customer_changed_in_business_central_is_read_again_and_updated(
+    bc: BusinessCentralClient, admin: httpx.AsyncClient, api: httpx.AsyncClient
+) -> None:
+    first = await bc.deliver(upsert_customer(name="Acme"))
+    # Someone edits the customer in Business Central: the etag the client holds goes stale.
+    url = f"companies({US01})/customers({first.erp_internal_id})"
+    current = (await api.get(url)).json()
+    edited = await api.patch(url, json={"phoneNumber": "555-0100"}, headers={"if-match": current["@odata.etag"]})
+    assert edited.status_code == 200, edited.text
+    second = await bc.deliver(upsert_customer(name="Acme Holdings"))
+    assert second.erp_internal_id == first.erp_internal_id and not second.created
+    [stored] = await bc_documents(admin, RecordType.CUSTOMER)
+    assert stored["body"]["displayName"] == "Acme Holdings" and stored["body"]["phoneNumber"] == "555-0100"
+
+
+async def test_document_numbers_come_from_one_query(bc: BusinessCentralClient) -> None:
+    await bc.deliver(upsert_customer())
+    for n in (1, 2, 3):
+        await bc.deliver(post_invoice(external_id=f"stripe-in_{n}"), read_back=False)
+    before = bc.lookups
+    found = await bc.document_numbers(RecordType.INVOICE, ["stripe-in_1", "stripe-in_2", "stripe-in_3"])
+    assert sorted(found) == ["stripe-in_1", "stripe-in_2", "stripe-in_3"]
+    assert all(d.document_number and d.document_number.startswith("PS-INV") for d in found.values())
+    assert bc.lookups - before == 1  # the first company holds them all
+
+
+# -- the stand-in's refusals, as a real company would answer ---------------------------------
+
+
+async def test_the_stand_in_refuses_what_business_central_refuses(
+    bc: BusinessCentralClient, api: httpx.AsyncClient, variant: dict[str, Any]
+) -> None:
+    await bc.deliver(upsert_customer())
+    number = key_of(RecordType.CUSTOMER, "cust-1")
+    invoices = f"companies({US01})/salesInvoices"
+    base = {"customerNumber": number, "postingDate": "2026-03-01"}
+
+    unknown = await api.post(invoices, json={**base, "memo": "x"})
+    assert unknown.status_code == 400 and "memo: the property does not exist" in unknown.json()["error"]["message"]
+    local = await api.post(invoices, json={**base, "currencyCode": "USD"})
+    assert local.json()["error"]["code"] == "Internal_InvalidTableRelation"  # LCY is written ""
+    stranger = await api.post(invoices, json={**base, "customerNumber": "NOBODY"})
+    assert stranger.json()["error"]["code"] == "Application_DialogException"
+    customers = f"companies({US01})/customers"
+    again = await api.post(customers, json={"number": number, "displayName": "Twice"})
+    assert again.json()["error"]["code"] == "Internal_EntityWithSameKeyExists"
+    [customer] = (await api.get(customers, params={"$filter": f"number eq '{number}'"})).json()["value"]
+    no_etag = await api.patch(f"{customers}({customer['id']})", json={"displayName": "X"})
+    assert no_etag.status_code == 400 and no_etag.json()["error"]["code"] == "BadRequest_InvalidToken"
+    journal = f"companies({US01})/customerPaymentJournals(7c0a9d2e-5f41-4b8e-8a11-0c0000000101)/customerPayments"
+    sign = -1 if variant["payment_sign"] == "negative" else 1
+    # A JSON number with a tenth of a cent, as a client that rounds nothing would send it.
+    body = f'{{"customerNumber": "{number}", "postingDate": "2026-03-01", "amount": {sign * Decimal("10.005")}}}'
+    cent_fraction = await api.post(journal, content=body, headers={"content-type": "application/json"})
+    assert cent_fraction.status_code == 400 and "decimals" in cent_fraction.text
+    wrong_company = await api.get("companies(00000000-0000-0000-0000-000000000000)/customers")
+    assert wrong_company.status_code == 404
+
+
+async def test_a_batch_answers_each_operation_and_skips_what_depends_on_a_failure(
+    bc: BusinessCentralClient, api: httpx.AsyncClient
+) -> None:
+    await bc.deliver(upsert_customer())
+    customers = f"companies({US01})/customers"
+    batch = {
+        "requests": [
+            {"id": "1", "method": "GET", "url": f"{customers}?$filter=number eq 'NOBODY'"},
+            {"id": "2", "method": "POST", "url": customers, "body": {"displayName": "no number"}},
+            {"id": "3", "method": "GET", "url": customers, "dependsOn": ["2"]},
+        ]
+    }
+    answer = await api.post("$batch", json=batch)
+    assert answer.status_code == 200
+    statuses = {r["id"]: r["status"] for r in answer.json()["responses"]}
+    assert statuses == {"1": 200, "2": 400, "3": 424}
+    too_many = await api.post("$batch", json={"requests": [{"id": str(i), "method": "GET", "url": customers} for i in range(101)]})
+    assert too_many.status_code == 400
+
+
+@pytest.mark.parametrize("retry_after", [True, False])
+async def test_past_the_rate_limit_calls_are_throttled(
+    bc: BusinessCentralClient, admin: httpx.AsyncClient, retry_after: bool
+) -> None:
+    await set_faults(admin, rate_limit=2, rate_window_s=60, retry_after_header=retry_after, retry_after_s=3)
+    await bc.deliver(upsert_customer())  # a lookup and a create: the two calls the window allows
+    with pytest.raises(ErpTransientError) as throttled:
+        await bc.deliver(upsert_customer(name="again"))
+    assert throttled.value.status == 429
+    assert throttled.value.retry_after == (3.0 if retry_after else None)
