@@ -14,9 +14,9 @@ SuiteQL query per record type instead of a GET per document, before the batch's 
 (`read_document_numbers`). A number that cannot be read leaves its command posted without one.
 
 The posting ledger (`tables/ledger.py`) makes delivery effectively-once: a command the ERP
-confirmed is never sent again (its result is repeated instead), and in the create-only mode a
-command is marked in flight, durably, before the call, so after a crash or a timeout the next
-attempt looks the document up before creating it.
+confirmed is never sent again (its result is repeated instead), and against an ERP that cannot
+upsert (Business Central) a command is marked in flight, durably, before the call, so after a
+crash or a timeout the next attempt looks the document up before creating it.
 """
 
 from __future__ import annotations
@@ -53,13 +53,12 @@ from connectors.erp import (
     RetriesExhausted,
     RetryPolicy,
     call_with_retries,
-    make_client,
 )
 from connectors.erp.client import READ_BACK_RECORD_TYPES
 from streams import headers as h
 from streams import metrics
 from streams.app import app
-from streams.erp import retry_policy, token_provider
+from streams.erp import erp_client, retry_policy
 from streams.logs import log_context
 from streams.settings import Settings, settings
 from streams.topics import erp_commands_topic, erp_results_topic
@@ -84,16 +83,18 @@ class ErpLink:
     policy: RetryPolicy
     breaker: CircuitBreaker
     calls: CallSlots
-    create_only: bool
+    looks_first: bool
+    """The ERP cannot upsert (Business Central): a command is marked in flight, durably, before
+    its first call, so the attempt after a crash looks the document up before creating it."""
 
 
 def erp_link(s: Settings) -> ErpLink:
     return ErpLink(
-        client=make_client(s.erp_mode, s.erp_base_url, token_provider(s), timeout=s.erp_timeout_s),
+        client=erp_client(s),
         policy=retry_policy(s),
         breaker=CircuitBreaker(s.erp_breaker_failures, s.erp_breaker_open_s),
         calls=CallSlots(s.erp_concurrency),
-        create_only=s.erp_mode == "create-only",
+        looks_first=s.erp_mode == "business-central",
     )
 
 
@@ -242,8 +243,8 @@ class Lane:
         tries = 0
 
         async def attempt(unsure: bool) -> Any:
-            # Any retry looks first, not only after a timeout: a create-only delivery is several
-            # calls (create, then post), and a failure of a later one leaves the document created.
+            # Any retry looks first, not only after a timeout: a Business Central delivery is
+            # several calls (create, then post), and a failure of a later one leaves a draft.
             nonlocal tries
             tries += 1
             async with self.link.calls.slot(self.left + len(self.ledger.queued)):
@@ -348,7 +349,7 @@ async def deliver_batch(link: ErpLink, events: list[EventT], now: datetime) -> O
         lane = Lane(customer_id, ledger or CustomerLedger(customer_id=customer_id), link, outbox, work)
         lane.uncertain = {k for k, e in lane.ledger.entries.items() if e.state in UNCONFIRMED}
         lanes.append(lane)
-    if link.create_only and lanes:
+    if link.looks_first and lanes:
         for lane in lanes:
             lane.mark_in_flight(now)
         await app.producer.flush()  # the in-flight marks reach the changelog before any call

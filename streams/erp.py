@@ -8,14 +8,13 @@ from typing import TypeVar
 
 from connectors.erp import (
     ClientCredentialsToken,
-    CreateOnlyClient,
     NetSuiteClient,
     RetryPolicy,
     StaticToken,
     TokenProvider,
     call_with_retries,
-    make_client,
 )
+from connectors.erp.business_central_client import BusinessCentralClient
 from connectors.erp.netsuite_auth import NetSuiteM2MToken, TbaToken
 from streams.mappings import load_mappings
 from streams.settings import NetSuiteSecret, Settings
@@ -68,15 +67,16 @@ def _secret(s: Settings, name: NetSuiteSecret) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-def erp_client(s: Settings, tokens: TokenProvider | None = None) -> NetSuiteClient | CreateOnlyClient:
-    """The client for LEDGERFLOW_ERP_MODE at LEDGERFLOW_ERP_BASE_URL."""
-    return make_client(
-        s.erp_mode,
-        s.erp_base_url,
-        tokens or token_provider(s),
-        timeout=s.erp_timeout_s,
-        mappings=load_mappings(s.mappings),
-    )
+def erp_client(s: Settings, tokens: TokenProvider | None = None) -> NetSuiteClient | BusinessCentralClient:
+    """The client for LEDGERFLOW_ERP_MODE at LEDGERFLOW_ERP_BASE_URL, with the mappings of
+    LEDGERFLOW_MAPPINGS."""
+    tokens = tokens or token_provider(s)
+    mappings = load_mappings(s.mappings)
+    if s.erp_mode == "business-central":
+        return BusinessCentralClient(
+            s.bc_api_root, tokens, timeout=s.erp_timeout_s, mappings=mappings, payment_sign=s.bc_payment_sign
+        )
+    return NetSuiteClient(s.erp_base_url, tokens, timeout=s.erp_timeout_s, mappings=mappings)
 
 
 def retry_policy(s: Settings) -> RetryPolicy:

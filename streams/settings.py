@@ -14,6 +14,10 @@ NetSuiteSecret = Literal["consumer_key", "consumer_secret", "token_id", "token_s
 """The TBA credentials, each from `LEDGERFLOW_NETSUITE_<NAME>` or `LEDGERFLOW_NETSUITE_<NAME>_FILE`."""
 
 
+BC_API_HOST = "https://api.businesscentral.dynamics.com"
+"""Business Central online's API host (every tenant's)."""
+
+
 class Settings(BaseSettings):
     """Defaults suit `ledgerflow dev` on one machine; the docstring of each field names its
     variable. The k8s ConfigMap uses the same names."""
@@ -69,8 +73,9 @@ class Settings(BaseSettings):
     """LEDGERFLOW_ERP_BASE_URL: the ERP the sink posts to. Unset with LEDGERFLOW_NETSUITE_ACCOUNT
     set, it is that account's REST host (`https://1234567-sb1.suitetalk.api.netsuite.com`); set,
     it overrides the host (a stand-in on loopback) and the TBA realm still comes from the account."""
-    erp_mode: Literal["netsuite", "create-only"] = "netsuite"
-    """LEDGERFLOW_ERP_MODE"""
+    erp_mode: Literal["netsuite", "business-central"] = "netsuite"
+    """LEDGERFLOW_ERP_MODE: the ERP's API, `netsuite` (SuiteTalk REST) or `business-central`
+    (Business Central API v2.0)."""
     erp_token: SecretStr | None = None
     """LEDGERFLOW_ERP_TOKEN"""
     erp_concurrency: int = Field(default=5, ge=1, le=100)
@@ -83,6 +88,17 @@ class Settings(BaseSettings):
     """LEDGERFLOW_ERP_CLIENT_ID: OAuth 2.0 client id (with LEDGERFLOW_ERP_TOKEN_URL)."""
     erp_client_secret: SecretStr | None = None
     """LEDGERFLOW_ERP_CLIENT_SECRET: OAuth 2.0 client secret (with LEDGERFLOW_ERP_TOKEN_URL)."""
+    bc_tenant: str | None = None
+    """LEDGERFLOW_BC_TENANT: the Microsoft Entra tenant (its id or domain) of the Business
+    Central environment; with it, an unset LEDGERFLOW_ERP_BASE_URL is Business Central's API
+    host, `https://api.businesscentral.dynamics.com`."""
+    bc_environment: str = "production"
+    """LEDGERFLOW_BC_ENVIRONMENT: the Business Central environment's name (`production`, a
+    sandbox's name): the API root is `<host>/v2.0/<tenant>/<environment>/api/v2.0`."""
+    bc_payment_sign: Literal["negative", "positive"] = "negative"
+    """LEDGERFLOW_BC_PAYMENT_SIGN: the sign of a customer payment journal line's amount. A receipt
+    is a credit (negative) in Business Central's data model; Microsoft's API example sends a
+    positive amount. Check one payment in a sandbox company before going live."""
     netsuite_account: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]+([_-][A-Za-z0-9]+)*$")
     """LEDGERFLOW_NETSUITE_ACCOUNT: the NetSuite account id, in either form (`1234567_SB1` or
     `1234567-sb1`): the REST host uses the lower/dash form, the TBA realm the upper/underscore
@@ -246,6 +262,8 @@ class Settings(BaseSettings):
             from connectors.erp.netsuite_auth import netsuite_base_url
 
             data = {**data, "erp_base_url": netsuite_base_url(str(data["netsuite_account"]))}
+        if isinstance(data, dict) and data.get("bc_tenant") and "erp_base_url" not in data:
+            data = {**data, "erp_base_url": BC_API_HOST}
         return data
 
     @model_validator(mode="after")
@@ -264,6 +282,14 @@ class Settings(BaseSettings):
         if value is not None or path is None:
             return value
         return SecretStr(path.read_text(encoding="utf-8").strip())
+
+    @property
+    def bc_api_root(self) -> str:
+        """Business Central's API v2.0 root for the tenant and environment, on the ERP host."""
+        if not self.bc_tenant:
+            raise ValueError("LEDGERFLOW_ERP_MODE=business-central needs LEDGERFLOW_BC_TENANT")
+        host = self.erp_base_url.rstrip("/")
+        return f"{host}/v2.0/{self.bc_tenant}/{self.bc_environment}/api/v2.0"
 
     @property
     def netsuite_realm(self) -> str | None:

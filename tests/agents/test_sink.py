@@ -129,7 +129,7 @@ def lane(
         policy=RetryPolicy(max_attempts=3, base_delay_s=0.0, max_delay_s=0.0),
         breaker=CircuitBreaker(100, 1.0),
         calls=CallSlots(1),
-        create_only=False,
+        looks_first=False,
     )
     event = mock.Mock(message=mock.Mock(topic="erp.commands", partition=0, offset=1), key=CID)
     return Lane(CID, ledger or CustomerLedger(customer_id=CID), link, Outbox(), [(c, event) for c in work])
