@@ -14,8 +14,9 @@ from connectors.erp import (
     TokenProvider,
     call_with_retries,
 )
-from connectors.erp.business_central_client import BusinessCentralClient
+from connectors.erp.business_central_client import BusinessCentralClient, key_of
 from connectors.erp.netsuite_auth import NetSuiteM2MToken, TbaToken
+from connectors.erp.schemas import RecordType
 from streams.mappings import load_mappings
 from streams.settings import NetSuiteSecret, Settings
 
@@ -77,6 +78,12 @@ def erp_client(s: Settings, tokens: TokenProvider | None = None) -> NetSuiteClie
             s.bc_api_root, tokens, timeout=s.erp_timeout_s, mappings=mappings, payment_sign=s.bc_payment_sign
         )
     return NetSuiteClient(s.erp_base_url, tokens, timeout=s.erp_timeout_s, mappings=mappings)
+
+
+def erp_key(s: Settings) -> Callable[[RecordType, str], str] | None:
+    """How the ERP keys ledgerflow's records when it is not by their external id (Business
+    Central: `key_of`, a Code field's value); None when it keeps the external id (NetSuite)."""
+    return key_of if s.erp_mode == "business-central" else None
 
 
 def retry_policy(s: Settings) -> RetryPolicy:

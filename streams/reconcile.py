@@ -41,7 +41,18 @@ from aiokafka.errors import KafkaError
 from pydantic import TypeAdapter, ValidationError
 
 from canonical import codec
-from canonical.commands import AnyErpCommand, ErpCommand, PostingOutcome, PostingResult, UpsertCustomer
+from canonical.commands import (
+    AnyErpCommand,
+    ApplyPayment,
+    ErpCommand,
+    PostCreditMemo,
+    PostingOutcome,
+    PostingResult,
+    PostInvoice,
+    UpsertContract,
+    UpsertCustomer,
+    VoidInvoice,
+)
 from canonical.exceptions import (
     BusinessException,
     ExceptionReason,
@@ -49,7 +60,7 @@ from canonical.exceptions import (
     FieldError,
     Severity,
 )
-from connectors.erp import ClientCredentialsToken, ErpDocument, ErpError, RecordType, to_record
+from connectors.erp import ClientCredentialsToken, ErpDocument, ErpError, RecordType
 from connectors.erp.schemas import DRAFT, VOIDED
 from streams import headers as h
 from streams.replay import KafkaLink, RawRecord, ReplayError, latest_exceptions
@@ -64,10 +75,11 @@ HISTORY_SLACK = timedelta(hours=1)
 oldest command left (plus this margin for the sink's lag) cannot be judged extra."""
 
 WRITTEN_RECORD_TYPES: tuple[RecordType, ...] = tuple(RecordType)
-"""The record types ledgerflow writes (`connectors.erp.mapping.to_record`), in report order."""
+"""The record types ledgerflow writes (`posting`), in report order."""
 
 POSTED = "posted"
 ACTIVE = "active"
+CANCELED = "canceled"
 INACTIVE = "inactive"
 """Statuses as compared: documents are posted, voided or draft; customers active or inactive."""
 
@@ -161,12 +173,37 @@ class Expected:
         }
 
 
-def _amount_and_currency(body: Mapping[str, Any]) -> tuple[int | None, str | None]:
-    # The same reading as connectors.erp.schemas.document_from applies to the ERP's answer:
-    # `total`, or `amount` for a payment, in minor units.
-    amount = next((v for v in (body.get("total"), body.get("amount")) if type(v) is int), None)
-    currency = body.get("currency")
-    return amount, str(currency) if currency is not None else None
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """What a command writes, whichever ERP: the record, its amount in minor units (a
+    document's total, a payment's amount; None for a customer) and currency, or a void."""
+
+    record_type: RecordType
+    external_id: str
+    amount: int | None
+    currency: str | None
+    void: bool = False
+
+
+def posting(command: ErpCommand) -> Posting:
+    if isinstance(command, UpsertCustomer):
+        return Posting(RecordType.CUSTOMER, command.external_id, None, command.document.currency)
+    if isinstance(command, UpsertContract):
+        contract = command.document
+        total = sum(line.quantity * line.unit_amount for line in contract.lines)
+        return Posting(RecordType.SALES_ORDER, command.external_id, total, contract.currency)
+    if isinstance(command, PostInvoice):
+        doc = command.document
+        return Posting(RecordType.INVOICE, doc.external_id, doc.total, doc.currency)
+    if isinstance(command, ApplyPayment):
+        payment = command.document
+        return Posting(RecordType.CUSTOMER_PAYMENT, payment.external_id, payment.amount, payment.currency)
+    if isinstance(command, PostCreditMemo):
+        memo = command.document
+        return Posting(RecordType.CREDIT_MEMO, memo.external_id, memo.total, memo.currency)
+    if isinstance(command, VoidInvoice):
+        return Posting(RecordType.INVOICE, command.invoice_external_id, None, None, void=True)
+    raise TypeError(f"no ERP record for command type {type(command).__name__}")
 
 
 def _content_status(command: ErpCommand, current: Expected | None) -> str:
@@ -186,7 +223,7 @@ def expected_documents(
     outcome = {r.idempotency_key: r for r in results}  # the later result of a key wins
     expected: dict[DocumentKey, Expected] = {}
     for command in commands:
-        record = to_record(command)
+        record = posting(command)
         key = (record.record_type, record.external_id)
         current = expected.get(key)
         result = outcome.get(command.idempotency_key)
@@ -194,7 +231,7 @@ def expected_documents(
             if current is not None:
                 expected[key] = replace(current, settled=False)
             continue
-        if record.action == "void":
+        if record.void:
             if current is not None:  # a void never creates: nothing to expect without a posting
                 expected[key] = replace(
                     current,
@@ -203,13 +240,12 @@ def expected_documents(
                     idempotency_key=command.idempotency_key,
                 )
             continue
-        amount, currency = _amount_and_currency(record.body)
         expected[key] = Expected(
             record_type=record.record_type,
             external_id=record.external_id,
             status=_content_status(command, current),
-            amount=amount,
-            currency=currency,
+            amount=record.amount,
+            currency=record.currency,
             customer_id=command.customer_id,
             correlation_id=command.correlation_id,
             idempotency_key=command.idempotency_key,
@@ -223,7 +259,7 @@ def commanded_documents(commands: Iterable[ErpCommand]) -> dict[DocumentKey, Erp
     """Every document ledgerflow ever commanded (confirmed or not), with its latest command."""
     out: dict[DocumentKey, ErpCommand] = {}
     for command in commands:
-        record = to_record(command)
+        record = posting(command)
         out[(record.record_type, record.external_id)] = command
     return out
 
@@ -253,7 +289,11 @@ def erp_status(document: ErpDocument) -> str:
     """The document's status as compared: posted, voided or draft; active or inactive."""
     status = (document.status or "").lower()
     if document.record_type is RecordType.CUSTOMER:
-        return INACTIVE if document.body.get("isInactive") is True or status == INACTIVE else ACTIVE
+        # NetSuite's isInactive; Business Central's customer blocked for everything.
+        blocked = document.body.get("isInactive") is True or document.body.get("blocked") == "All"
+        return INACTIVE if blocked or status == INACTIVE else ACTIVE
+    if status == CANCELED:  # Business Central's canceled invoice: the void ledgerflow made
+        return VOIDED
     if status in (VOIDED, DRAFT):
         return status
     return POSTED
@@ -380,6 +420,25 @@ def _content_differences(expected: Expected, documents: Sequence[ErpDocument]) -
             _money(doc.total, doc.currency),
         )
     return found
+
+
+def in_ledgerflow_ids(
+    documents: Sequence[ErpDocument],
+    commanded: Iterable[DocumentKey],
+    key: Callable[[RecordType, str], str] | None,
+) -> list[ErpDocument]:
+    """The ERP's documents named by ledgerflow's external ids, where the ERP keeps another key
+    of ours (Business Central: `key` maps an external id to it); a document whose key no command
+    made keeps the ERP's, and is judged extra."""
+    if key is None:
+        return list(documents)
+    names = {(rt, key(rt, eid)): eid for rt, eid in commanded}
+    return [
+        d.model_copy(update={"external_id": names.get((d.record_type, d.external_id), d.external_id)})
+        if d.external_id is not None
+        else d
+        for d in documents
+    ]
 
 
 def judge(
@@ -810,6 +869,8 @@ async def reconcile(
 ) -> ReconcileReport:
     """Compare what `erp.commands` and `erp.results` say was posted with the ERP's documents,
     and (with `raise_exceptions`) produce each difference to `ledgerflow.exceptions`."""
+    from streams.erp import erp_key
+
     started = (now or datetime.now(UTC)).astimezone(UTC)
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     cause = f"reconcile:{run_id}"
@@ -831,6 +892,7 @@ async def reconcile(
             horizon = history_horizon(command_records, {tp.partition: o for tp, o in beginnings.items()})
             expected = expected_documents(commands, results)
             commanded = commanded_documents(commands)
+            documents = in_ledgerflow_ids(documents, commanded, erp_key(s))
             differences, judged = judge(expected, documents, commanded, WRITTEN_RECORD_TYPES, horizon)
             report = ReconcileReport(
                 run_id=run_id,

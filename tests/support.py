@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -206,6 +206,10 @@ class ErpSandbox:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     token = "sandbox-token"
+    names: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(record type, the key Business Central holds) → ledgerflow's external id: Business Central
+    keeps no external id, so its documents are read back in ledgerflow's ids through this map
+    (`in_ledgerflow_ids`); empty for NetSuite, which keeps ledgerflow's ids itself."""
 
     @property
     def url(self) -> str:
@@ -237,15 +241,21 @@ class ErpSandbox:
 
     def wait_for(self, expected: dict[tuple[str, str], int], timeout: float = 300.0) -> dict[str, Any]:
         """Poll until every expected (record type, external id) is in the ERP; the admin view."""
-        import httpx
 
         deadline = time.monotonic() + timeout
         while True:
-            view = httpx.get(f"{self.url}/admin/documents", timeout=30).json()
+            view = self.documents()
             have = {(d["record_type"], d["external_id"]) for d in view["documents"]}
             if set(expected) <= have or time.monotonic() > deadline:
                 return dict(view)
             time.sleep(1.0)
+
+    def documents(self, **query: str) -> dict[str, Any]:
+        """The admin view of the documents, in ledgerflow's external ids."""
+        import httpx
+
+        view = httpx.get(f"{self.url}/admin/documents", params=query, timeout=60).json()
+        return in_ledgerflow_ids(view, self.names)
 
     def admin(self, method: str, path: str, **json_body: Any) -> Any:
         import httpx
@@ -285,32 +295,82 @@ def assert_erp_holds_exactly(view: dict[str, Any], expected: dict[tuple[str, str
 
 
 def document_amount(document: dict[str, Any]) -> int | None:
-    """A sandbox document's total (a payment's amount) in minor units: NetSuite's computed from
-    its lines in major units (the sandbox's `netsuite` summary), the create-only API's as sent."""
-    if "netsuite" in document:
-        amount: int | None = document["netsuite"].get("amount")
-        return amount
-    body = document["body"]
-    return body.get("total", body.get("amount"))
+    """A sandbox document's total (a payment's amount) in minor units, as the ERP computed it
+    from its lines in major units (the sandbox's `books` summary)."""
+    amount: int | None = document["books"].get("amount")
+    return amount
 
 
-def assert_netsuite_books_balance(view: dict[str, Any]) -> None:
-    """NetSuite's books as the truth implies them: each payment and credit applied to its
+def assert_books_balance(view: dict[str, Any]) -> None:
+    """The ERP's books as the truth implies them: each payment and credit applied to its
     invoice and to no other, no invoice over-applied, each reversed invoice reversed once."""
-    netsuite = [d for d in view["documents"] if "netsuite" in d]
+    netsuite = [d for d in view["documents"] if "books" in d]
     invoices = {d["external_id"]: d for d in netsuite if d["record_type"] == "invoice"}
-    reversals = Counter(
-        d["netsuite"].get("created_from") for d in netsuite if d["record_type"] == "creditMemo"
-    )
+    reversals = Counter(d["books"].get("created_from") for d in netsuite if d["record_type"] == "creditMemo")
     reversals.pop(None, None)
     assert set(reversals.values()) <= {1}, reversals
     for d in netsuite:
         if d["record_type"] in ("customerPayment", "creditMemo"):  # what is not applied stays unapplied
-            assert sum(d["netsuite"]["applied_to"].values()) <= d["netsuite"]["amount"], d["external_id"]
-        for invoice_id in d["netsuite"].get("applied_to", {}):
+            assert sum(d["books"]["applied_to"].values()) <= d["books"]["amount"], d["external_id"]
+        for invoice_id in d["books"].get("applied_to", {}):
             assert invoice_id in invoices, (d["external_id"], invoice_id)
     for invoice in invoices.values():
-        assert invoice["netsuite"]["remaining"] >= 0, invoice["external_id"]
+        assert invoice["books"]["remaining"] >= 0, invoice["external_id"]
+
+
+BUSINESS_CENTRAL_ENV = {
+    "LEDGERFLOW_ERP_MODE": "business-central",
+    "LEDGERFLOW_BC_TENANT": "ledgerflow-sandbox",
+    "LEDGERFLOW_BC_ENVIRONMENT": "sandbox",
+}
+"""A worker pointed at the stand-in's Business Central tenant and environment (its defaults)."""
+BC_STATUSES = {
+    "Active": "active",
+    "Open": "open",
+    "Paid": "open",
+    "Posted": "deposited",
+    "Canceled": "voided",
+}
+"""Business Central's statuses of booked documents as the NetSuite stand-in's (a paid invoice is
+booked and open in NetSuite's sense: its status there is not the payment's)."""
+
+
+def ledgerflow_names(external_ids: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """(record type, Business Central key) → ledgerflow external id, for `ErpSandbox.names`."""
+    from connectors.erp.business_central_client import key_of
+    from connectors.erp.schemas import RecordType
+
+    return {(rt, key_of(RecordType(rt), eid)): eid for rt, eid in external_ids}
+
+
+def in_ledgerflow_ids(view: dict[str, Any], names: dict[tuple[str, str], str]) -> dict[str, Any]:
+    """The admin view with Business Central's documents named by ledgerflow's external ids (and
+    their customers and invoices too) and their statuses in the NetSuite stand-in's words."""
+    if not names:
+        return view
+
+    def name(record_type: str, key: Any) -> Any:
+        return names.get((record_type, key), key) if isinstance(key, str) else key
+
+    documents = []
+    for d in view["documents"]:
+        if d.get("api") == "business-central":
+            books = dict(d["books"])
+            books["customer"] = name("customer", books.get("customer"))
+            books["applied_to"] = {name("invoice", k): v for k, v in (books.get("applied_to") or {}).items()}
+            if "created_from" in books:
+                books["created_from"] = name("invoice", books["created_from"])
+            d = {
+                **d,
+                "external_id": name(d["record_type"], d["external_id"]),
+                "status": BC_STATUSES.get(d["status"], d["status"]),
+                "books": books,
+            }
+        documents.append(d)
+    duplicates = [
+        {**dup, "external_id": name(dup["record_type"], dup["external_id"])} for dup in view["duplicates"]
+    ]
+    return {**view, "documents": documents, "duplicates": duplicates}
 
 
 def erp_documents_of(truth: dict[str, Any]) -> dict[tuple[str, str], int]:

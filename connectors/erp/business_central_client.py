@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any, Literal
 
 import httpx
@@ -50,6 +51,7 @@ from connectors.erp.business_central import (
 )
 from connectors.erp.client import Documents, _HttpErpClient
 from connectors.erp.errors import ErpPermanentError, ErpTransientError
+from connectors.erp.mapping import to_minor_units
 from connectors.erp.schemas import ErpDocument, ErpReceipt, RecordType
 from streams.mappings import BusinessCentralCompany, Mappings, load_mappings
 
@@ -280,10 +282,41 @@ class BusinessCentralClient(_HttpErpClient):
         for company in self._companies():
             if record_type is RecordType.SALES_ORDER:
                 continue
+            if record_type is RecordType.CUSTOMER_PAYMENT:
+                documents += await self._posted_payments(company, correlation_id)
             for entity in await self._pages(self._set_url(company, record_type), correlation_id, {}):
                 key = entity.get(KEY_FIELDS[record_type])
                 documents.append(self._document_of(record_type, company, entity, str(key) if key else None))
         return documents
+
+    async def _posted_payments(
+        self, company: BusinessCentralCompany, correlation_id: str | None
+    ) -> Documents:
+        """Posted payments, from the general ledger: one document per document number, its
+        amount the entries' debits (in the company's currency, as ledger entries are)."""
+        debits: dict[str, Decimal] = {}
+        entries = await self._pages(
+            f"{self._company_url(company)}/generalLedgerEntries",
+            correlation_id,
+            {"$filter": "documentType eq 'Payment'"},
+        )
+        for entry in entries:
+            number = str(entry.get("documentNumber") or "")
+            if number:
+                debits[number] = debits.get(number, Decimal(0)) + Decimal(entry.get("debitAmount") or 0)
+        return [
+            ErpDocument(
+                record_type=RecordType.CUSTOMER_PAYMENT,
+                external_id=number,
+                erp_internal_id=number,
+                document_number=number,
+                status="posted",
+                currency=company.currency,
+                total=to_minor_units(amount, company.currency),
+                body={"documentNumber": number, "amount": amount},
+            )
+            for number, amount in debits.items()
+        ]
 
     def _companies(self) -> tuple[BusinessCentralCompany, ...]:
         return tuple(dict.fromkeys(self.mapper.ids.companies.values()))
@@ -404,7 +437,7 @@ class BusinessCentralClient(_HttpErpClient):
                     return self._receipt(record, command, entity, created=False)
                 if draft is None and totals_agree(record, entity) is None and _complete(record, entity):
                     log.info(
-                        "erp posting a draft an earlier attempt left",
+                        "posting a draft an earlier attempt left behind",
                         extra={"correlation_id": cid, "key": record.key},
                     )
                     draft = entity
@@ -587,7 +620,7 @@ class BusinessCentralClient(_HttpErpClient):
             record_type=RecordType.CUSTOMER_PAYMENT,
             external_id=_external_id(command),
             # The journal line is gone once posted: its document number is what stays.
-            erp_internal_id=str(line["id"]) if line is not None else record.key,
+            erp_internal_id=record.key,
             document_number=record.key,
             created=created,
         )

@@ -86,7 +86,9 @@ NUMBERS = {
     (RecordType.CREDIT_MEMO, DRAFT): "S-CR",
     (RecordType.CREDIT_MEMO, POSTED): "PS-CR",
 }
-FILTERABLE = frozenset({"number", "externalDocumentNumber", "documentNumber", "status", "customerNumber"})
+FILTERABLE = frozenset(
+    {"number", "externalDocumentNumber", "documentNumber", "documentType", "status", "customerNumber"}
+)
 _FILTER_TERM = re.compile(r"\s*(?P<name>[A-Za-z]+)\s+eq\s+'(?P<value>(?:[^']|'')*)'\s*")
 _SEGMENT = re.compile(r"^(?P<name>[A-Za-z$.]+)(?:\((?P<key>[^)]*)\))?$")
 
@@ -357,8 +359,6 @@ class BusinessCentralBooks:
 
     def _collection(self, call: BcCall, company: BusinessCentralCompany, record_type: RecordType) -> BcAnswer:
         docs = self._docs(company, record_type)
-        if record_type is RecordType.CREDIT_MEMO:
-            docs = [d for d in docs if not d.body.get("@corrective")]
         return self._page(call, [self._expanded(call, d) for d in docs], ENTITIES[record_type])
 
     def _page(self, call: BcCall, views: list[dict[str, Any]], entity: str) -> BcAnswer:
@@ -678,6 +678,7 @@ class BusinessCentralBooks:
             applied = min(total, Decimal(invoice.body.get("remainingAmount", 0)))
             self._settle(invoice, applied)
             body["status"] = PAID if applied == total else OPEN
+            body["@applied"] = {invoice.external_id: applied}
         store.update(doc, body, body["status"])
         return BcAnswer(204)
 
@@ -721,6 +722,7 @@ class BusinessCentralBooks:
                 if k in invoice.body
             },
             "@corrective": True,
+            "@cancels": invoice.external_id,
             "number": store.next_number(
                 f"bc:{company.id}:creditMemo:posted", NUMBERS[RecordType.CREDIT_MEMO, POSTED]
             ),
@@ -853,12 +855,14 @@ class BusinessCentralBooks:
             plans.append((line, invoice))
         for line, invoice in plans:
             amount = abs(Decimal(line.body["amount"]))
+            body = dict(line.body)
             if invoice is not None:
                 invoice = self.sandbox.store.by_id(RecordType.INVOICE, invoice.internal_id)
                 assert invoice is not None
                 applied = min(amount, Decimal(invoice.body.get("remainingAmount", 0)))
                 self._settle(invoice, applied)
-            self.sandbox.store.update(line, {**line.body, "@posted": True}, POSTED)
+                body["@applied"] = {invoice.external_id: applied}
+            self.sandbox.store.update(line, body, POSTED)
         return BcAnswer(204)
 
     def _ledger_entries(self, call: BcCall, company: BusinessCentralCompany) -> BcAnswer:
@@ -890,26 +894,34 @@ class BusinessCentralBooks:
     # -- admin ---------------------------------------------------------------------------------
 
     def summary(self, doc: StoredDocument) -> dict[str, Any]:
-        """A document as tests compare it: its company's subsidiary, totals in minor units."""
-        company_id = doc.body.get("@company")
-        subsidiary, company = self.companies.get(str(company_id), ("?", None))
+        """A document as tests and operators check it, in the shape the NetSuite stand-in's
+        summary has: amounts in minor units of the ISO currency, the customer's number, the
+        invoices it applies to and the invoice a corrective credit memo cancels, by their keys."""
+        subsidiary, company = self.companies.get(str(doc.body.get("@company")), ("?", None))
         currency = str(doc.body.get("currencyCode") or "") or (company.currency if company else "")
-        minor: Callable[[Any], int | None] = lambda v: (
-            int(Decimal(v).scaleb(currency_exponent(currency))) if v is not None and currency else None
-        )
-        amount = (
-            doc.body.get("amount")
-            if doc.record_type is RecordType.CUSTOMER_PAYMENT
-            else doc.body.get("totalAmountIncludingTax")
-        )
-        return {
+        out: dict[str, Any] = {
             "subsidiary": subsidiary,
+            "erp_id": doc.external_id
+            if doc.record_type is RecordType.CUSTOMER_PAYMENT
+            else guid(doc.internal_id),
             "number": doc.body.get("number"),
             "currency": currency,
-            "total": abs(minor(amount) or 0) if amount is not None else None,
-            "remaining": minor(doc.body.get("remainingAmount")),
-            "corrective": bool(doc.body.get("@corrective")),
         }
+        if doc.record_type is RecordType.CUSTOMER or not currency:
+            return out
+
+        def minor(value: Any) -> int:
+            return int(Decimal(value).scaleb(currency_exponent(currency)))
+
+        payment = doc.record_type is RecordType.CUSTOMER_PAYMENT
+        out["amount"] = abs(minor(doc.body.get("amount" if payment else "totalAmountIncludingTax") or 0))
+        out["customer"] = doc.body.get("customerNumber")
+        if doc.record_type is RecordType.INVOICE:
+            out["remaining"] = minor(doc.body.get("remainingAmount") or 0)
+        out["applied_to"] = {key: minor(amount) for key, amount in (doc.body.get("@applied") or {}).items()}
+        if doc.body.get("@corrective"):
+            out["created_from"] = doc.body.get("@cancels")
+        return out
 
 
 # -- HTTP ---------------------------------------------------------------------------------------

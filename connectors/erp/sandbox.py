@@ -1698,11 +1698,15 @@ async def _m2m_token(request: web.Request) -> web.StreamResponse:
 
 
 def _admin_view(sandbox: Sandbox, doc: StoredDocument) -> dict[str, Any]:
-    view = doc.admin_view()
+    """A document with `seq` (the store's creation order) and `books`: what the ERP's own rules
+    make of it (amounts, applications), in ledgerflow's terms; `internal_id` is the id the ERP's
+    API names it by."""
+    view = {**doc.admin_view(), "seq": doc.internal_id}
     if doc.api == "netsuite" and sandbox._netsuite is not None:
-        view["netsuite"] = sandbox._netsuite.summary(doc)
+        view["books"] = sandbox._netsuite.summary(doc)
     if doc.api == BC_API and sandbox._business_central is not None:
-        view["business_central"] = sandbox._business_central.summary(doc)
+        view["books"] = sandbox._business_central.summary(doc)
+        view["internal_id"] = view["books"]["erp_id"]
     return view
 
 

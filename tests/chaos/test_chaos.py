@@ -1,10 +1,10 @@
 """The chaos run (issue #8; design §6, invariants 1-4): a simulated quote-to-cash history of 500
 customers and 22,000 events, with 10% of Stripe's events delivered twice and 10% reordered, half
 posted signed to a worker's webhook ingress and half produced straight to the source topics;
-two workers on a broker of the test's own; the sandbox ERP, once as NetSuite (its property,
-reference and amount checks on: each payment must apply to its invoice) and once in the
-create-only API shape (where a second POST is a second document), failing 10% of calls with
-500s, answering 5% only after
+two workers on a broker of the test's own; the ERP stand-in, once as NetSuite (its property,
+reference and amount checks on: each payment must apply to its invoice) and once as Business
+Central (no upsert, no unique key: a second create is a second document, and only a lookup can
+tell that a hung create committed), failing 10% of calls with 500s, answering 5% only after
 committing them and hanging past the sink's timeout, and in bursts of 429s. Meanwhile a worker
 is killed with `kill -9` three times (restarted on its data each time) and the broker restarts.
 
@@ -38,7 +38,6 @@ from pydantic import SecretStr
 
 from agents.identity import provisional_customer_id
 from canonical import PostingOutcome
-from connectors.erp import ErpMode
 from connectors.errors import Rejection
 from connectors.salesforce import ResyncRequired
 from connectors.simulation import generate
@@ -50,12 +49,14 @@ from tables.invoices import InvoiceErpStatus
 from tests.chaos.accounting import SOURCE_TOPICS, Accounting, Fate, Outcomes, account, read_outcomes
 from tests.fuzz.seeds import adapters
 from tests.support import (
+    BUSINESS_CENTRAL_ENV,
     REPO,
     ErpSandbox,
     Stack,
+    assert_books_balance,
     assert_erp_holds_exactly,
-    assert_netsuite_books_balance,
     erp_documents_of,
+    ledgerflow_names,
     unconsumed,
 )
 
@@ -105,7 +106,7 @@ class ChaosRun:
     root: Path
     broker: LocalKafka
     stack: Stack
-    mode: ErpMode
+    mode: str
     started: float = field(default_factory=time.monotonic)
     lines: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -135,10 +136,12 @@ class ChaosRun:
             erp_base_url=self.erp.url,
             erp_mode=self.mode,
             erp_token=SecretStr(ErpSandbox.token),
+            bc_tenant=env.get("LEDGERFLOW_BC_TENANT"),
+            bc_environment=env.get("LEDGERFLOW_BC_ENVIRONMENT", "production"),
         )
 
 
-@pytest.fixture(params=["netsuite", "create-only"])
+@pytest.fixture(params=["netsuite", "business-central"])
 def chaos(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ChaosRun]:
     """A broker of the run's own (it is restarted mid-run: the session's broker is left alone)
     and a stack on it; on failure everything worth reading goes to test-artifacts/chaos/."""
@@ -147,8 +150,10 @@ def chaos(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     broker = LocalKafka(data_dir=root / "kafka")
     started = time.monotonic()
     broker.start()
-    mode: ErpMode = request.param
+    mode: str = request.param
     env = {**WORKER_ENV, "LEDGERFLOW_ERP_MODE": mode}
+    if mode == "business-central":
+        env |= BUSINESS_CENTRAL_ENV
     stack = Stack(bootstrap=broker.bootstrap, root=root, extra_env=env, erp_args=ERP_FAULTS)
     run = ChaosRun(root, broker, stack, mode)
     run.timings["broker up"] = time.monotonic() - started
@@ -261,6 +266,12 @@ def test_chaos_every_document_once_and_every_event_accounted_for(
         generate(HALF, MONTHS, seed, 0.1, 0.1, first).truth for seed, first in SCENARIOS.values()
     ]
     expected_payments = sum(len(t["payments"]) for t in truth_in_advance)
+    if run.mode == "business-central":
+        every_id = [(rt, eid) for truth in truth_in_advance for rt, eid in erp_documents_of(truth)]
+        every_id += [
+            ("customer", f"cust-crm-{c['crm_account_id']}") for t in truth_in_advance for c in t["customers"]
+        ]
+        erp.names = ledgerflow_names(every_id)
     ingress = workers[0].url
     t_input = time.monotonic()
     senders = {
@@ -364,7 +375,7 @@ def test_chaos_every_document_once_and_every_event_accounted_for(
         time.sleep(3.0)
     run.timings["settled (every command confirmed)"] = time.monotonic() - t_input
     erp.admin("POST", "faults", error_rate=0.0, timeout_rate=0.0, rate_limit_rate=0.0)  # the run is over
-    view = erp.admin("GET", "documents")
+    view = erp.documents()
     faults_left = erp.admin("GET", "faults")
     calls = httpx.get(f"{erp.url}/admin/requests", params={"limit": "1"}, timeout=30).json()
 
@@ -418,8 +429,7 @@ def test_chaos_every_document_once_and_every_event_accounted_for(
         print("\n" + "\n".join(run.lines))
 
     assert_erp_holds_exactly(view, expected)  # each once (the sandbox's duplicates list), amounts
-    if run.mode == "netsuite":
-        assert_netsuite_books_balance(view)  # each payment and credit applied to its invoice
+    assert_books_balance(view)  # each payment and credit applied to its invoice
     assert set(docs) == set(expected) | {("customer", c) for c in customers}, "a document the truth lacks"
     assert len(view["documents"]) == len(docs), view["duplicates"]
     assert all(not found_problems for found_problems in problems.values()), problems
@@ -474,28 +484,26 @@ def content_mismatches(docs: Docs, truths: list[Any]) -> list[str]:
 
 def _currency(doc: dict[str, Any]) -> str | None:
     # NetSuite references a currency record by internal id; the sandbox's summary names its code.
-    currency = doc["netsuite"]["currency"] if "netsuite" in doc else doc["body"].get("currency")
+    currency = doc["books"]["currency"]
     return str(currency) if currency is not None else None
 
 
 def _customer_of(doc: dict[str, Any]) -> str:
-    return str(doc["netsuite"]["customer"] if "netsuite" in doc else doc["body"]["customer"]["externalId"])
+    return str(doc["books"]["customer"])
 
 
 def _invoice_of(doc: dict[str, Any]) -> str | None:
     """The invoice a payment or credit memo is for: in NetSuite, the one its apply sublist names
     (none for a credit on a paid invoice: it stays on the customer's account)."""
-    if "netsuite" in doc:
-        applied = list(doc["netsuite"]["applied_to"])
-        assert len(applied) <= 1, doc["external_id"]
-        return str(applied[0]) if applied else None
-    return str(doc["body"]["invoice"]["externalId"])
+    applied = list(doc["books"]["applied_to"])
+    assert len(applied) <= 1, doc["external_id"]
+    return str(applied[0]) if applied else None
 
 
 def documents_out_of_order(docs: Docs) -> tuple[int, list[str]]:
     """The ERP created each customer before its invoices, and each invoice before its payments
     and credit memos (internal ids are the sandbox's creation order): pairs checked, problems."""
-    created = {k: int(d["internal_id"]) for k, d in docs.items()}
+    created = {k: int(d["seq"]) for k, d in docs.items()}
     pairs, out = 0, []
     for key, doc in docs.items():
         before: tuple[str, str] | None = None
@@ -524,7 +532,7 @@ def invoices_out_of_source_order(docs: Docs, outcomes: Outcomes, books: Accounti
         if doc is None or not arrivals:
             out.append(f"{key}: no ERP document or no source event")
             continue
-        by_customer.setdefault(command.customer_id, []).append((int(doc["internal_id"]), min(arrivals)))
+        by_customer.setdefault(command.customer_id, []).append((int(doc["seq"]), min(arrivals)))
     pairs = 0
     for customer_id, invoices in by_customer.items():
         in_erp = [arrived for _, arrived in sorted(invoices)]
@@ -634,7 +642,8 @@ def _report(
         for rt in ("customer", "invoice", "customerPayment", "creditMemo")
     ]
     note(
-        f"ERP documents against the truth ({run.mode} API; create-only: a second POST would be a duplicate):"
+        f"ERP documents against the truth ({run.mode}; in Business Central a second create would be "
+        "a duplicate):"
     )
     for line in _table(["record type", "truth", "in ERP", "duplicated", "writes"], rows):
         note("  " + line)

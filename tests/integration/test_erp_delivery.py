@@ -21,6 +21,7 @@ import pytest
 from streams.mappings import EXAMPLE_MAPPINGS
 from streams.processes import wait_for_log
 from tests.support import (
+    BUSINESS_CENTRAL_ENV,
     REPO,
     ErpSandbox,
     Stack,
@@ -28,6 +29,7 @@ from tests.support import (
     consume_until,
     erp_documents_of,
     finish_simulation,
+    ledgerflow_names,
     start_simulation,
 )
 
@@ -65,17 +67,23 @@ def exceptions_of(stack: Stack, timeout: float = 5.0) -> list[dict[str, Any]]:
     return [orjson.loads(v) for _, v, _ in found[topic]]
 
 
-@pytest.mark.parametrize("mode", ["netsuite", "create-only"])
+@pytest.mark.parametrize("mode", ["netsuite", "business-central"])
 def test_every_document_reaches_the_erp_once_despite_20_percent_faults(
     new_stack: NewStack, tmp_path: Path, mode: str
 ) -> None:
-    stack = new_stack(extra_env={**FAST_RETRIES, "LEDGERFLOW_ERP_MODE": mode}, erp_args=FAULTS)
+    env = {**FAST_RETRIES, "LEDGERFLOW_ERP_MODE": mode}
+    if mode == "business-central":
+        env |= BUSINESS_CENTRAL_ENV
+    stack = new_stack(extra_env=env, erp_args=FAULTS)
     stack.start_worker()
     started = time.monotonic()
     simulate = simulated(stack, tmp_path / "truth.json", 30, 4, 7)
     truth = finish_simulation(simulate, tmp_path / "truth.json")
     expected = erp_documents_of(truth)
     assert stack.erp is not None
+    if mode == "business-central":
+        customer_ids = [("customer", f"cust-crm-{c['crm_account_id']}") for c in truth["customers"]]
+        stack.erp.names = ledgerflow_names([*expected, *customer_ids])
     view = stack.erp.wait_for(expected, timeout=300)
     elapsed = time.monotonic() - started
     assert_erp_holds_exactly(view, expected)

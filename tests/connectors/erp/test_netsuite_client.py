@@ -148,7 +148,7 @@ async def test_a_payment_applies_what_remains_due_and_a_credit_on_a_paid_invoice
     await netsuite.deliver(_with_applied(overpaid, 10720))
     # The invoice is paid: the credit stays on the customer's account.
     await netsuite.deliver(_with_applied(post_credit_memo(), 0))
-    views = {d["record_type"]: d["netsuite"] for d in (await documents(admin))["documents"]}
+    views = {d["record_type"]: d["books"] for d in (await documents(admin))["documents"]}
     assert views["invoice"]["remaining"] == 0
     assert views["customerPayment"]["amount"] == 20000
     assert views["customerPayment"]["applied_to"] == {"stripe-in_1": 10720}
