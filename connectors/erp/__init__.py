@@ -1,7 +1,7 @@
 """The ERP side of the sink: typed errors, command → record mapping, clients, retries, sandbox."""
 
 from connectors.erp.auth import ClientCredentialsToken, StaticToken, TokenProvider
-from connectors.erp.client import CreateOnlyClient, ErpClient, ErpMode, NetSuiteClient, make_client
+from connectors.erp.client import ErpClient, NetSuiteClient
 from connectors.erp.errors import (
     ErpAuthError,
     ErpError,
@@ -10,7 +10,7 @@ from connectors.erp.errors import (
     ErpUncertainError,
     classify,
 )
-from connectors.erp.mapping import to_major_units, to_minor_units, to_record
+from connectors.erp.mapping import to_major_units, to_minor_units
 from connectors.erp.resilience import (
     BreakerState,
     CallSlots,
@@ -27,12 +27,10 @@ __all__ = [
     "CallSlots",
     "CircuitBreaker",
     "ClientCredentialsToken",
-    "CreateOnlyClient",
     "ErpAuthError",
     "ErpClient",
     "ErpDocument",
     "ErpError",
-    "ErpMode",
     "ErpPermanentError",
     "ErpReceipt",
     "ErpRecord",
@@ -47,8 +45,6 @@ __all__ = [
     "TokenProvider",
     "call_with_retries",
     "classify",
-    "make_client",
     "to_major_units",
     "to_minor_units",
-    "to_record",
 ]

@@ -49,8 +49,8 @@ from connectors.erp.business_central import (
     customer_number,
     totals_agree,
 )
-from connectors.erp.client import Documents, _HttpErpClient
-from connectors.erp.errors import ErpPermanentError, ErpTransientError
+from connectors.erp.client import Documents, _HttpErpClient, quoted_literal
+from connectors.erp.errors import ErpError, ErpPermanentError, ErpTransientError, classify
 from connectors.erp.mapping import to_minor_units
 from connectors.erp.schemas import ErpDocument, ErpReceipt, RecordType
 from streams.mappings import BusinessCentralCompany, Mappings, load_mappings
@@ -80,6 +80,8 @@ FILTER_TERMS_MAX = 40
 WRITE_ATTEMPTS = 3
 """Tries of a PATCH whose etag went stale between the read and the write."""
 JournalPost = Literal["bound", "journals"]
+Entities = list[dict[str, Any]]
+"""Entities as Business Central answers them (an alias: `list` is a method of the client)."""
 
 
 def key_of(record_type: RecordType, external_id: str) -> str:
@@ -92,12 +94,8 @@ def key_of(record_type: RecordType, external_id: str) -> str:
     return bc_code(external_id, width)
 
 
-def _quoted(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _equals_any(name: str, values: Sequence[str]) -> str:
-    return " or ".join(f"{name} eq {_quoted(v)}" for v in values)
+    return " or ".join(f"{name} eq {quoted_literal(v)}" for v in values)
 
 
 class BusinessCentralClient(_HttpErpClient):
@@ -141,6 +139,10 @@ class BusinessCentralClient(_HttpErpClient):
     def _entity_url(self, company: BusinessCentralCompany, record_type: RecordType, entity_id: str) -> str:
         return f"{self._set_url(company, record_type)}({entity_id})"
 
+    def _entity_path(self, company: BusinessCentralCompany, record_type: RecordType, entity_id: str) -> str:
+        """An entity's URL relative to the API root, as a `$batch` operation names it."""
+        return self._entity_url(company, record_type, entity_id).removeprefix(f"{self.base_url}/")
+
     def _remember(
         self, company: BusinessCentralCompany, record_type: RecordType, key: str, entity: dict[str, Any]
     ) -> None:
@@ -160,11 +162,9 @@ class BusinessCentralClient(_HttpErpClient):
 
     # -- reads ---------------------------------------------------------------------------------
 
-    async def _pages(
-        self, url: str, correlation_id: str | None, params: dict[str, str | int]
-    ) -> list[dict[str, Any]]:
+    async def _pages(self, url: str, correlation_id: str | None, params: dict[str, str | int]) -> Entities:
         """Every entity of a query, following `@odata.nextLink`."""
-        items: list[dict[str, Any]] = []
+        items: Entities = []
         next_url: str | None = url
         query: dict[str, str | int] | None = {**params, "$top": self.page_size}
         while next_url is not None:
@@ -179,9 +179,9 @@ class BusinessCentralClient(_HttpErpClient):
         record_type: RecordType,
         keys: Sequence[str],
         correlation_id: str | None,
-    ) -> list[dict[str, Any]]:
+    ) -> Entities:
         """The entities whose key field is one of `keys` (several per key when duplicated)."""
-        found: list[dict[str, Any]] = []
+        found: Entities = []
         unique = list(dict.fromkeys(keys))
         for start in range(0, len(unique), FILTER_TERMS_MAX):
             chunk = unique[start : start + FILTER_TERMS_MAX]
@@ -216,7 +216,7 @@ class BusinessCentralClient(_HttpErpClient):
             "GET",
             f"{self._company_url(company)}/generalLedgerEntries",
             correlation_id,
-            params={"$filter": f"documentNumber eq {_quoted(key)}", "$top": 1},
+            params={"$filter": f"documentNumber eq {quoted_literal(key)}", "$top": 1},
         )
         return bool(self._json(response).get("value"))
 
@@ -225,6 +225,8 @@ class BusinessCentralClient(_HttpErpClient):
     async def deliver(
         self, command: ErpCommand, uncertain: bool = False, read_back: bool = True
     ) -> ErpReceipt:
+        """Write the command's record (module docstring). `read_back` changes nothing: a posted
+        document's number comes back in the `$batch` that posts it."""
         invoice_id = await self._invoice_reference(command)
         record = self.mapper.record(command, invoice_id)
         if record.action == "cancel":
@@ -234,7 +236,7 @@ class BusinessCentralClient(_HttpErpClient):
             return await self._customer(record, command)
         if record.record_type is RecordType.CUSTOMER_PAYMENT:
             return await self._payment(record, command, uncertain)
-        return await self._document(record, command, uncertain, read_back)
+        return await self._document(record, command, uncertain)
 
     async def document_numbers(
         self, record_type: RecordType | str, external_ids: Sequence[str], correlation_id: str | None = None
@@ -425,9 +427,7 @@ class BusinessCentralClient(_HttpErpClient):
 
     # -- sales documents ---------------------------------------------------------------------------
 
-    async def _document(
-        self, record: BcRecord, command: ErpCommand, uncertain: bool, read_back: bool
-    ) -> ErpReceipt:
+    async def _document(self, record: BcRecord, command: ErpCommand, uncertain: bool) -> ErpReceipt:
         company, record_type, cid = record.company, record.record_type, command.correlation_id
         draft: dict[str, Any] | None = None
         if uncertain:
@@ -456,22 +456,40 @@ class BusinessCentralClient(_HttpErpClient):
                     "the draft was deleted (check the company's tax setup for the line's tax code)",
                     422,
                 )
-        entity_url = self._entity_url(company, record_type, str(draft["id"]))
-        try:
-            await self._call("POST", f"{entity_url}/Microsoft.NAV.post", cid)
-        except ErpPermanentError:
+        entity_path = self._entity_path(company, record_type, str(draft["id"]))
+        # The post and the read of the posted document's number in one call: a `$batch` whose
+        # read runs only if the post succeeded.
+        post, posted = await self._batch(
+            [
+                {"id": "post", "method": "POST", "url": f"{entity_path}/Microsoft.NAV.post"},
+                {"id": "read", "method": "GET", "url": entity_path, "dependsOn": ["post"]},
+            ],
+            cid,
+        )
+        failure = _operation_error(post)
+        if isinstance(failure, ErpPermanentError):
             # A closed period, a blocked customer: the draft is not left for someone to post.
             await self._delete_draft(company, record_type, draft, cid)
-            raise
+        if failure is not None:
+            raise failure
         self._remember(company, record_type, record.key, draft)
-        if not read_back and record_type is RecordType.INVOICE:
-            return self._receipt(record, command, {**draft, "number": None}, created=created)
-        posted = await self._read(company, record_type, str(draft["id"]), cid)
-        if posted is None:
+        if _operation_error(posted) is not None or not isinstance(posted.get("body"), dict):
             raise ErpTransientError(
-                "READ_AFTER_WRITE", f"{record_type.value} {record.key} not found after posting"
+                "READ_AFTER_WRITE", f"{record_type.value} {record.key} not read after posting"
             )
-        return self._receipt(record, command, posted, created=created)
+        return self._receipt(record, command, posted["body"], created=created)
+
+    async def _batch(self, operations: Entities, correlation_id: str) -> Entities:
+        """Operations in one `POST $batch` (JSON batch, at most 100): each answers on its own
+        (`status`, `body`), in the order sent."""
+        response = await self._call(
+            "POST", f"{self.base_url}/$batch", correlation_id, body={"requests": operations}
+        )
+        answers = {str(a.get("id")): a for a in self._json(response).get("responses") or []}
+        missing = [op["id"] for op in operations if op["id"] not in answers]
+        if missing:
+            raise ErpTransientError("INVALID_RESPONSE", f"the $batch answer lacks operations {missing}")
+        return [answers[op["id"]] for op in operations]
 
     async def _create_draft(self, record: BcRecord, correlation_id: str) -> dict[str, Any]:
         url = self._set_url(record.company, record.record_type)
@@ -624,6 +642,16 @@ class BusinessCentralClient(_HttpErpClient):
             document_number=record.key,
             created=created,
         )
+
+
+def _operation_error(answer: dict[str, Any]) -> ErpError | None:
+    """The typed error of one `$batch` operation's answer, as `classify` reads a response."""
+    status = int(answer.get("status") or 500)
+    if status < 400:
+        return None
+    headers = {str(k): str(v) for k, v in (answer.get("headers") or {}).items()}
+    content = netsuite.dumps(answer["body"]) if answer.get("body") is not None else b""
+    return classify(httpx.Response(status, headers=headers, content=content))
 
 
 def _external_id(command: ErpCommand) -> str:

@@ -317,11 +317,27 @@ class BusinessCentralBooks:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def _docs(self, company: BusinessCentralCompany, record_type: RecordType) -> list[StoredDocument]:
+    def _docs(
+        self,
+        company: BusinessCentralCompany,
+        record_type: RecordType,
+        keys: list[str] | None = None,
+        status: str | None = None,
+    ) -> list[StoredDocument]:
+        """The company's documents of a type; with `keys`, those keyed so, with `status`, those in
+        it (both read through the store's indexes, so a lookup does not scan every document)."""
+        store = self.sandbox.store
+        if keys is not None:
+            found = [d for key in dict.fromkeys(keys) for d in store.find(record_type, key)]
+            found.sort(key=lambda d: d.internal_id)
+        elif status is not None:
+            found = store.with_status(record_type, status)
+        else:
+            found = store.all(record_type.value)
         return [
             d
-            for d in self.sandbox.store.all(record_type.value)
-            if d.body.get("@company") == company.id and d.api == API
+            for d in found
+            if d.body.get("@company") == company.id and d.api == API and status in (None, d.status)
         ]
 
     def _entity(
@@ -358,7 +374,7 @@ class BusinessCentralBooks:
         return view
 
     def _collection(self, call: BcCall, company: BusinessCentralCompany, record_type: RecordType) -> BcAnswer:
-        docs = self._docs(company, record_type)
+        docs = self._docs(company, record_type, _keys(call, KEY_FIELDS[record_type]))
         return self._page(call, [self._expanded(call, d) for d in docs], ENTITIES[record_type])
 
     def _page(self, call: BcCall, views: list[dict[str, Any]], entity: str) -> BcAnswer:
@@ -777,7 +793,7 @@ class BusinessCentralBooks:
             return self._post_journal(call, subsidiary, company)
         if name != "customerPayments":
             raise not_found(call.path)
-        lines = [d for d in self._docs(company, RecordType.CUSTOMER_PAYMENT) if d.status == UNPOSTED]
+        lines = self._docs(company, RecordType.CUSTOMER_PAYMENT, status=UNPOSTED)
         if line_key is None:
             if call.method == "GET":
                 return self._page(call, [self.view(d) for d in lines], "customerPayments")
@@ -818,7 +834,7 @@ class BusinessCentralBooks:
             if invoice.body.get("customerNumber") != number:
                 raise dialog("The invoice a payment applies to must be the same customer's.")
             body["appliesToInvoiceNumber"] = invoice.body.get("number")
-        lines = [d for d in self._docs(company, RecordType.CUSTOMER_PAYMENT) if d.status == UNPOSTED]
+        lines = self._docs(company, RecordType.CUSTOMER_PAYMENT, status=UNPOSTED)
         stored = {
             "@company": company.id,
             "journalId": company.payment_journal,
@@ -839,7 +855,7 @@ class BusinessCentralBooks:
 
     def _post_journal(self, call: BcCall, subsidiary: str, company: BusinessCentralCompany) -> BcAnswer:
         """Every line of the journal posts, or none does (a line refused stops the posting)."""
-        lines = [d for d in self._docs(company, RecordType.CUSTOMER_PAYMENT) if d.status == UNPOSTED]
+        lines = self._docs(company, RecordType.CUSTOMER_PAYMENT, status=UNPOSTED)
         if not lines:
             raise dialog("There is nothing to post.")
         plans = []
@@ -868,9 +884,8 @@ class BusinessCentralBooks:
     def _ledger_entries(self, call: BcCall, company: BusinessCentralCompany) -> BcAnswer:
         """Posted payments as general ledger entries (receivables credited, the bank debited)."""
         entries = []
-        for doc in self._docs(company, RecordType.CUSTOMER_PAYMENT):
-            if doc.status != POSTED:
-                continue
+        keys = _keys(call, "documentNumber")
+        for doc in self._docs(company, RecordType.CUSTOMER_PAYMENT, keys, status=POSTED):
             amount = abs(Decimal(doc.body["amount"]))
             for n, (account, debit, credit) in enumerate(
                 (("1200", Decimal(0), amount), ("2910", amount, Decimal(0)))
@@ -942,6 +957,15 @@ def _filter(text: str | None) -> list[list[tuple[str, str]]]:
             terms.append((match["name"], match["value"].replace("''", "'")))
         alternatives.append(terms)
     return alternatives
+
+
+def _keys(call: BcCall, key_field: str) -> list[str] | None:
+    """The values a `$filter` asks the key field to equal, when that is all it asks (a lookup);
+    None for any other filter, or none."""
+    alternatives = _filter(call.query.get("$filter"))
+    if not alternatives or any(len(terms) != 1 or terms[0][0] != key_field for terms in alternatives):
+        return None
+    return [terms[0][1] for terms in alternatives]
 
 
 def _matches(view: dict[str, Any], alternatives: list[list[tuple[str, str]]]) -> bool:

@@ -1,10 +1,8 @@
-"""Async HTTP clients for the two ERP API shapes the sink can post to.
+"""The ERP client protocol the sink posts through, and NetSuite's client.
 
 `NetSuiteClient` speaks NetSuite's REST record API, where `PUT …/eid:{externalId}` is an
-upsert, so a retry can never duplicate. `CreateOnlyClient` speaks a create-only OData API
-(Business Central, SAP): a second `POST` makes a second document, so the sink's posting
-ledger keeps idempotency; the client adds only `deliver_once`, which looks before it creates
-when told the previous attempt's outcome is unknown.
+upsert, so a retry can never duplicate. Business Central's, which cannot upsert, is
+`connectors.erp.business_central_client`.
 
 Both send `Authorization: Bearer …` (from a `TokenProvider`, refreshed once on a 401) and the
 command's correlation id as `x-correlation-id` (`connectors.http`), and raise only
@@ -16,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 import orjson
@@ -32,18 +30,14 @@ from connectors.erp.errors import (
     classify,
     from_transport_error,
 )
-from connectors.erp.mapping import to_record
 from connectors.erp.netsuite import NetSuiteMapper, OwnIds
 from connectors.erp.schemas import (
-    DRAFT,
-    DRAFT_RECORD_TYPES,
     SUITEQL_TABLES,
     VOIDED,
     ErpDocument,
     ErpReceipt,
     ErpRecord,
     RecordType,
-    document_from,
 )
 from connectors.http import BearerJsonClient
 from streams.mappings import Mappings, load_mappings
@@ -56,7 +50,6 @@ SUITEQL_IDS_MAX = 500
 """External ids in one SuiteQL query (its text stays well under NetSuite's limits)."""
 SUITEQL_PAGE = 1000
 """Rows per page of a SuiteQL answer (NetSuite's most; the offset moves by whole pages)."""
-CREATE_ONLY_PATH = "/api/v1"
 PROPERTY_NAME_VALIDATION = "x-netsuite-propertynamevalidation"
 """Sent as Error: NetSuite's default (Warning) drops a misnamed field without a word."""
 NETSUITE_WARNING = "x-netsuite-warning"
@@ -64,12 +57,8 @@ REPLACED_SUBLISTS = ("item", "taxDetails")
 """Sublists a re-sent upsert replaces (`?replace=`): NetSuite appends non-keyed sublist lines."""
 DUPLICATE_CODES = frozenset({"DUP_RCRD", "DUP_ENTITY", "DUPLICATE_EXTERNAL_ID"})
 """Codes for "a record with this external id exists" (their exact text is undocumented)."""
-ErpMode = Literal["netsuite", "create-only"]
 # Alias so the `list` methods below do not shadow the builtin in annotations.
 Documents = list[ErpDocument]
-
-MASTER_RECORD_TYPES = frozenset({RecordType.CUSTOMER, RecordType.SALES_ORDER})
-"""Records that are updated in place when they change, in either API shape."""
 
 READ_BACK_RECORD_TYPES = frozenset({RecordType.CUSTOMER, RecordType.INVOICE})
 """Records whose document number NetSuite assigns (entityId, tranId) and the pipeline uses: the
@@ -356,8 +345,8 @@ class NetSuiteClient(_HttpErpClient):
         table, kind, number = SUITEQL_TABLES[record_type]
         found: dict[str, ErpDocument] = {}
         for start in range(0, len(external_ids), SUITEQL_IDS_MAX):
-            listed = ", ".join(_quoted(e) for e in external_ids[start : start + SUITEQL_IDS_MAX])
-            where = (f"type = {_quoted(kind)} AND " if kind else "") + f"externalid IN ({listed})"
+            listed = ", ".join(quoted_literal(e) for e in external_ids[start : start + SUITEQL_IDS_MAX])
+            where = (f"type = {quoted_literal(kind)} AND " if kind else "") + f"externalid IN ({listed})"
             query = f"SELECT id, externalid, {number} FROM {table} WHERE {where}"
             for item in await self.suiteql(query, correlation_id):
                 external_id = str(item["externalid"])
@@ -499,170 +488,6 @@ def _created_now(body: dict[str, Any]) -> bool:
     return created is not None and created == body.get("lastModifiedDate")
 
 
-def _quoted(value: str) -> str:
-    # OData's and SuiteQL's string literals both double their single quotes.
+def quoted_literal(value: str) -> str:
+    # SuiteQL's string literals double their single quotes (as OData's do).
     return "'" + value.replace("'", "''") + "'"
-
-
-class CreateOnlyClient(_HttpErpClient):
-    """A create-only OData API (Business Central, SAP): `POST` creates a new document every
-    time, invoices and credit memos are created as drafts and booked by a `post` action.
-
-    Customers and sales orders are master data: they are looked up and updated in place
-    (`PATCH`) when they exist, so a changed customer is not created twice."""
-
-    def _set_url(self, record_type: RecordType | str) -> str:
-        return f"{self.base_url}{CREATE_ONLY_PATH}/{RecordType(record_type).value}"
-
-    def _entity_url(self, record_type: RecordType | str, internal_id: str) -> str:
-        return f"{self._set_url(record_type)}({internal_id})"
-
-    async def deliver(
-        self, command: ErpCommand, uncertain: bool = False, read_back: bool = True
-    ) -> ErpReceipt:
-        """`deliver_once`, looking the document up first when `uncertain`. `read_back` changes
-        nothing: a created document comes back numbered from the create (or its post)."""
-        return await self.deliver_once(command, looked_up_first=uncertain)
-
-    async def document_numbers(
-        self, record_type: RecordType | str, external_ids: Sequence[str], correlation_id: str | None = None
-    ) -> dict[str, ErpDocument]:
-        """One lookup (`get`) per external id: `deliver` never leaves a number to read here."""
-        found = {eid: await self.get(record_type, eid, correlation_id) for eid in dict.fromkeys(external_ids)}
-        return {eid: document for eid, document in found.items() if document is not None}
-
-    async def deliver_once(self, command: ErpCommand, looked_up_first: bool) -> ErpReceipt:
-        """Create the command's document, unless `looked_up_first` (the previous attempt's
-        outcome is unknown) and `find` shows it exists: then its receipt is returned, and a
-        draft the earlier attempt created but did not post is posted now."""
-        record = to_record(command)
-        correlation_id = command.correlation_id
-        if record.action == "void":
-            return await self.void(record.record_type, record.external_id, correlation_id)
-        if record.record_type in MASTER_RECORD_TYPES:
-            return await self._upsert_master(record, correlation_id)
-        if looked_up_first:
-            existing = await self.find(record.record_type, record.external_id, correlation_id)
-            if existing:
-                return await self._settle(record, existing, correlation_id)
-        return await self._create(record, correlation_id)
-
-    async def create(self, command: ErpCommand) -> ErpReceipt:
-        """Create (and post) the command's document without looking first."""
-        return await self.deliver_once(command, looked_up_first=False)
-
-    async def find(
-        self, record_type: RecordType | str, external_ref: str, correlation_id: str | None = None
-    ) -> Documents:
-        """Every document whose `externalReference` is `external_ref` (several if duplicated)."""
-        return await self._collect(
-            record_type, correlation_id, {"$filter": f"externalReference eq {_quoted(external_ref)}"}
-        )
-
-    async def get(
-        self, record_type: RecordType | str, external_id: str, correlation_id: str | None = None
-    ) -> ErpDocument | None:
-        """The document for this external reference: a booked one before a draft; None if none."""
-        documents = await self.find(record_type, external_id, correlation_id)
-        booked = [d for d in documents if d.status != DRAFT]
-        candidates = booked or documents
-        return candidates[0] if candidates else None
-
-    async def void(
-        self, record_type: RecordType | str, external_ref: str, correlation_id: str | None
-    ) -> ErpReceipt:
-        """`POST …/{recordType}({id})/Microsoft.NAV.cancel` on every not-yet-voided document
-        with this reference; voiding a voided document again is a no-op."""
-        documents = await self.find(record_type, external_ref, correlation_id)
-        if not documents:
-            raise ErpPermanentError(
-                "INVALID_KEY_OR_REF", f"no {record_type} with externalReference {external_ref!r} to void", 404
-            )
-        live = [d for d in documents if d.status != VOIDED]
-        for document in live:
-            await self._call(
-                "POST",
-                f"{self._entity_url(record_type, document.erp_internal_id)}/Microsoft.NAV.cancel",
-                correlation_id,
-            )
-        return _receipt((live or documents)[0], external_ref, created=False)
-
-    async def list(self, record_type: RecordType | str, correlation_id: str | None = None) -> Documents:
-        """Every document of a type, following `@odata.nextLink`."""
-        return await self._collect(record_type, correlation_id, {})
-
-    async def _collect(
-        self, record_type: RecordType | str, correlation_id: str | None, params: dict[str, str | int]
-    ) -> Documents:
-        documents: Documents = []
-        url: str | None = self._set_url(record_type)
-        query: dict[str, str | int] | None = {**params, "$top": self.page_size}
-        while url is not None:
-            page = _json(await self._call("GET", url, correlation_id, params=query))
-            documents.extend(document_from(record_type, item) for item in page.get("value") or [])
-            # The next link carries the whole query already.
-            url, query = page.get("@odata.nextLink"), None
-        return documents
-
-    async def _create(self, record: ErpRecord, correlation_id: str) -> ErpReceipt:
-        body = {k: v for k, v in record.body.items() if k != "externalId"}
-        body["externalReference"] = record.external_id
-        response = await self._call("POST", self._set_url(record.record_type), correlation_id, body=body)
-        document = document_from(record.record_type, _json(response))
-        if record.record_type in DRAFT_RECORD_TYPES:
-            document = await self._post(document, correlation_id)
-        return _receipt(document, record.external_id, created=True)
-
-    async def _post(self, draft: ErpDocument, correlation_id: str) -> ErpDocument:
-        """Book a draft: the ERP assigns its document number."""
-        url = self._entity_url(draft.record_type, draft.erp_internal_id)
-        response = await self._call("POST", f"{url}/Microsoft.NAV.post", correlation_id)
-        if response.status_code != 204 and response.content:
-            return document_from(draft.record_type, _json(response))
-        # Business Central answers a bound action with 204: read the posted document.
-        return document_from(draft.record_type, _json(await self._call("GET", url, correlation_id)))
-
-    async def _settle(self, record: ErpRecord, existing: Documents, correlation_id: str) -> ErpReceipt:
-        if len(existing) > 1:
-            log.warning(
-                "duplicate documents in the erp",
-                extra={
-                    "correlation_id": correlation_id,
-                    "record_type": record.record_type.value,
-                    "external_id": record.external_id,
-                    "count": len(existing),
-                },
-            )
-        booked = [d for d in existing if d.status != DRAFT]
-        if booked:
-            return _receipt(booked[0], record.external_id, created=False)
-        log.info(
-            "posting a draft an earlier attempt left behind",
-            extra={"correlation_id": correlation_id, "external_id": record.external_id},
-        )
-        return _receipt(await self._post(existing[0], correlation_id), record.external_id, created=False)
-
-    async def _upsert_master(self, record: ErpRecord, correlation_id: str) -> ErpReceipt:
-        existing = await self.find(record.record_type, record.external_id, correlation_id)
-        if not existing:
-            return await self._create(record, correlation_id)
-        body = {k: v for k, v in record.body.items() if k != "externalId"}
-        url = self._entity_url(record.record_type, existing[0].erp_internal_id)
-        response = await self._call("PATCH", url, correlation_id, body=body)
-        return _receipt(document_from(record.record_type, _json(response)), record.external_id, created=False)
-
-
-def make_client(
-    mode: ErpMode,
-    base_url: str,
-    token_provider: TokenProvider,
-    timeout: float | httpx.Timeout = 10.0,
-    http: httpx.AsyncClient | None = None,
-    mappings: Mappings | None = None,
-) -> NetSuiteClient | CreateOnlyClient:
-    """The client for `LEDGERFLOW_ERP_MODE`: "netsuite" or "create-only"."""
-    if mode == "netsuite":
-        return NetSuiteClient(base_url, token_provider, timeout, http, mappings=mappings)
-    if mode == "create-only":
-        return CreateOnlyClient(base_url, token_provider, timeout, http)
-    raise ValueError(f"unknown ERP mode {mode!r}; expected 'netsuite' or 'create-only'")

@@ -1,4 +1,4 @@
-"""The sandbox ERP (`ledgerflow erp-sandbox`): both API shapes the connector speaks, on SQLite.
+"""The sandbox ERP (`ledgerflow erp-sandbox`): both ERPs the connector speaks, on SQLite.
 
 * NetSuite REST record shape under `/services/rest/record/v1/{recordType}`: `PUT …/eid:{id}`
   upserts (204 + `Location`), `PATCH …/{eid:id|id}` updates, `GET` reads one record or a page
@@ -7,18 +7,18 @@
   for the one query shape the connector sends: ids and document numbers by external id
   (`SELECT id, externalid, tranid FROM transaction WHERE type = 'CustInvc' AND externalid IN
   ('…', …)`, or `entityid FROM customer`); any other query is refused with a 400.
-* Create-only OData shape under `/api/v1/{recordType}`: `POST` always creates (duplicates are
-  allowed on purpose: that is how tests catch a double post), `GET ?$filter=externalReference
-  eq '…'`, `PATCH ({id})`, bound actions `({id})/Microsoft.NAV.post` and `…/Microsoft.NAV.cancel`.
-* `POST /oauth/token` (client credentials), bearer auth on both API shapes.
-* Validation like an ERP's (unknown customer, invoice or subsidiary, currency not enabled,
-  closed period, float amounts) from the mappings TOML plus periods closed at runtime.
+* Business Central API v2.0 under `/v2.0/{tenant}/{environment}/api/v2.0/…`
+  (`connectors.erp.business_central_sandbox`): companies, customers, sales invoices and credit
+  memos as drafts that post, payment journals, `$batch`, etags, its rate limit.
+* `POST /oauth/token` (client credentials), bearer auth on both APIs; NetSuite's TBA and M2M.
+* Validation like each ERP's (field names, references, currencies, closed periods, amounts
+  with more decimals than the currency has) from the mappings TOML plus periods closed at runtime.
 * Fault injection (errors, latency, committed-then-timeout, 429 bursts, maintenance) from
   flags or `POST /admin/faults`, drawn from a seedable `random.Random`.
 * `/admin/…` (no auth; a loopback dev tool): documents with their write and create counts,
   edits for reconciliation tests, period closing, reset, and a log of API requests.
 
-Amounts are integer minor units throughout (see `connectors.erp.mapping`).
+Amounts are major units as each ERP writes them, stored exactly (`netsuite.dumps`/`loads`).
 """
 
 from __future__ import annotations
@@ -53,11 +53,8 @@ from connectors.erp.mapping import to_minor_units
 from connectors.erp.netsuite_auth import TOKEN_PATH as M2M_TOKEN_PATH
 from connectors.erp.netsuite_auth import M2MVerifier, TbaVerifier
 from connectors.erp.schemas import (
-    DRAFT,
-    DRAFT_RECORD_TYPES,
     POSTING_RECORD_TYPES,
     SUITEQL_TABLES,
-    VOIDED,
     RecordType,
     netsuite_error_body,
     odata_error_body,
@@ -75,7 +72,6 @@ from streams.mappings import ClosedPeriod, Mappings, load_mappings
 
 NETSUITE_PREFIX = "/services/rest/record/v1"
 SUITEQL_PATH = "/services/rest/query/v1/suiteql"
-ODATA_PREFIX = "/api/v1"
 DEFAULT_TOKEN = "sandbox-token"
 DEFAULT_DB = Path(".ledgerflow-data") / "erp-sandbox.sqlite3"
 
@@ -93,9 +89,7 @@ DEFAULT_STATUS: dict[RecordType, str] = {
     RecordType.CUSTOMER_PAYMENT: "deposited",
     RecordType.CREDIT_MEMO: "open",
 }
-AMOUNT_FIELDS = ("total", "amount", "subtotal", "taxTotal", "discountTotal", "shippingCost")
-LINE_AMOUNT_FIELDS = ("amount", "taxAmount", "rate")
-Api = Literal["netsuite", "create-only", "business-central"]
+Api = Literal["netsuite", "business-central"]
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -246,10 +240,11 @@ CREATE TABLE IF NOT EXISTS documents (
     created_at      TEXT NOT NULL,
     updated_at      TEXT NOT NULL
 );
--- NetSuite's upsert keys on the external id; the create-only API has no such constraint.
+-- NetSuite's upsert keys on the external id; Business Central has no such constraint.
 CREATE UNIQUE INDEX IF NOT EXISTS documents_netsuite_external_id
     ON documents (record_type, external_id) WHERE api = 'netsuite';
 CREATE INDEX IF NOT EXISTS documents_external_id ON documents (record_type, external_id);
+CREATE INDEX IF NOT EXISTS documents_status ON documents (record_type, status);
 CREATE TABLE IF NOT EXISTS sequences (record_type TEXT PRIMARY KEY, last INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS closed_periods (
     id INTEGER PRIMARY KEY AUTOINCREMENT, subsidiary TEXT NOT NULL, start TEXT NOT NULL, "end" TEXT NOT NULL
@@ -310,6 +305,13 @@ class DocumentStore:
         rows = self._db.execute(
             "SELECT * FROM documents WHERE record_type = ? AND external_id = ? ORDER BY internal_id",
             (record_type.value, external_id),
+        )
+        return [self._row(r) for r in rows]
+
+    def with_status(self, record_type: RecordType, status: str) -> list[StoredDocument]:
+        rows = self._db.execute(
+            "SELECT * FROM documents WHERE record_type = ? AND status = ? ORDER BY internal_id",
+            (record_type.value, status),
         )
         return [self._row(r) for r in rows]
 
@@ -452,15 +454,6 @@ class DocumentStore:
                 db.execute(f"DELETE FROM {table}")
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """Why the sandbox refuses a write, as the ERP would say it."""
-
-    status: int
-    code: str
-    message: str
-
-
 class Sandbox(SandboxState[FaultSettings]):
     """The sandbox's state behind the routes: store, mappings, faults, tokens, request log."""
 
@@ -563,70 +556,6 @@ class Sandbox(SandboxState[FaultSettings]):
     def closed_periods(self) -> list[ClosedPeriod]:
         return [*self.mappings.closed_periods, *self.store.closed_periods()]
 
-    def validate(self, record_type: RecordType, body: dict[str, Any]) -> Refusal | None:
-        """The create-only API's checks on a record about to be stored (the merged body on an
-        update), in that API's own dialect (minor units, codes) until it speaks Business
-        Central's; NetSuite's are `NetSuiteBooks.check`."""
-        subsidiary_id = _ref(body.get("subsidiary"), "id")
-        if subsidiary_id is None:
-            return Refusal(400, "USER_ERROR", "Please enter value(s) for: Subsidiary")
-        subsidiary = self.mappings.subsidiary(subsidiary_id)
-        if subsidiary is None:
-            return Refusal(400, "INVALID_KEY_OR_REF", f"Invalid subsidiary reference key {subsidiary_id}.")
-        currency = body.get("currency")
-        if currency is None and record_type is not RecordType.CUSTOMER:
-            return Refusal(400, "USER_ERROR", "Please enter value(s) for: Currency")
-        if currency is not None and currency not in subsidiary.currencies:
-            return Refusal(
-                400,
-                "INVALID_KEY_OR_REF",
-                f"Invalid currency reference key {currency}: currency {currency} is not enabled for "
-                f"subsidiary {subsidiary_id} ({', '.join(subsidiary.currencies)}).",
-            )
-        bad_amount = _non_minor_amount(body)
-        if bad_amount is not None:
-            return Refusal(
-                400,
-                "INVALID_FLD_VALUE",
-                f"Invalid value {bad_amount[1]!r} for field {bad_amount[0]}: "
-                "amounts are integer minor units.",
-            )
-        if record_type is RecordType.CUSTOMER:
-            return None
-        customer = _ref(body.get("customer"), "externalId")
-        if customer is None:
-            return Refusal(400, "USER_ERROR", "Please enter value(s) for: Customer")
-        if not self.store.find(RecordType.CUSTOMER, customer):
-            return Refusal(400, "INVALID_KEY_OR_REF", f"Invalid customer reference key {customer}.")
-        try:
-            tran_date = date.fromisoformat(str(body.get("tranDate")))
-        except ValueError:
-            return Refusal(
-                400, "INVALID_FLD_VALUE", f"Invalid date {body.get('tranDate')!r} for field tranDate."
-            )
-        if record_type in (RecordType.CUSTOMER_PAYMENT, RecordType.CREDIT_MEMO):
-            invoice = _ref(body.get("invoice"), "externalId")
-            if invoice is None:
-                return Refusal(400, "USER_ERROR", "Please enter value(s) for: Invoice")
-            invoices = self.store.find(RecordType.INVOICE, invoice)
-            if not invoices:
-                return Refusal(400, "INVALID_KEY_OR_REF", f"Invalid invoice reference key {invoice}.")
-            if all(doc.status == VOIDED for doc in invoices):
-                return Refusal(
-                    400, "USER_ERROR", f"Invoice {invoice} is voided: nothing can be applied to it."
-                )
-        if record_type in POSTING_RECORD_TYPES:
-            for period in self.closed_periods():
-                if period.start <= tran_date <= period.end and period.subsidiary in ("*", subsidiary_id):
-                    return Refusal(
-                        400,
-                        "USER_ERROR",
-                        f"The accounting period {period.start.isoformat()} to {period.end.isoformat()} is "
-                        f"closed for subsidiary {subsidiary_id}: a transaction dated {tran_date.isoformat()} "
-                        "cannot be posted to it.",
-                    )
-        return None
-
     # -- faults and the request log -------------------------------------------------------
 
     def _request_details(self, request: web.Request) -> dict[str, Any]:
@@ -652,21 +581,6 @@ def _ref(value: Any, key: str) -> str | None:
     return None
 
 
-def _non_minor_amount(body: dict[str, Any]) -> tuple[str, Any] | None:
-    def bad(value: Any) -> bool:
-        return value is not None and (not isinstance(value, int) or isinstance(value, bool))
-
-    for name in AMOUNT_FIELDS:
-        if bad(body.get(name)):
-            return name, body[name]
-    for i, line in enumerate(body.get("lines") or []):
-        if isinstance(line, dict):
-            for name in LINE_AMOUNT_FIELDS:
-                if bad(line.get(name)):
-                    return f"lines[{i}].{name}", line[name]
-    return None
-
-
 BC_CODES = {
     "INVALID_LOGIN": ("Authentication_InvalidCredentials", "The server has rejected the client credentials."),
     "SSS_REQUEST_LIMIT_EXCEEDED": ("Application_TooManyRequests", "Too many requests reached."),
@@ -684,8 +598,6 @@ def _refuse(
     if request.path.startswith(BC_PATH_PREFIX):
         bc_code, bc_message = BC_CODES.get(code, (code, message))
         return json_response(odata_error_body(bc_code, bc_message), status, headers)
-    if request.path.startswith(ODATA_PREFIX):
-        return json_response(odata_error_body(code, message), status, headers)
     return json_response(netsuite_error_body(status, code, message), status, headers)
 
 
@@ -708,13 +620,6 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise Refused(_refuse(request, 400, "INVALID_CONTENT", "The request body must be a JSON object."))
     return payload
-
-
-def _check(request: web.Request, sandbox: Sandbox, record_type: RecordType, body: dict[str, Any]) -> None:
-    """Refuse a record the ERP's checks refuse (`Sandbox.validate`)."""
-    refusal = sandbox.validate(record_type, body)
-    if refusal is not None:
-        raise Refused(_refuse(request, refusal.status, refusal.code, refusal.message))
 
 
 def _page(request: web.Request, names: tuple[str, str], default_size: int, code: str) -> tuple[int, int]:
@@ -1545,125 +1450,6 @@ async def _netsuite_suiteql(request: web.Request) -> web.StreamResponse:
     )
 
 
-# -- create-only OData shape ----------------------------------------------------------------
-
-_TARGET = re.compile(r"^(?P<record_type>[A-Za-z]+)(?:\((?P<id>\d+)\))?$")
-_FILTER = re.compile(r"^\s*externalReference\s+eq\s+'(?P<ref>(?:[^']|'')*)'\s*$")
-
-
-def _odata_view(doc: StoredDocument) -> dict[str, Any]:
-    body = {k: v for k, v in doc.body.items() if k != "externalId"}
-    return {
-        **body,
-        "id": str(doc.internal_id),
-        "externalReference": doc.external_id,
-        "number": doc.document_number,
-        "status": doc.status,
-        "createdDateTime": doc.created_at,
-        "lastModifiedDateTime": doc.updated_at,
-    }
-
-
-def _odata_target(request: web.Request) -> tuple[RecordType, int | None]:
-    match = _TARGET.match(request.match_info["target"])
-    if match is None:
-        raise Refused(_refuse(request, 404, "BadRequest_NotFound", f"No resource at {request.path}."))
-    return _record_type(request, match["record_type"]), int(match["id"]) if match["id"] else None
-
-
-def _odata_entity(
-    request: web.Request, sandbox: Sandbox, record_type: RecordType, internal_id: int | None
-) -> StoredDocument:
-    """The entity `({id})` names, or a 404."""
-    doc = sandbox.store.by_id(record_type, internal_id) if internal_id is not None else None
-    if doc is None:
-        raise Refused(_refuse(request, 404, "BadRequest_NotFound", "The entity does not exist."))
-    return doc
-
-
-async def _odata_get(request: web.Request) -> web.StreamResponse:
-    sandbox = request.app[SANDBOX]
-    record_type, internal_id = _odata_target(request)
-    if internal_id is not None:
-        return json_response(_odata_view(_odata_entity(request, sandbox, record_type, internal_id)))
-    reference: str | None = None
-    if "$filter" in request.query:
-        match = _FILTER.match(request.query["$filter"])
-        if match is None:
-            return _refuse(
-                request,
-                400,
-                "BadRequest",
-                "Only $filter=externalReference eq '…' is supported by the sandbox.",
-            )
-        reference = match["ref"].replace("''", "'")
-    top, skip = _page(request, ("$top", "$skip"), 100, "BadRequest")
-    docs, total = sandbox.store.page(record_type, skip, top, reference)
-    payload: dict[str, Any] = {
-        "@odata.context": f"{_origin(request)}{ODATA_PREFIX}/$metadata#{record_type.value}",
-        "value": [_odata_view(d) for d in docs],
-    }
-    if skip + len(docs) < total:
-        next_url = request.url.with_query({**request.query, "$top": str(top), "$skip": str(skip + len(docs))})
-        payload["@odata.nextLink"] = str(next_url)
-    return json_response(payload)
-
-
-async def _odata_post(request: web.Request) -> web.StreamResponse:
-    """Create, always: there is no unique key, so a repeated POST is a duplicate document."""
-    sandbox = request.app[SANDBOX]
-    record_type, internal_id = _odata_target(request)
-    if internal_id is not None:
-        return _refuse(
-            request, 405, "BadRequest_MethodNotAllowed", "POST creates in an entity set, not an entity."
-        )
-    body = await _json_body(request)
-    reference = body.get("externalReference")
-    if reference is not None and not isinstance(reference, str):
-        return _refuse(request, 400, "BadRequest", "externalReference must be a string.")
-    _check(request, sandbox, record_type, body)
-    draft = record_type in DRAFT_RECORD_TYPES
-    status = DRAFT if draft else DEFAULT_STATUS[record_type]
-    doc = sandbox.store.insert(record_type, "create-only", reference, status, body, numbered=not draft)
-    location = f"{_origin(request)}{ODATA_PREFIX}/{record_type.value}({doc.internal_id})"
-    return json_response(_odata_view(doc), 201, {"Location": location})
-
-
-async def _odata_patch(request: web.Request) -> web.StreamResponse:
-    sandbox = request.app[SANDBOX]
-    record_type, internal_id = _odata_target(request)
-    existing = _odata_entity(request, sandbox, record_type, internal_id)
-    body = await _json_body(request)
-    merged = {**existing.body, **body}
-    _check(request, sandbox, record_type, merged)
-    return json_response(_odata_view(sandbox.store.update(existing, merged, existing.status)))
-
-
-async def _odata_action(request: web.Request) -> web.StreamResponse:
-    """`Microsoft.NAV.post` books a draft and numbers it; `Microsoft.NAV.cancel` voids."""
-    sandbox = request.app[SANDBOX]
-    record_type, internal_id = _odata_target(request)
-    action = request.match_info["action"]
-    if action not in ("Microsoft.NAV.post", "Microsoft.NAV.cancel"):
-        return _refuse(request, 404, "BadRequest_NotFound", f"Unknown bound action {action}.")
-    existing = _odata_entity(request, sandbox, record_type, internal_id)
-    if action == "Microsoft.NAV.post":
-        if record_type not in DRAFT_RECORD_TYPES or existing.status != DRAFT:
-            return _refuse(
-                request,
-                400,
-                "Application_DocumentNotDraft",
-                f"{record_type.value} {internal_id} is not a draft.",
-            )
-        _check(request, sandbox, record_type, existing.body)
-        sandbox.store.update(existing, existing.body, DEFAULT_STATUS[record_type], number=True)
-        return web.Response(status=204)
-    if existing.status != VOIDED:
-        _check(request, sandbox, record_type, existing.body)
-        sandbox.store.update(existing, existing.body, VOIDED)
-    return web.Response(status=204)
-
-
 # -- OAuth 2.0 client credentials -----------------------------------------------------------
 
 
@@ -1804,11 +1590,6 @@ def build_app(config: SandboxConfig) -> web.Application:
     app.router.add_patch(record + "/{key}", _netsuite_patch)
     app.router.add_post(record + "/{key}/!transform/{target}", _netsuite_transform)
     app.router.add_post(SUITEQL_PATH, _netsuite_suiteql)
-    entity = ODATA_PREFIX + "/{target}"
-    app.router.add_get(entity, _odata_get)
-    app.router.add_post(entity, _odata_post)
-    app.router.add_patch(entity, _odata_patch)
-    app.router.add_post(entity + "/{action}", _odata_action)
     app.router.add_route("*", BC_ROUTE, business_central_route)
     app.router.add_post("/oauth/token", _oauth_token)
     app.router.add_post(M2M_TOKEN_PATH, _m2m_token)
@@ -1960,6 +1741,50 @@ async def serve(
     show_default=True,
     help="Whether an invoice's transform to a credit memo applies it to the invoice (accounts differ).",
 )
+@click.option(
+    "--rate-limit",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Business Central's rate limit: calls past this many per --rate-window-s answer 429 (0: none).",
+)
+@click.option("--rate-window-s", type=click.FloatRange(0, min_open=True), default=300.0, show_default=True)
+@click.option(
+    "--retry-after/--no-retry-after",
+    "retry_after_header",
+    default=True,
+    show_default=True,
+    help="Whether 429 and 503 answers say Retry-After (undocumented for Business Central).",
+)
+@click.option("--bc-tenant", default="ledgerflow-sandbox", show_default=True, help="Business Central tenant.")
+@click.option("--bc-environment", default="sandbox", show_default=True, help="Business Central environment.")
+@click.option(
+    "--bc-payment-sign",
+    type=click.Choice(["negative", "positive"]),
+    default="negative",
+    show_default=True,
+    help="The sign Business Central wants of a customer payment's amount (sources differ).",
+)
+@click.option(
+    "--bc-deep-insert/--no-bc-deep-insert",
+    default=True,
+    show_default=True,
+    help="Whether a sales invoice's create takes its lines (undocumented for invoices).",
+)
+@click.option(
+    "--bc-journal-post",
+    type=click.Choice(["bound", "journals"]),
+    default="bound",
+    show_default=True,
+    help="Payment journals post by their own action, or only through journals({id}).",
+)
+@click.option(
+    "--bc-tax-rounding",
+    type=click.Choice(["line", "document"]),
+    default="line",
+    show_default=True,
+    help="Business Central rounds tax per line or per document.",
+)
 def erp_sandbox_command(
     host: str,
     port: int,
@@ -1985,8 +1810,17 @@ def erp_sandbox_command(
     tba_credentials: tuple[str, ...],
     m2m_certificates: tuple[str, ...],
     transform_applies: bool,
+    rate_limit: int,
+    rate_window_s: float,
+    retry_after_header: bool,
+    bc_tenant: str,
+    bc_environment: str,
+    bc_payment_sign: Literal["negative", "positive"],
+    bc_deep_insert: bool,
+    bc_journal_post: Literal["bound", "journals"],
+    bc_tax_rounding: Literal["line", "document"],
 ) -> None:
-    """Run the sandbox ERP (NetSuite REST and create-only OData shapes) until Ctrl-C."""
+    """Run the sandbox ERP (NetSuite REST and Business Central API v2.0) until Ctrl-C."""
     try:
         tba = tuple(_tba_option(value) for value in tba_credentials)
         m2m = tuple(_m2m_option(value) for value in m2m_certificates)
@@ -2009,12 +1843,23 @@ def erp_sandbox_command(
                 maintenance=maintenance,
                 concurrency_limit=concurrency_limit,
                 concurrency_status=int(concurrency_status),
+                rate_limit=rate_limit,
+                rate_window_s=rate_window_s,
+                retry_after_header=retry_after_header,
             ),
             seed=seed,
             account=account,
             tba=tba,
             m2m=m2m,
             transform_applies=transform_applies,
+            business_central=BusinessCentralSandboxConfig(
+                tenant=bc_tenant,
+                environment=bc_environment,
+                payment_sign=bc_payment_sign,
+                deep_insert=bc_deep_insert,
+                journal_post=bc_journal_post,
+                tax_rounding=bc_tax_rounding,
+            ),
         )
     except ValidationError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -21,9 +21,9 @@ from pydantic import SecretStr
 from canonical import codec
 from canonical.commands import ErpCommand, PostingOutcome, PostingResult
 from canonical.exceptions import BusinessException, ExceptionReason, ExceptionStatus, Severity
-from connectors.erp import CreateOnlyClient, ErpDocument, ErpMode, RecordType, netsuite, to_record
+from connectors.erp import ErpDocument, RecordType, netsuite
+from connectors.erp.business_central_client import BusinessCentralClient
 from connectors.erp.sandbox import DEFAULT_TOKEN, SandboxServer
-from connectors.erp.schemas import document_from
 from streams import headers as h
 from streams.erp import erp_client
 from streams.reconcile import (
@@ -40,6 +40,7 @@ from streams.reconcile import (
     expected_documents,
     history_horizon,
     judge,
+    posting,
     reconcile,
     reconcile_command,
     reconciliation_exceptions,
@@ -84,17 +85,20 @@ def erp_doc(
     created: datetime = T0,
     **changes: Any,
 ) -> ErpDocument:
-    """The command's record as the sandbox ERP answers it, with `changes` made in the ERP."""
-    record = to_record(command)
+    """The command's record as the ERP answers it, with `changes` made in the ERP (`total`,
+    `amount` and `currency` are the document's; any other change is in its body)."""
+    record = posting(command)
     default = "active" if record.record_type is CUSTOMER else "open"
-    payload = {
-        **record.body,
-        **changes,
-        "id": internal_id,
-        "status": status or default,
-        "createdDate": created.isoformat(),
-    }
-    return document_from(record.record_type, payload)
+    total = changes.pop("total", changes.pop("amount", record.amount))
+    return ErpDocument(
+        record_type=record.record_type,
+        external_id=record.external_id,
+        erp_internal_id=internal_id,
+        status=status or default,
+        currency=changes.pop("currency", record.currency),
+        total=total,
+        body={**changes, "createdDate": created.isoformat()},
+    )
 
 
 def history() -> tuple[list[ErpCommand], list[PostingResult]]:
@@ -116,8 +120,8 @@ def erp_as_posted(commands: Sequence[ErpCommand]) -> list[ErpDocument]:
     """What the ERP holds when everything in `history()` was delivered."""
     docs: dict[tuple[RecordType, str], ErpDocument] = {}
     for i, command in enumerate(commands, start=1):
-        record = to_record(command)
-        if record.action == "void":
+        record = posting(command)
+        if record.void:
             key = (record.record_type, record.external_id)
             docs[key] = docs[key].model_copy(update={"status": "voided"})
         else:
@@ -243,7 +247,9 @@ def test_a_document_ledgerflow_never_commanded_is_extra() -> None:
         *erp_as_posted(commands),
         erp_doc(stranger, "70"),
         erp_doc(unconfirmed, "71"),  # commanded, result not in yet: not extra
-        document_from(INVOICE, {"id": "72", "status": "open", "total": 5}),  # no external id: not ours
+        ErpDocument(
+            record_type=INVOICE, external_id=None, erp_internal_id="72", status="open", total=5, body={}
+        ),
     ]
     expected = expected_documents(commands, results)
     commanded = commanded_documents([*commands, unconfirmed])
@@ -295,7 +301,8 @@ def test_a_payment_amount_is_compared_too() -> None:
     [
         ("void", "open", "voided", POSTED),  # the void never took effect
         ("post", "voided", POSTED, "voided"),  # voided in the ERP behind ledgerflow's back
-        ("post", "draft", POSTED, "draft"),  # created but never booked (create-only shape)
+        ("post", "draft", POSTED, "draft"),  # created but never booked (a Business Central draft)
+        ("void", "Canceled", "voided", None),  # Business Central's cancel is the void
         ("post", "paidInFull", POSTED, None),  # any booked status is posted: no difference
     ],
 )
@@ -340,13 +347,8 @@ def test_a_different_currency_is_reported_apart_from_the_amount() -> None:
 def test_two_erp_documents_with_one_external_reference_are_a_duplicate() -> None:
     invoice = post_invoice()
     expected = expected_documents([invoice], [posted(invoice)])
-    # The create-only shape: the reference is `externalReference`, and a second POST made a twin.
-    twins = [
-        document_from(
-            INVOICE, {**erp_doc(invoice, n).body, "externalId": None, "externalReference": "stripe-in_1"}
-        )
-        for n in ("11", "12")
-    ]
+    # Business Central keeps no unique key: a second create made a twin.
+    twins = [erp_doc(invoice, n) for n in ("11", "12")]
     [diff] = compare(expected, twins)
     assert (diff.kind, diff.external_id, diff.ledgerflow, diff.erp, diff.customer_id) == (
         DifferenceKind.DUPLICATE,
@@ -563,13 +565,16 @@ async def sandbox(tmp_path: Path) -> AsyncIterator[SandboxServer]:
         yield server
 
 
-def isolated(bootstrap: str, sandbox: SandboxServer, mode: ErpMode = "netsuite") -> Settings:
+def isolated(bootstrap: str, sandbox: SandboxServer, mode: str = "netsuite") -> Settings:
+    bc = sandbox.config.business_central
     return Settings(
         kafka_bootstrap=bootstrap,
         topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
         erp_base_url=sandbox.url,
         erp_token=SecretStr(DEFAULT_TOKEN),
         erp_mode=mode,
+        bc_tenant=bc.tenant,
+        bc_environment=bc.environment,
     )
 
 
@@ -743,21 +748,23 @@ async def test_reconcile_finds_a_deleted_and_an_altered_document_and_raises_them
     )
 
 
-async def test_create_only_duplicates_are_found_through_the_odata_listing(
+async def test_business_central_duplicates_are_found_through_its_listing(
     kafka_bootstrap: str, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s = isolated(kafka_bootstrap, sandbox, mode="create-only")
+    s = isolated(kafka_bootstrap, sandbox, mode="business-central")
     await create_topics(s, COMMANDS, RESULTS, EXCEPTIONS)
     invoice = post_invoice("stripe-in_1")
     await deliver_and_record(s, [upsert_customer(), invoice])
     clean = await reconcile(s, raise_exceptions=False, timeout=20)
     assert clean.clean, clean.render()
 
-    # A create that the sink could not see land, made again: the ERP now books it twice.
+    # A create that the sink could not see land, made again without the lookup: the ERP now
+    # books it twice (Business Central does not enforce unique external document numbers).
     client = erp_client(s)
-    assert isinstance(client, CreateOnlyClient)
+    assert isinstance(client, BusinessCentralClient)
     try:
-        await client.create(invoice)
+        client._entities.clear()
+        await client.deliver(invoice, uncertain=False)
     finally:
         await client.aclose()
     report = await reconcile(s, raise_exceptions=False, timeout=20)

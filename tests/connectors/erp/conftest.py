@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from connectors.erp import CreateOnlyClient, NetSuiteClient, StaticToken
+from connectors.erp import NetSuiteClient, StaticToken
 from connectors.erp.sandbox import DEFAULT_TOKEN, SandboxServer
 from tests.connectors.erp.support import CLIENT_TIMEOUT_S, sandbox_config
 
@@ -29,12 +29,5 @@ async def admin(sandbox: SandboxServer) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def netsuite(sandbox: SandboxServer) -> AsyncIterator[NetSuiteClient]:
     client = NetSuiteClient(sandbox.url, StaticToken(DEFAULT_TOKEN), timeout=CLIENT_TIMEOUT_S)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def create_only(sandbox: SandboxServer) -> AsyncIterator[CreateOnlyClient]:
-    client = CreateOnlyClient(sandbox.url, StaticToken(DEFAULT_TOKEN), timeout=CLIENT_TIMEOUT_S)
     yield client
     await client.aclose()

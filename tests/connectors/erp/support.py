@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from connectors.erp.business_central_sandbox import BusinessCentralSandboxConfig
 from connectors.erp.sandbox import SandboxConfig
 
 CLIENT_TIMEOUT_S = 0.4
@@ -14,8 +16,24 @@ CLIENT_TIMEOUT_S = 0.4
 HANG_S = 0.8
 
 
+BUILDERS_TAX = {
+    "US-SALES": Decimal(8),
+    "UK-VAT-S": Decimal(20),
+    "DE-VAT-19": Decimal(19),
+    "JP-CT-10": Decimal(10),
+    "KW-EXEMPT": Decimal(0),
+}
+"""The builders' invoices carry 8% US sales tax; the Business Central stand-in's tax setup says the
+same in these tests (its default, like the Stripe samples, has none)."""
+
+
 def sandbox_config(db_path: Path, **over: Any) -> SandboxConfig:
-    fields: dict[str, Any] = {"db_path": db_path, "seed": 7, "client_secret": "s3cret"}
+    fields: dict[str, Any] = {
+        "db_path": db_path,
+        "seed": 7,
+        "client_secret": "s3cret",
+        "business_central": BusinessCentralSandboxConfig(tax_percent=BUILDERS_TAX),
+    }
     fields.update(over)
     return SandboxConfig.model_validate(fields)
 

@@ -25,10 +25,15 @@ from tests.connectors.erp.builders import (
     upsert_customer,
     void_invoice,
 )
-from tests.connectors.erp.support import CLIENT_TIMEOUT_S, HANG_S, documents, sandbox_config, set_faults
+from tests.connectors.erp.support import (
+    BUILDERS_TAX,
+    CLIENT_TIMEOUT_S,
+    HANG_S,
+    documents,
+    sandbox_config,
+    set_faults,
+)
 
-US_TAX = {"US-SALES": Decimal(8), "UK-VAT-S": Decimal(20), "DE-VAT-19": Decimal(19), "JP-CT-10": Decimal(10)}
-"""The builders' invoices carry 8% US sales tax; the company's tax setup says the same."""
 VARIANTS = {
     "documented": {"payment_sign": "negative", "journal_post": "bound", "deep_insert": True},
     "other-reading": {"payment_sign": "positive", "journal_post": "journals", "deep_insert": False},
@@ -44,7 +49,7 @@ def variant(request: pytest.FixtureRequest) -> dict[str, Any]:
 async def _stand_in(tmp_path: Path, **bc: Any) -> SandboxServer:
     config = sandbox_config(
         tmp_path / "erp.sqlite3",
-        business_central=BusinessCentralSandboxConfig(**{"tax_percent": US_TAX, **bc}),
+        business_central=BusinessCentralSandboxConfig(**{"tax_percent": BUILDERS_TAX, **bc}),
         faults={"hang_s": HANG_S},
     )
     return SandboxServer(config)
@@ -92,7 +97,9 @@ async def bc_documents(admin: httpx.AsyncClient, record_type: RecordType) -> lis
     return [d for d in docs if d["api"] == "business-central"]
 
 
-async def test_each_document_posts_once_to_the_cent(bc: BusinessCentralClient, admin: httpx.AsyncClient) -> None:
+async def test_each_document_posts_once_to_the_cent(
+    bc: BusinessCentralClient, admin: httpx.AsyncClient
+) -> None:
     customer = await bc.deliver(upsert_customer())
     assert customer.created and customer.document_number == key_of(RecordType.CUSTOMER, "cust-1")
     invoice = await bc.deliver(post_invoice())
@@ -173,7 +180,7 @@ async def test_totals_business_central_computes_otherwise_are_refused_and_the_dr
     tmp_path: Path,
 ) -> None:
     # A company whose tax setup says 7% where billing charged 8%.
-    async with await _stand_in(tmp_path, tax_percent={**US_TAX, "US-SALES": Decimal(7)}) as server:
+    async with await _stand_in(tmp_path, tax_percent={**BUILDERS_TAX, "US-SALES": Decimal(7)}) as server:
         client = BusinessCentralClient(api_url(server), StaticToken(DEFAULT_TOKEN), timeout=CLIENT_TIMEOUT_S)
         try:
             await client.deliver(upsert_customer())
@@ -212,7 +219,9 @@ async def test_a_customer_changed_in_business_central_is_read_again_and_updated(
     # Someone edits the customer in Business Central: the etag the client holds goes stale.
     url = f"companies({US01})/customers({first.erp_internal_id})"
     current = (await api.get(url)).json()
-    edited = await api.patch(url, json={"phoneNumber": "555-0100"}, headers={"if-match": current["@odata.etag"]})
+    edited = await api.patch(
+        url, json={"phoneNumber": "555-0100"}, headers={"if-match": current["@odata.etag"]}
+    )
     assert edited.status_code == 200, edited.text
     second = await bc.deliver(upsert_customer(name="Acme Holdings"))
     assert second.erp_internal_id == first.erp_internal_id and not second.created
@@ -243,7 +252,10 @@ async def test_the_stand_in_refuses_what_business_central_refuses(
     base = {"customerNumber": number, "postingDate": "2026-03-01"}
 
     unknown = await api.post(invoices, json={**base, "memo": "x"})
-    assert unknown.status_code == 400 and "memo: the property does not exist" in unknown.json()["error"]["message"]
+    assert (
+        unknown.status_code == 400
+        and "memo: the property does not exist" in unknown.json()["error"]["message"]
+    )
     local = await api.post(invoices, json={**base, "currencyCode": "USD"})
     assert local.json()["error"]["code"] == "Internal_InvalidTableRelation"  # LCY is written ""
     stranger = await api.post(invoices, json={**base, "customerNumber": "NOBODY"})
@@ -254,10 +266,14 @@ async def test_the_stand_in_refuses_what_business_central_refuses(
     [customer] = (await api.get(customers, params={"$filter": f"number eq '{number}'"})).json()["value"]
     no_etag = await api.patch(f"{customers}({customer['id']})", json={"displayName": "X"})
     assert no_etag.status_code == 400 and no_etag.json()["error"]["code"] == "BadRequest_InvalidToken"
-    journal = f"companies({US01})/customerPaymentJournals(7c0a9d2e-5f41-4b8e-8a11-0c0000000101)/customerPayments"
+    journal = (
+        f"companies({US01})/customerPaymentJournals(7c0a9d2e-5f41-4b8e-8a11-0c0000000101)/customerPayments"
+    )
     sign = -1 if variant["payment_sign"] == "negative" else 1
     # A JSON number with a tenth of a cent, as a client that rounds nothing would send it.
-    body = f'{{"customerNumber": "{number}", "postingDate": "2026-03-01", "amount": {sign * Decimal("10.005")}}}'
+    body = (
+        f'{{"customerNumber": "{number}", "postingDate": "2026-03-01", "amount": {sign * Decimal("10.005")}}}'
+    )
     cent_fraction = await api.post(journal, content=body, headers={"content-type": "application/json"})
     assert cent_fraction.status_code == 400 and "decimals" in cent_fraction.text
     wrong_company = await api.get("companies(00000000-0000-0000-0000-000000000000)/customers")
@@ -280,7 +296,9 @@ async def test_a_batch_answers_each_operation_and_skips_what_depends_on_a_failur
     assert answer.status_code == 200
     statuses = {r["id"]: r["status"] for r in answer.json()["responses"]}
     assert statuses == {"1": 200, "2": 400, "3": 424}
-    too_many = await api.post("$batch", json={"requests": [{"id": str(i), "method": "GET", "url": customers} for i in range(101)]})
+    too_many = await api.post(
+        "$batch", json={"requests": [{"id": str(i), "method": "GET", "url": customers} for i in range(101)]}
+    )
     assert too_many.status_code == 400
 
 

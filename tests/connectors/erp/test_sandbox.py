@@ -78,8 +78,10 @@ async def test_without_a_token_the_api_answers_401_in_each_dialect(admin: httpx.
     netsuite = await admin.get("/services/rest/record/v1/invoice/eid:x")
     assert netsuite.status_code == 401
     assert netsuite.json()["o:errorDetails"][0]["o:errorCode"] == "INVALID_LOGIN"
-    odata = await admin.get("/api/v1/invoice", headers={"Authorization": "Bearer nope"})
-    assert odata.status_code == 401 and odata.json()["error"]["code"] == "INVALID_LOGIN"
+    bc = await admin.get(
+        "/v2.0/ledgerflow-sandbox/sandbox/api/v2.0/companies", headers={"Authorization": "Bearer nope"}
+    )
+    assert bc.status_code == 401 and bc.json()["error"]["code"] == "Authentication_InvalidCredentials"
     assert (await admin.get("/admin/faults")).status_code == 200  # admin needs no token
 
 
