@@ -25,7 +25,7 @@ from canonical import codec
 from streams.kafka_io import produce, read_topics
 from streams.local_kafka import LocalKafka
 from tests.connectors.erp.builders import post_invoice, upsert_customer
-from tests.support import Stack
+from tests.support import BUSINESS_CENTRAL_ENV, Stack
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -51,7 +51,7 @@ def drain(bootstrap: str, root: Path, commands: int, concurrency: int, latency_m
         extra_env={
             "LEDGERFLOW_STAGES": "sink",
             "LEDGERFLOW_ERP_CONCURRENCY": str(concurrency),
-            "LEDGERFLOW_ERP_MODE": mode,
+            **(BUSINESS_CENTRAL_ENV if mode == "business-central" else {"LEDGERFLOW_ERP_MODE": mode}),
         },
         erp_args=("--latency-ms", str(latency_ms)),
     )
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--commands", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=5)
     parser.add_argument("--latency-ms", type=float, default=20.0)
-    parser.add_argument("--mode", choices=["netsuite", "create-only"], default="netsuite")
+    parser.add_argument("--mode", choices=["netsuite", "business-central"], default="netsuite")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ledgerflow-sink-bench-") as tmp:
         broker = None

@@ -173,7 +173,7 @@ Start here:
   ledgerflow simulate  a quote-to-cash history into the source topics, with its ground truth
   ledgerflow replay    re-drive DLQ entries or open exceptions after a fix (--dry-run first)
   ledgerflow reconcile compare what was posted with the ERP (exit 1 on differences)
-  ledgerflow erp-sandbox  a sandbox ERP (NetSuite REST and create-only shapes, fault injection)
+  ledgerflow erp-sandbox  a sandbox ERP (NetSuite REST and Business Central stand-ins, faults)
   ledgerflow erp check check the mappings' NetSuite internal ids against the ERP (exit 1 on problems)
   ledgerflow bench     events/s, latency and RSS next to a bare Faust agent and a Quix Streams peer
   ledgerflow kafka     a local Apache Kafka (KRaft) in the foreground

@@ -1,4 +1,4 @@
-"""`ledgerflow erp check`: every NetSuite internal id the mappings name, checked against the ERP.
+"""`ledgerflow erp check`: every id and code the mappings name, checked against the ERP.
 
 A NetSuite body references configuration records by internal id (`{"id": "4"}`), so an id
 that is wrong in the mappings' `[netsuite]` section is not a start-up error: NetSuite refuses
@@ -11,6 +11,11 @@ it, an item's itemid is the item code, an account's acctnumber is the GL account
 code's salestaxitem has the tax code as its itemid, a custom field with the script id exists
 (NetSuite stores script ids upper-case, so they compare case-insensitively). A subsidiary only
 has to exist: its NetSuite name is shown, not compared, as the mappings' name is descriptive.
+
+In Business Central mode the same is asked of each company the mappings' `[business_central]`
+section names: the company and its payment journal exist (by id), and the company has every item
+and G/L account (by number), its credit memos' tax group, and the currencies its subsidiary
+takes other than the local one (by code): one filtered read per kind and company.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from pydantic import ValidationError
 
 from connectors.erp import ClientCredentialsToken, ErpError, NetSuiteClient, RetryPolicy
 from connectors.erp import client as erp_client_module
+from connectors.erp.business_central_client import BusinessCentralClient
 from streams.erp import read_with_retries
 from streams.mappings import Mappings, NetSuiteIds, load_mappings
 from streams.reconcile import EXIT_CLEAN, EXIT_DIFFERENCES, EXIT_FAILED
@@ -73,6 +79,14 @@ CUSTOM_FIELD = RecordKind(
     "custom field", "customfield", "scriptid", "scriptid", compared=False, case_insensitive=True
 )
 KINDS = (SUBSIDIARY, CURRENCY, ITEM, ACCOUNT, TAX_CODE, CUSTOM_FIELD)
+BC_COMPANY = RecordKind("company", "companies", "id", "name", compared=False)
+BC_JOURNAL = RecordKind("payment journal", "customerPaymentJournals", "id", "code", compared=False)
+BC_ITEM = RecordKind("item", "items", "number", "number")
+BC_ACCOUNT = RecordKind("account", "accounts", "number", "number")
+BC_TAX_GROUP = RecordKind("tax group", "taxGroups", "code", "code")
+BC_CURRENCY = RecordKind("currency", "currencies", "code", "code")
+BC_KINDS = (BC_ITEM, BC_ACCOUNT, BC_TAX_GROUP, BC_CURRENCY)
+"""What each company is asked about by code, after the company and its journal by id."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,8 @@ class Wanted:
     kind: RecordKind
     code: str
     id: str
+    company: str | None = None
+    """The Business Central company (its subsidiary code) the record must be in."""
 
     @property
     def key(self) -> str:
@@ -160,7 +176,13 @@ class CheckReport:
     def render(self) -> str:
         """One line per id, problems included in place, then a summary line."""
         rows = [
-            (c.status.value, c.wanted.kind.name, c.wanted.code, c.wanted.id, c.describe())
+            (
+                c.status.value,
+                c.wanted.kind.name + (f" ({c.wanted.company})" if c.wanted.company else ""),
+                c.wanted.code,
+                c.wanted.id,
+                c.describe(),
+            )
             for c in self.checks
         ]
         header = ("status", "kind", "code", "internal id", "ERP")
@@ -187,6 +209,75 @@ def wanted_ids(ids: NetSuiteIds) -> list[Wanted]:
     wanted += [Wanted(TAX_CODE, code, tax.id) for code, tax in ids.tax_codes.items()]
     wanted += [Wanted(CUSTOM_FIELD, name, str(sid)) for name, sid in ids.fields.model_dump().items()]
     return wanted
+
+
+def business_central_wanted(mappings: Mappings) -> list[Wanted]:
+    """Every company, journal, item, account, tax group and currency the mappings need in
+    Business Central, per company."""
+    bc = mappings.business_central
+    assert bc is not None
+    items = sorted(
+        {m.item for m in mappings.items.values()}
+        | ({mappings.default_item.item} if mappings.default_item else set())
+    )
+    accounts = sorted(
+        {m.gl_account for m in mappings.items.values() if m.gl_account}
+        | {a for a in (bc.shipping_account, bc.credit_account) if a}
+        | (
+            {mappings.default_item.gl_account}
+            if mappings.default_item and mappings.default_item.gl_account
+            else set()
+        )
+    )
+    wanted: list[Wanted] = []
+    for subsidiary, company in bc.companies.items():
+        found = mappings.subsidiary(subsidiary)
+        currencies = [str(c) for c in (found.currencies if found else ()) if c != company.currency]
+        wanted.append(Wanted(BC_COMPANY, subsidiary, company.id))
+        wanted.append(Wanted(BC_JOURNAL, "payment_journal", company.payment_journal, subsidiary))
+        wanted += [Wanted(BC_ITEM, n, n, subsidiary) for n in items]
+        wanted += [Wanted(BC_ACCOUNT, n, n, subsidiary) for n in accounts]
+        if company.credit_tax_code:
+            wanted.append(Wanted(BC_TAX_GROUP, company.credit_tax_code, company.credit_tax_code, subsidiary))
+        wanted += [Wanted(BC_CURRENCY, c, c, subsidiary) for c in currencies]
+    return wanted
+
+
+async def check_business_central(
+    client: BusinessCentralClient,
+    wanted: Sequence[Wanted],
+    correlation_id: str | None = None,
+    policy: RetryPolicy | None = None,
+) -> list[Check]:
+    """Ask Business Central about every wanted record: the companies in one read, then per
+    company its journals and one filtered read per kind, each retried under `policy`."""
+    policy = policy or RetryPolicy(max_attempts=1)
+    companies = client.mapper.ids.companies
+    rows: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+
+    async def read(company: str | None, kind: RecordKind, values: list[str] | None) -> None:
+        where = companies[company] if company is not None else None
+        field = kind.key if values is not None else None
+        read_set = partial(client.setup, where, kind.table, field, values or (), correlation_id)
+        for row in await read_with_retries(policy, read_set):
+            rows[(kind.table, company, str(row.get(kind.key, "")))] = row
+
+    await read(None, BC_COMPANY, None)
+    known = {
+        w.company or w.code for w in wanted if w.kind is BC_COMPANY and (BC_COMPANY.table, None, w.id) in rows
+    }
+    for subsidiary in dict.fromkeys(w.company for w in wanted if w.company is not None):
+        if subsidiary not in known:
+            continue  # the company is missing: what is in it cannot be asked
+        await read(subsidiary, BC_JOURNAL, None)
+        for kind in BC_KINDS:
+            values = [w.key for w in wanted if w.kind is kind and w.company == subsidiary]
+            if values:
+                await read(subsidiary, kind, values)
+    # A missing company is the problem reported: what should be in it is not judged.
+    return [
+        judge(w, rows.get((w.kind.table, w.company, w.key))) for w in wanted if w.company in (None, *known)
+    ]
 
 
 def judge(wanted: Wanted, row: dict[str, Any] | None) -> Check:
@@ -241,14 +332,10 @@ class ErpCheckFailed(click.ClickException):
 async def erp_check(s: Settings, *, now: datetime | None = None) -> CheckReport:
     """Check the internal ids of the mappings at LEDGERFLOW_MAPPINGS against the ERP at
     LEDGERFLOW_ERP_BASE_URL; raises ErpCheckFailed when that cannot be done."""
-    if s.erp_mode != "netsuite":
-        raise ErpCheckFailed(
-            f"erp check needs LEDGERFLOW_ERP_MODE=netsuite (it is {s.erp_mode!r}): only NetSuite "
-            "references records by the internal ids the mappings' [netsuite] section names"
-        )
     mappings = _mappings(s)
-    if mappings.netsuite is None:
-        raise ErpCheckFailed(f"the mappings ({s.mappings or 'bundled example'}) have no [netsuite] section")
+    section = "netsuite" if s.erp_mode == "netsuite" else "business_central"
+    if getattr(mappings, section) is None:
+        raise ErpCheckFailed(f"the mappings ({s.mappings or 'bundled example'}) have no [{section}] section")
     started = (now or datetime.now(UTC)).astimezone(UTC)
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     cause = f"erp-check:{run_id}"
@@ -257,9 +344,12 @@ async def erp_check(s: Settings, *, now: datetime | None = None) -> CheckReport:
     tokens = token_provider(s)
     client = erp_client(s, tokens)
     try:
-        if not isinstance(client, NetSuiteClient):  # erp_mode said netsuite; make_client agrees
-            raise ErpCheckFailed(f"LEDGERFLOW_ERP_MODE=netsuite gave a {type(client).__name__}")
-        checks = await check_ids(client, wanted_ids(mappings.netsuite), cause, retry_policy(s))
+        if isinstance(client, NetSuiteClient):
+            assert mappings.netsuite is not None
+            checks = await check_ids(client, wanted_ids(mappings.netsuite), cause, retry_policy(s))
+        else:
+            wanted = business_central_wanted(mappings)
+            checks = await check_business_central(client, wanted, cause, retry_policy(s))
     except ErpError as exc:
         log.error(
             "erp check stopped",

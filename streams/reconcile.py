@@ -96,7 +96,7 @@ class DifferenceKind(StrEnum):
     EXTRA = "extra"
     """In the ERP under an external id ledgerflow never commanded."""
     DUPLICATE = "duplicate"
-    """Several ERP documents with one external reference (the create-only API shape)."""
+    """Several ERP documents with one key of ledgerflow's (Business Central keeps no unique one)."""
     STATUS_DIFFERENT = "status_different"
     AMOUNT_DIFFERENT = "amount_different"
     CURRENCY_DIFFERENT = "currency_different"

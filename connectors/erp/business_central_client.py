@@ -181,17 +181,39 @@ class BusinessCentralClient(_HttpErpClient):
         correlation_id: str | None,
     ) -> Entities:
         """The entities whose key field is one of `keys` (several per key when duplicated)."""
+        url = self._set_url(company, record_type)
+        return await self._where(url, KEY_FIELDS[record_type], keys, correlation_id)
+
+    async def _where(
+        self, url: str, field: str, values: Sequence[str], correlation_id: str | None
+    ) -> Entities:
+        """The entities of a set whose `field` is one of `values`, FILTER_TERMS_MAX per query."""
         found: Entities = []
-        unique = list(dict.fromkeys(keys))
+        unique = list(dict.fromkeys(values))
         for start in range(0, len(unique), FILTER_TERMS_MAX):
-            chunk = unique[start : start + FILTER_TERMS_MAX]
             self.lookups += 1
-            found += await self._pages(
-                self._set_url(company, record_type),
-                correlation_id,
-                {"$filter": _equals_any(KEY_FIELDS[record_type], chunk)},
-            )
+            chunk = unique[start : start + FILTER_TERMS_MAX]
+            found += await self._pages(url, correlation_id, {"$filter": _equals_any(field, chunk)})
         return found
+
+    async def setup(
+        self,
+        company: BusinessCentralCompany | None,
+        entity_set: str,
+        field: str | None = None,
+        values: Sequence[str] = (),
+        correlation_id: str | None = None,
+    ) -> Entities:
+        """A setup entity set (`companies`, or a company's `items`, `accounts`, `taxGroups`,
+        `currencies`, `customerPaymentJournals`), all of it, or where `field` is one of `values`."""
+        url = (
+            f"{self._company_url(company)}/{entity_set}"
+            if company is not None
+            else f"{self.base_url}/{entity_set}"
+        )
+        if field is None:
+            return await self._pages(url, correlation_id, {})
+        return await self._where(url, field, values, correlation_id)
 
     async def _read(
         self,

@@ -31,7 +31,6 @@ from __future__ import annotations
 import base64
 import re
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
@@ -87,8 +86,10 @@ NUMBERS = {
     (RecordType.CREDIT_MEMO, POSTED): "PS-CR",
 }
 FILTERABLE = frozenset(
-    {"number", "externalDocumentNumber", "documentNumber", "documentType", "status", "customerNumber"}
+    {"number", "code", "externalDocumentNumber", "documentNumber", "documentType", "status", "customerNumber"}
 )
+SETUP_SETS = ("items", "accounts", "taxGroups", "currencies")
+"""Read-only setup entities (what `ledgerflow erp check` asks about)."""
 _FILTER_TERM = re.compile(r"\s*(?P<name>[A-Za-z]+)\s+eq\s+'(?P<value>(?:[^']|'')*)'\s*")
 _SEGMENT = re.compile(r"^(?P<name>[A-Za-z$.]+)(?:\((?P<key>[^)]*)\))?$")
 
@@ -275,6 +276,8 @@ class BusinessCentralBooks:
         rest = parts[1:]
         if name == "generalLedgerEntries" and key is None and not rest and call.method == "GET":
             return self._ledger_entries(call, company)
+        if name in SETUP_SETS and key is None and not rest and call.method == "GET":
+            return self._page(call, self._setup(subsidiary, company, name), name)
         if name == "customerPaymentJournals":
             return self._journal_route(call, company, key, rest)
         if name == "journals" and key is not None and rest == [("Microsoft.NAV.post", None)]:
@@ -316,6 +319,32 @@ class BusinessCentralBooks:
         raise not_found(call.path)
 
     # -- reads -------------------------------------------------------------------------------
+
+    def _setup(self, subsidiary: str, company: BusinessCentralCompany, name: str) -> list[dict[str, Any]]:
+        """The company's setup records ledgerflow's mappings name: items, G/L accounts, tax
+        groups, and currencies other than the local one (which is not in the Currency table)."""
+        if name == "items":
+            rows = [{"number": n, "displayName": n, "type": "Service"} for n in sorted(self.items)]
+        elif name == "accounts":
+            rows = [
+                {"number": n, "displayName": f"Account {n}", "category": "Income"}
+                for n in sorted(self.accounts)
+            ]
+        elif name == "taxGroups":
+            rows = [{"code": c, "displayName": c} for c in self.config.tax_percent]
+        else:
+            found = self.sandbox.mappings.subsidiary(subsidiary)
+            codes = [c for c in (found.currencies if found else ()) if c != company.currency]
+            rows = [{"code": c, "displayName": c} for c in codes]
+        return [
+            {
+                "id": str(
+                    uuid.uuid5(uuid.NAMESPACE_URL, f"{company.id}/{name}/{row.get('number') or row['code']}")
+                ),
+                **row,
+            }
+            for row in rows
+        ]
 
     def _docs(
         self,

@@ -1,7 +1,7 @@
 """The ERP's failures as types the sink can act on: retry, retry carefully, or give up.
 
-`classify` reads an HTTP answer (NetSuite's REST error body, or the OData `{"error": …}` body
-of a create-only API; `classify_answer` any platform's, given how to read its error body) and
+`classify` reads an HTTP answer (NetSuite's REST error body, or Business Central's OData
+`{"error": …}` body; `classify_answer` any platform's, given how to read its error body) and
 `from_transport_error` an httpx failure; the sink then only asks
 "transient, uncertain, permanent or auth?" and never parses bodies itself.
 """

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class RecordType(StrEnum):
-    """NetSuite record type names; the create-only API uses the same names as entity sets."""
+    """NetSuite record type names, which ledgerflow uses for every ERP's records."""
 
     CUSTOMER = "customer"
     SALES_ORDER = "salesOrder"
@@ -40,8 +40,6 @@ SUITEQL_TABLES: dict[RecordType, SuiteqlTable] = {
 POSTING_RECORD_TYPES = frozenset({RecordType.INVOICE, RecordType.CUSTOMER_PAYMENT, RecordType.CREDIT_MEMO})
 """Records that hit the general ledger, so a closed accounting period refuses them."""
 
-DRAFT_RECORD_TYPES = frozenset({RecordType.INVOICE, RecordType.CREDIT_MEMO})
-"""Records a create-only ERP creates as drafts that a `post` action then books and numbers."""
 
 VOIDED = "voided"
 DRAFT = "draft"
@@ -52,7 +50,7 @@ class _ErpModel(BaseModel):
 
 
 class ErpRecord(_ErpModel):
-    """One record as the ERP is sent it: what `mapping.to_record` makes of a command.
+    """One NetSuite record as it is sent: what `NetSuiteMapper.record` makes of a command.
 
     `action` "upsert" creates or updates the record by external id; "void" updates an existing
     invoice's status to voided and must never create one."""
@@ -91,40 +89,6 @@ class ErpDocument(_ErpModel):
     currency: str | None = None
     total: int | None = None
     body: dict[str, Any]
-
-
-def _ref_value(value: Any, *keys: str) -> str | None:
-    # NetSuite returns references and list values as objects ({"id": …, "refName": …});
-    # the sandbox and the create-only API return plain strings. Accept both.
-    if isinstance(value, dict):
-        for key in keys:
-            if value.get(key) not in (None, ""):
-                return str(value[key])
-        return None
-    return str(value) if value not in (None, "") else None
-
-
-def document_from(record_type: RecordType | str, payload: dict[str, Any]) -> ErpDocument:
-    """Read either API shape (NetSuite record or create-only entity) into an `ErpDocument`."""
-    total = payload.get("total")
-    if not _is_minor_units(total):
-        total = payload.get("amount")
-    return ErpDocument(
-        record_type=RecordType(record_type),
-        external_id=_ref_value(payload.get("externalId") or payload.get("externalReference")),
-        erp_internal_id=str(payload["id"]),
-        document_number=_ref_value(payload.get("tranId") or payload.get("entityId") or payload.get("number")),
-        status=_ref_value(payload.get("status"), "id", "refName"),
-        currency=_ref_value(payload.get("currency"), "refName", "id"),
-        # A float is never taken for minor units: a real NetSuite answers in major units and
-        # its adapter converts at its edge (see mapping.to_minor_units).
-        total=total if _is_minor_units(total) else None,
-        body=payload,
-    )
-
-
-def _is_minor_units(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def netsuite_error_body(status: int, code: str, detail: str, title: str | None = None) -> dict[str, Any]:

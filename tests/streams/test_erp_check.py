@@ -112,10 +112,37 @@ async def test_a_query_the_erp_failed_or_left_unanswered_is_asked_again(sandbox:
     assert len(queries) == 6 + 2  # one per kind, and the two that failed asked again
 
 
-async def test_it_refuses_to_run_outside_netsuite_mode(sandbox: SandboxServer) -> None:
-    with pytest.raises(ErpCheckFailed) as raised:
-        await erp_check(settings(sandbox, erp_mode="create-only"))
-    assert raised.value.exit_code == EXIT_FAILED
+def business_central(sandbox: SandboxServer, mappings: Path | None = None) -> Settings:
+    bc = sandbox.config.business_central
+    return settings(
+        sandbox, mappings, erp_mode="business-central", bc_tenant=bc.tenant, bc_environment=bc.environment
+    )
+
+
+async def test_business_central_companies_and_their_setup_are_checked(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    clean = await erp_check(business_central(sandbox))
+    assert clean.clean, clean.render()
+    kinds = {c.wanted.kind.name for c in clean.checks}
+    assert kinds == {"company", "payment journal", "item", "account", "tax group", "currency"}
+    # The UK company takes EUR besides its local GBP: asked; the US company's USD is local: not.
+    currencies = {(c.wanted.company, c.wanted.code) for c in clean.checks if c.wanted.kind.name == "currency"}
+    assert ("UK01", "EUR") in currencies and ("US01", "USD") not in currencies
+
+    # Mappings that name an item no company has and a company that does not exist.
+    text = EXAMPLE_MAPPINGS.read_text().replace('item = "SVC-SUPPORT"', 'item = "SVC-NOPE"', 1)
+    text = text.replace('SVC-SUPPORT = "204"', 'SVC-SUPPORT = "204"\nSVC-NOPE = "209"', 1)
+    text = text.replace("5b1f6f1e-0d3a-4c55-9a51-0c0000000005", "5b1f6f1e-0d3a-4c55-9a51-0c00000000ff", 1)
+    wrong = tmp_path / "mappings.toml"
+    wrong.write_text(text)
+    report = await erp_check(business_central(sandbox, wrong))
+    problems = {(c.status, c.wanted.kind.name, c.wanted.company, c.wanted.code) for c in report.problems}
+    assert (Status.MISSING, "company", None, "KW01") in problems
+    assert (Status.MISSING, "item", "US01", "SVC-NOPE") in problems
+    assert report.exit_status == EXIT_DIFFERENCES
+    # What is in the missing company is not asked about: the company is the problem.
+    assert all(c.wanted.company != "KW01" for c in report.problems)
 
 
 async def test_the_command_line_exits_1_on_problems_and_2_when_the_erp_refuses(
