@@ -15,6 +15,7 @@ from connectors.erp import (
     call_with_retries,
 )
 from connectors.erp.business_central_client import BusinessCentralClient, key_of
+from connectors.erp.entra import EntraToken
 from connectors.erp.netsuite_auth import NetSuiteM2MToken, TbaToken
 from connectors.erp.schemas import RecordType
 from streams.mappings import load_mappings
@@ -27,8 +28,9 @@ T = TypeVar("T")
 
 def token_provider(s: Settings) -> TokenProvider:
     """The ERP credentials of LEDGERFLOW_NETSUITE_AUTH: NetSuite TBA (each request signed), NetSuite
-    M2M (a JWT-assertion grant), or, for `token`, OAuth 2.0 client credentials when
-    LEDGERFLOW_ERP_TOKEN_URL is set, else the fixed token.
+    M2M (a JWT-assertion grant); in Business Central mode with LEDGERFLOW_ERP_CLIENT_ID, Microsoft
+    Entra ID client credentials (a secret or a certificate); or, for `token`, OAuth 2.0 client
+    credentials when LEDGERFLOW_ERP_TOKEN_URL is set, else the fixed token.
 
     Missing credentials do not fail here: the provider refuses each call with an ErpAuthError
     naming the settings, so a misconfigured sink parks its commands with the reason."""
@@ -46,6 +48,16 @@ def token_provider(s: Settings) -> TokenProvider:
             s.netsuite_client_id,
             s.netsuite_certificate_id,
             s.netsuite_private_key_file,
+            timeout=s.erp_timeout_s,
+        )
+    if s.erp_mode == "business-central" and s.erp_client_id:
+        return EntraToken(
+            s.bc_tenant or "",
+            s.erp_client_id,
+            client_secret=s.erp_client_secret.get_secret_value() if s.erp_client_secret else None,
+            certificate_file=s.bc_certificate_file,
+            authority=s.entra_authority,
+            ca_bundle=s.entra_ca_bundle,
             timeout=s.erp_timeout_s,
         )
     if s.erp_token_url:

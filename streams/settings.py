@@ -99,6 +99,18 @@ class Settings(BaseSettings):
     """LEDGERFLOW_BC_PAYMENT_SIGN: the sign of a customer payment journal line's amount. A receipt
     is a credit (negative) in Business Central's data model; Microsoft's API example sends a
     positive amount. Check one payment in a sandbox company before going live."""
+    bc_certificate_file: Path | None = None
+    """LEDGERFLOW_BC_CERTIFICATE_FILE: a PEM file with the certificate uploaded to the Entra app
+    registration and its unencrypted private key; with it the app authenticates by certificate
+    instead of LEDGERFLOW_ERP_CLIENT_SECRET. In Business Central mode LEDGERFLOW_ERP_CLIENT_ID
+    (the app's client id) turns Entra ID client credentials on; without it the fixed
+    LEDGERFLOW_ERP_TOKEN is sent (the stand-in)."""
+    entra_authority: str = "https://login.microsoftonline.com"
+    """LEDGERFLOW_ENTRA_AUTHORITY: the Microsoft Entra authority host (a national cloud's, or the
+    stand-in's TLS port); the tenant is LEDGERFLOW_BC_TENANT."""
+    entra_ca_bundle: Path | None = None
+    """LEDGERFLOW_ENTRA_CA_BUNDLE: a CA bundle to verify the authority's TLS certificate with (a
+    TLS-inspecting proxy's, or the stand-in's self-signed one); unset, the system's."""
     netsuite_account: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]+([_-][A-Za-z0-9]+)*$")
     """LEDGERFLOW_NETSUITE_ACCOUNT: the NetSuite account id, in either form (`1234567_SB1` or
     `1234567-sb1`): the REST host uses the lower/dash form, the TBA realm the upper/underscore

@@ -28,6 +28,7 @@ import contextlib
 import re
 import secrets
 import signal
+import ssl
 import sqlite3
 import time
 from collections import deque
@@ -43,12 +44,13 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from canonical.money import currency_exponent
-from connectors.erp import netsuite, netsuite_schema
+from connectors.erp import entra_sandbox, netsuite, netsuite_schema
 from connectors.erp.business_central_sandbox import API as BC_API
 from connectors.erp.business_central_sandbox import PATH_PREFIX as BC_PATH_PREFIX
 from connectors.erp.business_central_sandbox import ROUTE as BC_ROUTE
 from connectors.erp.business_central_sandbox import BusinessCentralBooks, BusinessCentralSandboxConfig
 from connectors.erp.business_central_sandbox import route as business_central_route
+from connectors.erp.entra_sandbox import EntraApp
 from connectors.erp.mapping import to_minor_units
 from connectors.erp.netsuite_auth import TOKEN_PATH as M2M_TOKEN_PATH
 from connectors.erp.netsuite_auth import M2MVerifier, TbaVerifier
@@ -197,6 +199,9 @@ class SandboxConfig(BaseModel):
     for REST it is undocumented [UNSURE], so the tests run both and the client handles both."""
     business_central: BusinessCentralSandboxConfig = BusinessCentralSandboxConfig()
     """The Business Central stand-in's tenant, environment and [UNSURE] behaviours."""
+    entra_apps: tuple[EntraApp, ...] = ()
+    """App registrations the stand-in's Entra tenant issues Business Central tokens to; with
+    any, the server also listens on a TLS port for them (`SandboxServer.login_url`)."""
 
 
 @dataclass(frozen=True)
@@ -547,6 +552,9 @@ class Sandbox(SandboxState[FaultSettings]):
             return True
         self._calls.append(now)
         return False
+
+    def issue_entra_token(self, ttl_s: float) -> tuple[str, float]:
+        return self._accept(secrets.token_urlsafe(48), ttl_s), ttl_s
 
     def issue_token(self) -> tuple[str, float]:
         return self._accept(secrets.token_urlsafe(32), self.config.token_ttl_s), self.config.token_ttl_s
@@ -1493,6 +1501,7 @@ def _admin_view(sandbox: Sandbox, doc: StoredDocument) -> dict[str, Any]:
     if doc.api == BC_API and sandbox._business_central is not None:
         view["books"] = sandbox._business_central.summary(doc)
         view["internal_id"] = view["books"]["erp_id"]
+        view["document_number"] = view["books"]["number"]
     return view
 
 
@@ -1577,7 +1586,9 @@ async def _admin_periods(request: web.Request) -> web.StreamResponse:
 def build_app(config: SandboxConfig) -> web.Application:
     """The sandbox as an aiohttp application (its SQLite file is closed on cleanup)."""
     sandbox = Sandbox(config)
-    app = sandbox_app(SANDBOX, sandbox, ("/oauth/", M2M_TOKEN_PATH), _faulty)
+    login = entra_sandbox.login_paths(config.business_central.tenant)
+    app = sandbox_app(SANDBOX, sandbox, ("/oauth/", M2M_TOKEN_PATH, *login), _faulty)
+    entra_sandbox.routes(app)
 
     async def close_store(_: web.Application) -> None:
         sandbox.store.close()
@@ -1611,6 +1622,23 @@ class SandboxServer(AppServer[Sandbox]):
         super().__init__(
             build_app(config), SANDBOX, host, port, shutdown_timeout, {"db": str(config.db_path)}
         )
+        self.login_url = ""
+        """`https://host:port` of the Entra routes (with `config.entra_apps`), else empty."""
+        self.ca_file: Path | None = None
+        """The self-signed certificate that TLS port shows: a client's CA bundle for it."""
+
+    async def start(self) -> str:
+        url = await super().start()
+        if self.config.entra_apps:
+            cert, key = entra_sandbox.tls_files(self.config.db_path.parent)
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cert, key)
+            site = web.TCPSite(self._runner, self.host, 0, ssl_context=context)
+            await site.start()
+            port = int(self._runner.addresses[-1][1])
+            self.login_url, self.ca_file = f"https://{self.host}:{port}", cert
+            self.sandbox.log.info("erp sandbox entra login listening", extra={"url": self.login_url})
+        return url
 
 
 async def serve(
@@ -1628,6 +1656,8 @@ async def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
     async with SandboxServer(config, host, port) as server:
+        if server.login_url:
+            click.echo(f"Entra login on {server.login_url} (its self-signed certificate: {server.ca_file})")
         if ready is not None:
             ready(server.url)
         await stop.wait()
@@ -1785,6 +1815,20 @@ async def serve(
     show_default=True,
     help="Business Central rounds tax per line or per document.",
 )
+@click.option(
+    "--entra-app",
+    "entra_secrets",
+    multiple=True,
+    metavar="CLIENT_ID:CLIENT_SECRET",
+    help="An Entra app registration with a secret that gets Business Central tokens (repeatable).",
+)
+@click.option(
+    "--entra-certificate",
+    "entra_certificates",
+    multiple=True,
+    metavar="CLIENT_ID:CERTIFICATE_PEM_FILE",
+    help="A certificate uploaded to an Entra app registration (repeatable).",
+)
 def erp_sandbox_command(
     host: str,
     port: int,
@@ -1819,10 +1863,13 @@ def erp_sandbox_command(
     bc_deep_insert: bool,
     bc_journal_post: Literal["bound", "journals"],
     bc_tax_rounding: Literal["line", "document"],
+    entra_secrets: tuple[str, ...],
+    entra_certificates: tuple[str, ...],
 ) -> None:
     """Run the sandbox ERP (NetSuite REST and Business Central API v2.0) until Ctrl-C."""
     try:
         tba = tuple(_tba_option(value) for value in tba_credentials)
+        entra_apps = _entra_apps(entra_secrets, entra_certificates)
         m2m = tuple(_m2m_option(value) for value in m2m_certificates)
         config = SandboxConfig(
             db_path=db_path,
@@ -1852,6 +1899,7 @@ def erp_sandbox_command(
             tba=tba,
             m2m=m2m,
             transform_applies=transform_applies,
+            entra_apps=entra_apps,
             business_central=BusinessCentralSandboxConfig(
                 tenant=bc_tenant,
                 environment=bc_environment,
@@ -1870,6 +1918,28 @@ def erp_sandbox_command(
     # SIGTERM too (not only Ctrl-C), so `ledgerflow dev` and CI can stop it cleanly.
     asyncio.run(serve(host, port, config, ready, handle_signals=True))
     click.echo("ERP sandbox stopped")
+
+
+def _entra_apps(secrets_given: tuple[str, ...], certificates: tuple[str, ...]) -> tuple[EntraApp, ...]:
+    apps: dict[str, dict[str, Any]] = {}
+    for value in secrets_given:
+        client_id, _, secret = value.partition(":")
+        if not client_id or not secret:
+            raise click.BadParameter("CLIENT_ID:CLIENT_SECRET", param_hint="--entra-app")
+        apps.setdefault(client_id, {"certificates": []})["client_secret"] = SecretStr(secret)
+    for value in certificates:
+        client_id, _, pem_file = value.partition(":")
+        try:
+            pem = Path(pem_file).read_text()
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot read {pem_file}: {exc}", param_hint="--entra-certificate"
+            ) from exc
+        apps.setdefault(client_id, {"certificates": []})["certificates"].append(pem)
+    return tuple(
+        EntraApp(client_id=cid, client_secret=a.get("client_secret"), certificates=tuple(a["certificates"]))
+        for cid, a in apps.items()
+    )
 
 
 def _tba_option(value: str) -> TbaCredential:
