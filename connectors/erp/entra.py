@@ -37,7 +37,7 @@ class _Session(requests.Session):
     """A requests session whose `verify` holds for every request: requests lets
     REQUESTS_CA_BUNDLE (set on many machines) replace a session's CA bundle otherwise."""
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("verify", self.verify)
         return super().request(method, url, *args, **kwargs)
 
