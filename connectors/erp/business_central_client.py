@@ -131,9 +131,12 @@ class BusinessCentralClient(_HttpErpClient):
     def _company_url(self, company: BusinessCentralCompany) -> str:
         return f"{self.base_url}/companies({company.id})"
 
+    def _journal_url(self, company: BusinessCentralCompany) -> str:
+        return f"{self._company_url(company)}/customerPaymentJournals({company.payment_journal})"
+
     def _set_url(self, company: BusinessCentralCompany, record_type: RecordType) -> str:
         if record_type is RecordType.CUSTOMER_PAYMENT:
-            return f"{self._company_url(company)}/customerPaymentJournals({company.payment_journal})/customerPayments"
+            return f"{self._journal_url(company)}/customerPayments"
         return f"{self._company_url(company)}/{ENTITY_SETS[record_type]}"
 
     def _entity_url(self, company: BusinessCentralCompany, record_type: RecordType, entity_id: str) -> str:
@@ -474,7 +477,8 @@ class BusinessCentralClient(_HttpErpClient):
                 await self._delete_draft(company, record_type, draft, cid)
                 raise ErpPermanentError(
                     TOTALS_DIFFER,
-                    f"Business Central computed other totals for {record.key} than billing charged: {problem}; "
+                    f"Business Central computed other totals for {record.key} than billing charged: "
+                    f"{problem}; "
                     "the draft was deleted (check the company's tax setup for the line's tax code)",
                     422,
                 )
@@ -636,7 +640,7 @@ class BusinessCentralClient(_HttpErpClient):
     async def _post_journal(self, company: BusinessCentralCompany, correlation_id: str) -> None:
         """`customerPaymentJournals({id})/Microsoft.NAV.post`, or, where the tenant has no such
         action [UNSURE in Microsoft's reference], `journals({id})/Microsoft.NAV.post`."""
-        bound = f"{self._company_url(company)}/customerPaymentJournals({company.payment_journal})/Microsoft.NAV.post"
+        bound = f"{self._journal_url(company)}/Microsoft.NAV.post"
         general = f"{self._company_url(company)}/journals({company.payment_journal})/Microsoft.NAV.post"
         if self.journal_post != "journals":
             try:

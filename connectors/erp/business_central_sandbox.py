@@ -189,7 +189,8 @@ def no_relation(field_name: str, table: str, value: Any) -> BcRefusal:
     return _refused(
         400,
         "Internal_InvalidTableRelation",
-        f"The field {field_name} contains a value ({value}) that cannot be found in the related table ({table}).",
+        f"The field {field_name} contains a value ({value}) that cannot be found in the related table "
+        f"({table}).",
     )
 
 
@@ -457,7 +458,8 @@ class BusinessCentralBooks:
                 raise _refused(
                     400,
                     "Internal_EntityWithSameKeyExists",
-                    f"The record in table Customer already exists. Identification fields and values: No.='{number}'",
+                    "The record in table Customer already exists. Identification fields and values: "
+                    f"No.='{number}'",
                 )
             self._customer_fields(company, body)
             stored = {
@@ -506,7 +508,8 @@ class BusinessCentralBooks:
         lines_name = LINES[doc.record_type]
         if doc.status != DRAFT:
             raise dialog(
-                f"Status must be equal to '{DRAFT}' in {ENTITIES[doc.record_type]}: No.={doc.body.get('number')}. Current value is '{doc.status}'."
+                f"Status must be equal to '{DRAFT}' in {ENTITIES[doc.record_type]}: "
+                f"No.={doc.body.get('number')}. Current value is '{doc.status}'."
             )
         body = _body(call)
         _schema(ENTITIES[doc.record_type] + "Line", body)
@@ -554,7 +557,8 @@ class BusinessCentralBooks:
             raise _refused(
                 400,
                 "BadRequest_InvalidToken",
-                "Could not validate the client concurrency token required by the service. Please provide a valid token in the client request.",
+                "Could not validate the client concurrency token required by the service. Please provide "
+                "a valid token in the client request.",
             )
         if given.strip() != "*" and given.strip() != etag(doc):
             # [UNSURE] the status: the sources name the code and its text, not the status.
@@ -611,7 +615,8 @@ class BusinessCentralBooks:
             invoice = self._invoice_by_id(company, str(body["invoiceId"]))
             if invoice.status not in (OPEN, PAID):
                 raise dialog(
-                    f"Invoice {invoice.body.get('number')} is not posted and open: a credit memo cannot be applied to it."
+                    f"Invoice {invoice.body.get('number')} is not posted and open: a credit memo cannot be "
+                    "applied to it."
                 )
             if invoice.body.get("customerNumber") != number:
                 raise dialog("The invoice a credit memo applies to must be the same customer's.")
@@ -699,7 +704,8 @@ class BusinessCentralBooks:
     ) -> BcAnswer:
         if doc.status != DRAFT:
             raise dialog(
-                f"Status must be equal to '{DRAFT}' in {ENTITIES[doc.record_type]}: No.={doc.body.get('number')}. Current value is '{doc.status}'."
+                f"Status must be equal to '{DRAFT}' in {ENTITIES[doc.record_type]}: "
+                f"No.={doc.body.get('number')}. Current value is '{doc.status}'."
             )
         lines = doc.body.get(LINES[doc.record_type]) or []
         if not lines:
@@ -739,7 +745,7 @@ class BusinessCentralBooks:
             raise dialog(f"The invoice {invoice.body.get('number')} has already been canceled.")
         if invoice.status != OPEN:
             raise dialog(
-                f"You cannot cancel the posted sales invoice {invoice.body.get('number')} because it is not posted."
+                f"You cannot cancel the sales invoice {invoice.body.get('number')}: it is not posted."
                 if invoice.status == DRAFT
                 else "You cannot cancel this posted sales invoice because it is fully or partially paid."
             )
@@ -889,15 +895,14 @@ class BusinessCentralBooks:
             raise dialog("There is nothing to post.")
         plans = []
         for line in lines:
-            self._check_period(subsidiary, line.body.get("postingDate"))
-            invoice = None
-            if line.body.get("appliesToInvoiceId"):
-                invoice = self._invoice_by_id(company, str(line.body["appliesToInvoiceId"]))
-                if invoice.status not in (OPEN, PAID):
-                    raise dialog(
-                        f"Journal line {line.body['lineNumber']}: invoice {invoice.body.get('number')} is not open ({invoice.status}): the payment cannot be applied to it."
-                    )
-            plans.append((line, invoice))
+            try:
+                plans.append((line, self._postable(subsidiary, company, line)))
+            except BcRefusal as refusal:
+                # Business Central names the line it stopped at: the whole journal did not post.
+                where = (
+                    f"Journal line {line.body['lineNumber']}, Document No. {line.body.get('documentNumber')}"
+                )
+                raise dialog(f"{where}: {refusal.message}") from None
         for line, invoice in plans:
             amount = abs(Decimal(line.body["amount"]))
             body = dict(line.body)
@@ -909,6 +914,19 @@ class BusinessCentralBooks:
                 body["@applied"] = {invoice.external_id: applied}
             self.sandbox.store.update(line, body, POSTED)
         return BcAnswer(204)
+
+    def _postable(
+        self, subsidiary: str, company: BusinessCentralCompany, line: StoredDocument
+    ) -> StoredDocument | None:
+        """The invoice a journal line applies to (None: none), once the line may post."""
+        self._check_period(subsidiary, line.body.get("postingDate"))
+        if not line.body.get("appliesToInvoiceId"):
+            return None
+        invoice = self._invoice_by_id(company, str(line.body["appliesToInvoiceId"]))
+        if invoice.status not in (OPEN, PAID):
+            number = invoice.body.get("number")
+            raise dialog(f"invoice {number} is {invoice.status}: the payment cannot be applied to it.")
+        return invoice
 
     def _ledger_entries(self, call: BcCall, company: BusinessCentralCompany) -> BcAnswer:
         """Posted payments as general ledger entries (receivables credited, the bank debited)."""

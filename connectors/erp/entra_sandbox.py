@@ -139,7 +139,7 @@ def _client_refused(app: EntraApp, form: dict[str, str], token_url: str) -> web.
         certificate = x509.load_pem_x509_certificate(pem.encode())
         thumbprints = {
             ("x5t#S256", _b64url(certificate.fingerprint(hashes.SHA256()))),
-            ("x5t", _b64url(certificate.fingerprint(hashes.SHA1()))),  # noqa: S303 - Entra's legacy header
+            ("x5t", _b64url(certificate.fingerprint(hashes.SHA1()))),
         }
         # base64url, with or without padding (MSAL pads it; RFC 7515 does not).
         if not any(str(header.get(name, "")).rstrip("=") == value for name, value in thumbprints):

@@ -28,8 +28,8 @@ import contextlib
 import re
 import secrets
 import signal
-import ssl
 import sqlite3
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator

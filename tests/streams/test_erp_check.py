@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from connectors.erp import NetSuiteClient, StaticToken
 from connectors.erp.sandbox import DEFAULT_TOKEN, SandboxServer
-from streams.erp_check import ErpCheckFailed, Status, check_ids, erp_check, wanted_ids
+from streams.erp_check import Status, check_ids, erp_check, wanted_ids
 from streams.mappings import EXAMPLE_MAPPINGS, load_mappings
 from streams.reconcile import EXIT_CLEAN, EXIT_DIFFERENCES, EXIT_FAILED
 from streams.settings import Settings

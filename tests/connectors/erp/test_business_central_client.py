@@ -312,3 +312,22 @@ async def test_past_the_rate_limit_calls_are_throttled(
         await bc.deliver(upsert_customer(name="again"))
     assert throttled.value.status == 429
     assert throttled.value.retry_after == (3.0 if retry_after else None)
+
+
+async def test_a_payment_the_journal_refuses_leaves_it_and_the_others_post(
+    bc: BusinessCentralClient, admin: httpx.AsyncClient
+) -> None:
+    # The payment journal is the company's, shared by every customer: a line Business Central
+    # refuses would stop the whole journal from posting.
+    for n in (1, 2):
+        await bc.deliver(upsert_customer(customer_id=f"cust-{n}"))
+        await bc.deliver(post_invoice(external_id=f"stripe-in_{n}", customer_id=f"cust-{n}"))
+    await bc.deliver(void_invoice("stripe-in_1", customer_id="cust-1"))
+    late = apply_payment("stripe-pi_1", "stripe-in_1", customer_id="cust-1")
+    with pytest.raises(ErpPermanentError, match="Canceled"):
+        await bc.deliver(late)
+    await bc.deliver(apply_payment("stripe-pi_2", "stripe-in_2", customer_id="cust-2"))
+    payments = await bc_documents(admin, RecordType.CUSTOMER_PAYMENT)
+    assert [(p["external_id"], p["status"]) for p in payments] == [
+        (key_of(RecordType.CUSTOMER_PAYMENT, "stripe-pi_2"), "Posted")
+    ]
