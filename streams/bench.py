@@ -54,6 +54,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from click.core import ParameterSource
 
+from connectors.erp.business_central_sandbox import BusinessCentralSandboxConfig
 from connectors.erp.client import NETSUITE_RECORD_PATH, SUITEQL_PATH
 from connectors.simulation import Message, Scenario, generate
 from streams import headers as h
@@ -115,6 +116,8 @@ class BenchOptions:
     """Run only the ERP-bound mode (`run_erp_bound`): no peers, no paced run."""
     erp_concurrency_limits: tuple[int, ...] = (5, 10)
     """The sandbox's concurrency limit of each ERP-bound run, and the sink's LEDGERFLOW_ERP_CONCURRENCY."""
+    erp_mode: str = "netsuite"
+    """The ERP stand-in the ERP-bound runs post to (`netsuite` or `business-central`)."""
 
 
 QUICK = {"customers": 8, "months": 2, "partitions": 2, "rate": 200.0, "timeout_s": 300.0}
@@ -1005,6 +1008,9 @@ def call_kind(method: str, path: str) -> tuple[str, str]:
         return f"{method} {kind}", f"{method} {record_type}"
     if path == SUITEQL_PATH:
         return f"{method} suiteql", f"{method} suiteql"
+    if "/api/v2.0/" in path:  # Business Central: the entity path without its keys or company
+        rest = re.sub(r"\([^)]*\)", "", path.split("/api/v2.0/", 1)[1]).removeprefix("companies/")
+        return f"{method} {rest}", f"{method} {rest}"
     return f"{method} {path}", f"{method} {path}"
 
 
@@ -1180,7 +1186,7 @@ def run_erp_bound_limit(run: Run, limit: int) -> dict[str, Any]:
         options.erp_latency_ms,
         options.workers,
         options.sink_workers,
-        worker_env={"LEDGERFLOW_ERP_CONCURRENCY": str(limit)},
+        worker_env={"LEDGERFLOW_ERP_CONCURRENCY": str(limit), **erp_mode_env(options.erp_mode)},
         erp_faults={"concurrency_limit": limit},
     )
     try:
@@ -1195,6 +1201,17 @@ def run_erp_bound_limit(run: Run, limit: int) -> dict[str, Any]:
         "latency_ms": {"command_to_confirmed": stage_latencies({}, seen)["command_to_confirmed"]},
         **resources,
     }
+
+
+def erp_mode_env(mode: str) -> dict[str, str]:
+    """A worker's settings for the stand-in's ERP `mode` (Business Central: its tenant too)."""
+    if mode == "business-central":
+        return {
+            "LEDGERFLOW_ERP_MODE": mode,
+            "LEDGERFLOW_BC_TENANT": BusinessCentralSandboxConfig().tenant,
+            "LEDGERFLOW_BC_ENVIRONMENT": BusinessCentralSandboxConfig().environment,
+        }
+    return {"LEDGERFLOW_ERP_MODE": mode}
 
 
 def run_erp_bound(run: Run, echo: Callable[[str], None]) -> dict[str, Any]:
@@ -1213,6 +1230,7 @@ def run_erp_bound(run: Run, echo: Callable[[str], None]) -> dict[str, Any]:
             f"{result['refused']} calls refused (429), {result['documents_refused']} documents refused"
         )
     return {
+        "erp_mode": options.erp_mode,
         "erp_latency_ms": options.erp_latency_ms,
         "documents_expected": len(expected.documents) + expected.customers,
         "sink_processes": options.sink_workers or options.workers,
@@ -1607,6 +1625,13 @@ def _limits(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[i
     show_default=True,
     callback=_limits,
     help="The limits N of the --erp-bound runs, comma-separated.",
+)
+@click.option(
+    "--erp-mode",
+    type=click.Choice(["netsuite", "business-central"]),
+    default="netsuite",
+    show_default=True,
+    help="The ERP stand-in of the --erp-bound runs.",
 )
 @click.option(
     "--quick", is_flag=True, help="A tiny run that checks every contender works (numbers mean little)."

@@ -26,6 +26,13 @@ def test_calls_are_told_apart_by_what_they_were_for() -> None:
         "POST invoice",
     )
     assert call_kind("POST", "/oauth/token") == ("POST /oauth/token", "POST /oauth/token")
+    bc = "/v2.0/t/sandbox/api/v2.0/companies(5b1f6f1e-0d3a-4c55-9a51-0c0000000001)"
+    assert call_kind("POST", f"{bc}/salesInvoices") == ("POST salesInvoices", "POST salesInvoices")
+    assert call_kind("POST", f"{bc}/customerPaymentJournals(7c0a)/Microsoft.NAV.post") == (
+        "POST customerPaymentJournals/Microsoft.NAV.post",
+        "POST customerPaymentJournals/Microsoft.NAV.post",
+    )
+    assert call_kind("POST", "/v2.0/t/sandbox/api/v2.0/$batch") == ("POST $batch", "POST $batch")
 
 
 def test_the_log_is_counted_in_order_up_to_the_first_call_in_flight() -> None:
