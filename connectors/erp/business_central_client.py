@@ -604,38 +604,85 @@ class BusinessCentralClient(_HttpErpClient):
     # -- payments --------------------------------------------------------------------------------
 
     async def _payment(self, record: BcRecord, command: ErpCommand, uncertain: bool) -> ErpReceipt:
-        """A journal line, then its journal posted. Looked up first when uncertain: in the general
-        ledger (posted), then in the journal (entered, not yet posted)."""
+        """A journal line, then its journal posted. Looked up first when uncertain: in the journal
+        (entered, not yet posted), then in the general ledger (posted)."""
         company, key, cid = record.company, record.key, command.correlation_id
         line: dict[str, Any] | None = None
         if uncertain:
-            if await self._posted_payment(company, key, cid):
-                return self._payment_receipt(record, command, None, created=False)
+            # The journal first, then the ledger: a line only ever moves from the one to the other
+            # (any lane's journal post takes it), so asked in this order it cannot be missed in
+            # both, while the other order can miss a line posted between the two reads.
             lines = await self._find(company, RecordType.CUSTOMER_PAYMENT, [key], cid)
             line = lines[0] if lines else None
             for duplicate in lines[1:]:
                 await self._delete_draft(company, RecordType.CUSTOMER_PAYMENT, duplicate, cid)
+            if line is None and await self._posted_payment(company, key, cid):
+                return self._payment_receipt(record, command, None, created=False)
         created = line is None
         if line is None:
-            line = self._json(
-                await self._call(
-                    "POST", self._set_url(company, RecordType.CUSTOMER_PAYMENT), cid, body=record.body
-                )
+            line, failure = await self._enter_and_post(record, cid)
+        else:
+            failure = await self._posting_failure(company, cid)
+        if failure is None:
+            return self._payment_receipt(record, command, line, created=created)
+        if not isinstance(failure, ErpPermanentError):
+            raise failure
+        if NOTHING_TO_POST in failure.message and await self._posted_payment(company, key, cid):
+            # Another lane posted the journal, this line with it.
+            return self._payment_receipt(record, command, line, created=created)
+        if key not in failure.message:
+            # Another line of the shared journal was refused: this one is fine, try again.
+            raise ErpTransientError(
+                failure.code, f"the payment journal did not post: {failure.message}", status=failure.status
+            ) from failure
+        await self._delete_draft(company, RecordType.CUSTOMER_PAYMENT, line, cid)
+        raise failure
+
+    async def _enter_and_post(
+        self, record: BcRecord, correlation_id: str
+    ) -> tuple[dict[str, Any], ErpError | None]:
+        """The journal line and the journal's post in one `$batch` (the post runs only if the
+        line was entered): the line entered (its refusal is raised) and the post's failure, if
+        any. A tenant whose journals have no `post` action is posted through `journals`."""
+        company = record.company
+        journal = self._journal_url(company).removeprefix(f"{self.base_url}/")
+        operations: list[dict[str, Any]] = [
+            {
+                "id": "line",
+                "method": "POST",
+                "url": f"{journal}/customerPayments",
+                "headers": {"content-type": "application/json"},
+                "body": record.body,
+            }
+        ]
+        if self.journal_post != "journals":
+            operations.append(
+                {
+                    "id": "post",
+                    "method": "POST",
+                    "url": f"{journal}/Microsoft.NAV.post",
+                    "dependsOn": ["line"],
+                }
             )
+        answers = await self._batch(operations, correlation_id)
+        refused = _operation_error(answers[0])
+        if refused is not None:
+            raise refused
+        line: dict[str, Any] = answers[0]["body"]
+        failure = _operation_error(answers[1]) if len(answers) > 1 else None
+        if len(answers) == 1 or (isinstance(failure, ErpPermanentError) and failure.status in (404, 405)):
+            # No bound action here (or not asked): `_post_journal` learns how this tenant posts.
+            return line, await self._posting_failure(company, correlation_id)
+        if failure is None:
+            self.journal_post = "bound"
+        return line, failure
+
+    async def _posting_failure(self, company: BusinessCentralCompany, correlation_id: str) -> ErpError | None:
         try:
-            await self._post_journal(company, cid)
-        except ErpPermanentError as exc:
-            if NOTHING_TO_POST in exc.message and await self._posted_payment(company, key, cid):
-                # Another lane posted the journal, this line with it.
-                return self._payment_receipt(record, command, line, created=created)
-            if key not in exc.message:
-                # Another line of the shared journal was refused: this one is fine, try again.
-                raise ErpTransientError(
-                    exc.code, f"the payment journal did not post: {exc.message}", status=exc.status
-                ) from exc
-            await self._delete_draft(company, RecordType.CUSTOMER_PAYMENT, line, cid)
-            raise
-        return self._payment_receipt(record, command, line, created=created)
+            await self._post_journal(company, correlation_id)
+        except ErpError as exc:
+            return exc
+        return None
 
     async def _post_journal(self, company: BusinessCentralCompany, correlation_id: str) -> None:
         """`customerPaymentJournals({id})/Microsoft.NAV.post`, or, where the tenant has no such
