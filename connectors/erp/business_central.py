@@ -62,6 +62,23 @@ ENTITIES: dict[RecordType, str] = {
     RecordType.CREDIT_MEMO: "salesCreditMemo",
     RecordType.CUSTOMER_PAYMENT: "customerPayment",
 }
+ENTITY_SETS: dict[RecordType, str] = {
+    RecordType.CUSTOMER: "customers",
+    RecordType.INVOICE: "salesInvoices",
+    RecordType.CREDIT_MEMO: "salesCreditMemos",
+}
+"""The entity set of each record type under a company (payments are a journal's)."""
+LINES = {RecordType.INVOICE: "salesInvoiceLines", RecordType.CREDIT_MEMO: "salesCreditMemoLines"}
+"""The navigation property a sales document's lines are written and read in."""
+KEY_FIELDS = {
+    RecordType.CUSTOMER: "number",
+    RecordType.INVOICE: "externalDocumentNumber",
+    RecordType.CREDIT_MEMO: "externalDocumentNumber",
+    RecordType.CUSTOMER_PAYMENT: "documentNumber",
+}
+"""The property that holds ledgerflow's key of a record (`BcRecord.key`): what it is looked up by."""
+DRAFT = "Draft"
+CANCELED = "Canceled"
 _CODE_CHARS = re.compile(r"^[A-Z0-9_\-]+$")
 
 

@@ -39,9 +39,13 @@ from canonical.commands import (
 )
 from connectors.erp import netsuite
 from connectors.erp.auth import TokenProvider
-from connectors.erp.business_central import DOCUMENT_NUMBER_WIDTH as PAYMENT_NUMBER_WIDTH
 from connectors.erp.business_central import (
+    CANCELED,
+    DRAFT,
+    ENTITY_SETS,
     EXTERNAL_DOCUMENT_NUMBER_WIDTH,
+    KEY_FIELDS,
+    LINES,
     BcRecord,
     BusinessCentralMapper,
     PaymentSign,
@@ -49,6 +53,7 @@ from connectors.erp.business_central import (
     customer_number,
     totals_agree,
 )
+from connectors.erp.business_central import DOCUMENT_NUMBER_WIDTH as PAYMENT_NUMBER_WIDTH
 from connectors.erp.client import Documents, _HttpErpClient, quoted_literal
 from connectors.erp.errors import ErpError, ErpPermanentError, ErpTransientError, classify
 from connectors.erp.mapping import to_minor_units
@@ -57,20 +62,6 @@ from streams.mappings import BusinessCentralCompany, Mappings, load_mappings
 
 log = logging.getLogger(__name__)
 
-ENTITY_SETS = {
-    RecordType.CUSTOMER: "customers",
-    RecordType.INVOICE: "salesInvoices",
-    RecordType.CREDIT_MEMO: "salesCreditMemos",
-}
-LINES = {RecordType.INVOICE: "salesInvoiceLines", RecordType.CREDIT_MEMO: "salesCreditMemoLines"}
-KEY_FIELDS = {
-    RecordType.CUSTOMER: "number",
-    RecordType.INVOICE: "externalDocumentNumber",
-    RecordType.CREDIT_MEMO: "externalDocumentNumber",
-    RecordType.CUSTOMER_PAYMENT: "documentNumber",
-}
-DRAFT = "Draft"
-CANCELED = "Canceled"
 ENTITY_CHANGED = "Request_EntityChanged"
 SAME_KEY_EXISTS = "Internal_EntityWithSameKeyExists"
 TOTALS_DIFFER = "LEDGERFLOW_TOTALS_DIFFER"

@@ -42,7 +42,15 @@ from pydantic import BaseModel, ConfigDict
 
 from canonical.money import currency_exponent
 from connectors.erp import netsuite
-from connectors.erp.business_central import ENTITIES, check_body
+from connectors.erp.business_central import (
+    CANCELED,
+    DRAFT,
+    ENTITIES,
+    ENTITY_SETS,
+    KEY_FIELDS,
+    LINES,
+    check_body,
+)
 from connectors.erp.schemas import RecordType, odata_error_body
 from streams.mappings import BusinessCentralCompany, BusinessCentralIds
 
@@ -57,28 +65,15 @@ BATCH_MAX = 100
 _GUID_BASE = uuid.UUID("0bc00000-0000-4000-8000-000000000000").int
 _GUID_MASK = (1 << 48) - 1
 
-DRAFT = "Draft"
 OPEN = "Open"
 PAID = "Paid"
-CANCELED = "Canceled"
 CORRECTIVE = "Corrective"
 UNPOSTED = "Unposted"
 POSTED = "Posted"
 ACTIVE = "Active"
 
-ENTITY_SETS: dict[str, RecordType] = {
-    "customers": RecordType.CUSTOMER,
-    "salesInvoices": RecordType.INVOICE,
-    "salesCreditMemos": RecordType.CREDIT_MEMO,
-}
-LINES = {RecordType.INVOICE: "salesInvoiceLines", RecordType.CREDIT_MEMO: "salesCreditMemoLines"}
-KEY_FIELDS = {
-    RecordType.CUSTOMER: "number",
-    RecordType.INVOICE: "externalDocumentNumber",
-    RecordType.CREDIT_MEMO: "externalDocumentNumber",
-    RecordType.CUSTOMER_PAYMENT: "documentNumber",
-}
-"""The property the stand-in's store keys a document by (what ledgerflow looks it up by)."""
+RECORD_TYPES = {entity_set: record_type for record_type, entity_set in ENTITY_SETS.items()}
+"""Each entity set's record type; the stand-in's store keys a document by its KEY_FIELDS value."""
 NUMBERS = {
     (RecordType.INVOICE, DRAFT): "S-INV",
     (RecordType.INVOICE, POSTED): "PS-INV",
@@ -285,7 +280,7 @@ class BusinessCentralBooks:
             if self.config.journal_post != "journals" or key != company.payment_journal:
                 raise not_found(call.path)
             return self._post_journal(call, subsidiary, company)
-        record_type = ENTITY_SETS.get(name)
+        record_type = RECORD_TYPES.get(name)
         if record_type is None:
             raise not_found(call.path)
         if key is None:

@@ -4,15 +4,10 @@ Entra's refusals as typed errors."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
 from connectors.erp.business_central_client import BusinessCentralClient
@@ -23,44 +18,29 @@ from connectors.erp.sandbox import SandboxServer
 from streams.erp import token_provider
 from streams.settings import Settings
 from tests.connectors.erp.builders import upsert_customer
+from tests.connectors.erp.netsuite_keys import rsa_keys
 from tests.connectors.erp.support import CLIENT_TIMEOUT_S, sandbox_config
 
 CLIENT_ID = "3f2a6f0e-1b2c-4d5e-8f90-0a1b2c3d4e5f"
 
 
-def certificate_pem(directory: Path, name: str) -> tuple[Path, str]:
-    """A self-signed certificate and its key in one PEM file, as one would upload the
-    certificate to the app registration; (the file, the certificate alone)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    public = cert.public_bytes(serialization.Encoding.PEM).decode()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+def certificate_pem(directory: Path, name: str) -> Path:
+    """A key and its self-signed certificate in one PEM file, as one would upload the certificate
+    to the app registration and keep both for ledgerflow (`LEDGERFLOW_BC_CERTIFICATE_FILE`)."""
+    keys = rsa_keys(f"ledgerflow-entra-{name}")
     path = directory / f"{name}.pem"
-    path.write_text(private + public)
-    return path, public
+    path.write_bytes(keys.private_pem + keys.certificate_pem)
+    return path
 
 
 @pytest.fixture
 def registered(tmp_path: Path) -> Path:
-    return certificate_pem(tmp_path, "registered")[0]
+    return certificate_pem(tmp_path, "registered")
 
 
 @pytest.fixture
-async def server(tmp_path: Path, registered: Path) -> AsyncIterator[SandboxServer]:
-    public = registered.read_text().split("-----END PRIVATE KEY-----\n", 1)[1]
+async def server(tmp_path: Path) -> AsyncIterator[SandboxServer]:
+    public = rsa_keys("ledgerflow-entra-registered").certificate_pem.decode()
     app = EntraApp(client_id=CLIENT_ID, client_secret=SecretStr("s3cret~value"), certificates=(public,))
     async with SandboxServer(sandbox_config(tmp_path / "erp.sqlite3", entra_apps=(app,))) as running:
         yield running
@@ -109,7 +89,7 @@ async def test_entra_refusals_are_auth_errors_naming_the_reason(
 ) -> None:
     with pytest.raises(ErpAuthError, match="AADSTS7000215"):
         await entra(server, client_secret="wrong").token()
-    stranger, _ = certificate_pem(tmp_path, "stranger")
+    stranger = certificate_pem(tmp_path, "stranger")
     with pytest.raises(ErpAuthError, match="AADSTS700027"):
         await entra(server, certificate_file=stranger).token()
     with pytest.raises(ErpAuthError, match="NO_CREDENTIALS"):
