@@ -228,13 +228,7 @@ class BusinessCentralClient(_HttpErpClient):
         self, company: BusinessCentralCompany, key: str, correlation_id: str | None
     ) -> bool:
         self.lookups += 1
-        response = await self._call(
-            "GET",
-            f"{self._company_url(company)}/generalLedgerEntries",
-            correlation_id,
-            params={"$filter": f"documentNumber eq {quoted_literal(key)}", "$top": 1},
-        )
-        return bool(self._json(response).get("value"))
+        return bool(await self._posted_payments(company, correlation_id, key))
 
     # -- the ErpClient protocol ------------------------------------------------------------------
 
@@ -282,10 +276,9 @@ class BusinessCentralClient(_HttpErpClient):
         key = key_of(record_type, external_id)
         for company in self._companies():
             if record_type is RecordType.CUSTOMER_PAYMENT:
-                entries = await self._payment_entries(company, key, correlation_id)
-                if entries:
-                    return entries
-                continue
+                posted = await self._posted_payments(company, correlation_id, key)
+                if posted:
+                    return posted[0].model_copy(update={"external_id": external_id})
             entities = await self._find(company, record_type, [key], correlation_id)
             if entities:
                 entities.sort(key=lambda e: e.get("status") == DRAFT)
@@ -297,26 +290,29 @@ class BusinessCentralClient(_HttpErpClient):
         ledgerflow wrote (`key_of`). A payment is read as its journal line while unposted."""
         record_type = RecordType(record_type)
         documents: Documents = []
+        if record_type is RecordType.SALES_ORDER:
+            return documents  # ledgerflow writes none to Business Central
         for company in self._companies():
-            if record_type is RecordType.SALES_ORDER:
-                continue
             if record_type is RecordType.CUSTOMER_PAYMENT:
                 documents += await self._posted_payments(company, correlation_id)
             for entity in await self._pages(self._set_url(company, record_type), correlation_id, {}):
                 key = entity.get(KEY_FIELDS[record_type])
-                documents.append(self._document_of(record_type, company, entity, str(key) if key else None))
+                document = self._document_of(record_type, company, entity, str(key) if key else None)
+                if record_type is RecordType.CUSTOMER_PAYMENT:  # a journal line: entered, not posted
+                    document = document.model_copy(update={"status": DRAFT})
+                documents.append(document)
         return documents
 
     async def _posted_payments(
-        self, company: BusinessCentralCompany, correlation_id: str | None
+        self, company: BusinessCentralCompany, correlation_id: str | None, key: str | None = None
     ) -> Documents:
-        """Posted payments, from the general ledger: one document per document number, its
-        amount the entries' debits (in the company's currency, as ledger entries are)."""
+        """Posted payments (the one with document number `key`, or all), from the general ledger:
+        one document per document number, its amount the entries' debits (in the company's
+        currency, as ledger entries are)."""
         debits: dict[str, Decimal] = {}
+        wanted = f"documentNumber eq {quoted_literal(key)}" if key else "documentType eq 'Payment'"
         entries = await self._pages(
-            f"{self._company_url(company)}/generalLedgerEntries",
-            correlation_id,
-            {"$filter": "documentType eq 'Payment'"},
+            f"{self._company_url(company)}/generalLedgerEntries", correlation_id, {"$filter": wanted}
         )
         for entry in entries:
             number = str(entry.get("documentNumber") or "")
@@ -348,14 +344,6 @@ class BusinessCentralClient(_HttpErpClient):
     ) -> ErpDocument:
         document = self.mapper.document(record_type, company, entity)
         return document.model_copy(update={"external_id": external_id})
-
-    async def _payment_entries(
-        self, company: BusinessCentralCompany, key: str, correlation_id: str | None
-    ) -> ErpDocument | None:
-        lines = await self._find(company, RecordType.CUSTOMER_PAYMENT, [key], correlation_id)
-        if lines:
-            return self.mapper.document(RecordType.CUSTOMER_PAYMENT, company, lines[0])
-        return None
 
     # -- references ------------------------------------------------------------------------------
 

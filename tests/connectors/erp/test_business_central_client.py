@@ -336,3 +336,22 @@ async def test_a_payment_the_journal_refuses_leaves_it_and_the_others_post(
     assert [(p["external_id"], p["status"]) for p in payments] == [
         (key_of(RecordType.CUSTOMER_PAYMENT, "stripe-pi_2"), "Posted")
     ]
+
+
+async def test_a_payment_reads_posted_from_the_ledger_and_unposted_as_a_draft(
+    bc: BusinessCentralClient,
+) -> None:
+    await bc.deliver(upsert_customer())
+    invoice = await bc.deliver(post_invoice())
+    await bc.deliver(apply_payment())
+    posted = await bc.get(RecordType.CUSTOMER_PAYMENT, "stripe-pi_1")
+    assert posted is not None and posted.status == "posted" and posted.total == 10720
+    # A line entered and never posted is listed as a draft, not as a posted payment.
+    company = bc.mapper.company("US01")
+    pending = bc.mapper.record(apply_payment("stripe-pi_2"), invoice.erp_internal_id)
+    await bc._call("POST", bc._set_url(company, RecordType.CUSTOMER_PAYMENT), None, body=pending.body)
+    listed = {d.external_id: d.status for d in await bc.list(RecordType.CUSTOMER_PAYMENT)}
+    assert listed == {
+        key_of(RecordType.CUSTOMER_PAYMENT, "stripe-pi_1"): "posted",
+        key_of(RecordType.CUSTOMER_PAYMENT, "stripe-pi_2"): "Draft",
+    }
