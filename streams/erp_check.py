@@ -216,19 +216,8 @@ def business_central_wanted(mappings: Mappings) -> list[Wanted]:
     Business Central, per company."""
     bc = mappings.business_central
     assert bc is not None
-    items = sorted(
-        {m.item for m in mappings.items.values()}
-        | ({mappings.default_item.item} if mappings.default_item else set())
-    )
-    accounts = sorted(
-        {m.gl_account for m in mappings.items.values() if m.gl_account}
-        | {a for a in (bc.shipping_account, bc.credit_account) if a}
-        | (
-            {mappings.default_item.gl_account}
-            if mappings.default_item and mappings.default_item.gl_account
-            else set()
-        )
-    )
+    items = sorted(mappings.item_codes)
+    accounts = sorted(mappings.gl_accounts | bc.accounts)
     wanted: list[Wanted] = []
     for subsidiary, company in bc.companies.items():
         found = mappings.subsidiary(subsidiary)

@@ -119,6 +119,11 @@ class BusinessCentralIds(_Config):
     credit_account: str | None = None
     """G/L account number a credit memo's credited amount is booked to (an Account line)."""
 
+    @property
+    def accounts(self) -> set[str]:
+        """The G/L accounts this section books to (shipping, credits)."""
+        return {a for a in (self.shipping_account, self.credit_account) if a}
+
 
 class Mappings(_Config):
     subsidiaries: tuple[Subsidiary, ...] = Field(min_length=1)
@@ -171,10 +176,7 @@ class Mappings(_Config):
         missing += [f"subsidiaries.{s}" for s in sorted(subsidiaries - ns.subsidiaries.keys())]
         currencies = {c for s in self.subsidiaries for c in s.currencies}
         missing += [f"currencies.{c}" for c in sorted(currencies - ns.currencies.keys())]
-        items = {m.item for m in self.items.values()} | (
-            {self.default_item.item} if self.default_item else set()
-        )
-        items |= {i for i in (ns.shipping_item, ns.credit_item) if i is not None}
+        items = self.item_codes | {i for i in (ns.shipping_item, ns.credit_item) if i is not None}
         missing += [f"items.{i}" for i in sorted(items - ns.items.keys())]
         missing += [f"tax_codes.{t}" for t in sorted(set(self.tax_codes.values()) - ns.tax_codes.keys())]
         missing += [
@@ -201,6 +203,18 @@ class Mappings(_Config):
                     f"business_central.companies.{sub.id}: local currency {company.currency} is not "
                     f"one of the subsidiary's currencies ({', '.join(sub.currencies)})"
                 )
+
+    @property
+    def item_codes(self) -> set[str]:
+        """Every item the price and product mappings (and the default) post to."""
+        mapped = [*self.items.values(), *([self.default_item] if self.default_item else [])]
+        return {m.item for m in mapped}
+
+    @property
+    def gl_accounts(self) -> set[str]:
+        """Every GL account the price and product mappings (and the default) post to."""
+        mapped = [*self.items.values(), *([self.default_item] if self.default_item else [])]
+        return {m.gl_account for m in mapped}
 
     def subsidiary(self, subsidiary_id: str) -> Subsidiary | None:
         return next((s for s in self.subsidiaries if s.id == subsidiary_id), None)

@@ -202,15 +202,8 @@ class BusinessCentralBooks:
         self.companies: dict[str, tuple[str, BusinessCentralCompany]] = {
             company.id: (subsidiary, company) for subsidiary, company in ids.companies.items()
         }
-        mappings = sandbox.mappings
-        self.items = {m.item for m in mappings.items.values()} | (
-            {mappings.default_item.item} if mappings.default_item else set()
-        )
-        self.accounts = {m.gl_account for m in mappings.items.values() if m.gl_account} | {
-            a for a in (ids.shipping_account, ids.credit_account) if a
-        }
-        if mappings.default_item and mappings.default_item.gl_account:
-            self.accounts.add(mappings.default_item.gl_account)
+        self.items = sandbox.mappings.item_codes
+        self.accounts = sandbox.mappings.gl_accounts | ids.accounts
 
     # -- dispatch ----------------------------------------------------------------------------
 
