@@ -284,10 +284,10 @@ class BusinessCentralBooks:
             if call.method == "POST":
                 return self._create(call, subsidiary, company, record_type)
             raise _refused(405, "BadRequest_MethodNotAllowed", f"'{call.method}' on an entity set.")
-        doc = self._entity(company, record_type, key, call.path)
+        doc = self._entity(company, record_type, key)
         if not rest:
             if call.method == "GET":
-                return self._one(call, doc, company)
+                return BcAnswer(200, self._expanded(call, doc))
             if call.method == "PATCH":
                 return self._patch(call, subsidiary, company, doc)
             if call.method == "DELETE":
@@ -358,9 +358,7 @@ class BusinessCentralBooks:
             if d.body.get("@company") == company.id and d.api == API and status in (None, d.status)
         ]
 
-    def _entity(
-        self, company: BusinessCentralCompany, record_type: RecordType, key: str, path: str
-    ) -> StoredDocument:
+    def _entity(self, company: BusinessCentralCompany, record_type: RecordType, key: str) -> StoredDocument:
         number = internal_id(key)
         doc = self.sandbox.store.by_id(record_type, number) if number is not None else None
         if doc is None or doc.api != API or doc.body.get("@company") != company.id:
@@ -379,9 +377,6 @@ class BusinessCentralBooks:
             **body,
             "lastModifiedDateTime": doc.updated_at,
         }
-
-    def _one(self, call: BcCall, doc: StoredDocument, company: BusinessCentralCompany) -> BcAnswer:
-        return BcAnswer(200, self._expanded(call, doc))
 
     def _expanded(self, call: BcCall, doc: StoredDocument) -> dict[str, Any]:
         view = self.view(doc)
@@ -472,18 +467,10 @@ class BusinessCentralBooks:
                 f"bc:{company.id}:{record_type.value}:draft", NUMBERS[record_type, DRAFT]
             ),
             "status": DRAFT,
-            lines_name: [],
         }
-        doc = store.insert(
-            record_type, API, header.get("externalDocumentNumber") or None, DRAFT, draft, numbered=False
-        )
-        if lines:
-            computed = [self._line(company, draft, line, i) for i, line in enumerate(lines)]
-            doc = store.update(
-                doc, self._totals({**doc.body, lines_name: computed}, company), DRAFT, count_write=False
-            )
-        else:
-            doc = store.update(doc, self._totals(doc.body, company), DRAFT, count_write=False)
+        draft[lines_name] = [self._line(company, draft, line, i) for i, line in enumerate(lines)]
+        key = header.get("externalDocumentNumber") or None
+        doc = store.insert(record_type, API, key, DRAFT, self._totals(draft, company), numbered=False)
         return BcAnswer(
             201,
             self._expanded(call, doc),
@@ -494,11 +481,7 @@ class BusinessCentralBooks:
         self, call: BcCall, subsidiary: str, company: BusinessCentralCompany, doc: StoredDocument
     ) -> BcAnswer:
         lines_name = LINES[doc.record_type]
-        if doc.status != DRAFT:
-            raise dialog(
-                f"Status must be equal to '{DRAFT}' in {ENTITIES[doc.record_type]}: "
-                f"No.={doc.body.get('number')}. Current value is '{doc.status}'."
-            )
+        _draft_only(doc)
         body = _body(call)
         _schema(ENTITIES[doc.record_type] + "Line", body)
         existing = list(doc.body.get(lines_name) or [])
@@ -521,12 +504,8 @@ class BusinessCentralBooks:
             return BcAnswer(200, self.view(self.sandbox.store.update(doc, {**doc.body, **body}, doc.status)))
         if doc.status != DRAFT:
             raise dialog(f"You cannot change a posted {ENTITIES[doc.record_type]}.")
-        header = self._header(
-            subsidiary,
-            company,
-            doc.record_type,
-            {**{k: v for k, v in doc.body.items() if k in body or k not in ("number", "status")}, **body},
-        )
+        fields = {k: v for k, v in doc.body.items() if k not in ("number", "status")} | body
+        header = self._header(subsidiary, company, doc.record_type, fields)
         merged = self._totals({**doc.body, **body, **header}, company)
         return BcAnswer(200, self.view(self.sandbox.store.update(doc, merged, DRAFT)))
 
@@ -690,11 +669,7 @@ class BusinessCentralBooks:
     def _post_document(
         self, subsidiary: str, company: BusinessCentralCompany, doc: StoredDocument
     ) -> BcAnswer:
-        if doc.status != DRAFT:
-            raise dialog(
-                f"Status must be equal to '{DRAFT}' in {ENTITIES[doc.record_type]}: "
-                f"No.={doc.body.get('number')}. Current value is '{doc.status}'."
-            )
+        _draft_only(doc)
         lines = doc.body.get(LINES[doc.record_type]) or []
         if not lines:
             raise dialog("There is nothing to post.")
@@ -823,7 +798,7 @@ class BusinessCentralBooks:
             if call.method == "POST":
                 return self._add_payment(call, subsidiary, company)
             raise _refused(405, "BadRequest_MethodNotAllowed", f"'{call.method}' on customerPayments.")
-        doc = self._entity(company, RecordType.CUSTOMER_PAYMENT, line_key, call.path)
+        doc = self._entity(company, RecordType.CUSTOMER_PAYMENT, line_key)
         if doc.status != UNPOSTED:
             raise _refused(
                 404,
@@ -1005,6 +980,14 @@ def _keys(call: BcCall, key_field: str) -> list[str] | None:
 
 def _matches(view: dict[str, Any], alternatives: list[list[tuple[str, str]]]) -> bool:
     return not alternatives or any(all(str(view.get(n, "")) == v for n, v in terms) for terms in alternatives)
+
+
+def _draft_only(doc: StoredDocument) -> None:
+    if doc.status != DRAFT:
+        raise dialog(
+            f"Status must be equal to '{DRAFT}' in {ENTITIES[doc.record_type]}: "
+            f"No.={doc.body.get('number')}. Current value is '{doc.status}'."
+        )
 
 
 def _body(call: BcCall) -> dict[str, Any]:
