@@ -271,7 +271,7 @@ class BusinessCentralMapper:
     ) -> ErpDocument:
         """An entity read back: its total in minor units (exactly, or an error), its currency as
         an ISO code (the company's for an empty code), its status and number."""
-        currency = _iso_currency(payload, company)
+        currency = iso_currency(payload, company)
         if record_type is RecordType.CUSTOMER_PAYMENT:
             amount = payload.get("amount")
             total = abs(to_minor_units(amount, currency)) if amount is not None else None
@@ -298,7 +298,7 @@ def totals_agree(record: BcRecord, payload: dict[str, Any]) -> str | None:
     what differs, in words (its tax setup computed another tax than the one charged)."""
     if record.total is None:
         return None
-    currency = _iso_currency(record.body, record.company)
+    currency = iso_currency(record.body, record.company)
     problems = []
     for name, expected in (("totalAmountIncludingTax", record.total), ("totalTaxAmount", record.tax_total)):
         value = payload.get(name)
@@ -313,7 +313,7 @@ def totals_agree(record: BcRecord, payload: dict[str, Any]) -> str | None:
     return "; ".join(problems) or None
 
 
-def _iso_currency(body: dict[str, Any], company: BusinessCentralCompany) -> str:
+def iso_currency(body: dict[str, Any], company: BusinessCentralCompany) -> str:
     """A body's currency as an ISO code: an empty currencyCode is the company's local currency."""
     return str(body.get("currencyCode") or "") or company.currency
 

@@ -50,6 +50,7 @@ from connectors.erp.business_central import (
     KEY_FIELDS,
     LINES,
     check_body,
+    iso_currency,
 )
 from connectors.erp.schemas import RecordType, odata_error_body
 from streams.mappings import BusinessCentralCompany, BusinessCentralIds
@@ -635,7 +636,7 @@ class BusinessCentralBooks:
     def _totals(self, body: dict[str, Any], company: BusinessCentralCompany) -> dict[str, Any]:
         lines_name = "salesInvoiceLines" if "salesInvoiceLines" in body else "salesCreditMemoLines"
         lines = body.get(lines_name) or []
-        currency = str(body.get("currencyCode") or "") or company.currency
+        currency = iso_currency(body, company)
         net = sum((Decimal(line["amountExcludingTax"]) for line in lines), Decimal(0))
         if self.config.tax_rounding == "line":
             tax = sum((Decimal(line["totalTaxAmount"]) for line in lines), Decimal(0))
