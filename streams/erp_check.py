@@ -252,9 +252,7 @@ async def check_business_central(
             rows[(kind.table, company, str(row.get(kind.key, "")))] = row
 
     await read(None, BC_COMPANY, None)
-    known = {
-        w.company or w.code for w in wanted if w.kind is BC_COMPANY and (BC_COMPANY.table, None, w.id) in rows
-    }
+    known = {w.code for w in wanted if w.kind is BC_COMPANY and (BC_COMPANY.table, None, w.id) in rows}
     for subsidiary in dict.fromkeys(w.company for w in wanted if w.company is not None):
         if subsidiary not in known:
             continue  # the company is missing: what is in it cannot be asked
