@@ -22,6 +22,7 @@ crash or a timeout the next attempt looks the document up before creating it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -86,15 +87,26 @@ class ErpLink:
     looks_first: bool
     """The ERP cannot upsert (Business Central): a command is marked in flight, durably, before
     its first call, so the attempt after a crash looks the document up before creating it."""
+    gathers: bool = False
+    """The client gathers the lanes' calls into shared requests and takes `calls` per request
+    itself (Business Central's `$batch`): a lane's call then holds no slot of its own."""
+
+    def slot(self, priority: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """What a lane's call holds while it runs: one of the ERP's slots, unless the client
+        spends them per request."""
+        return contextlib.nullcontext() if self.gathers else self.calls.slot(priority)
 
 
 def erp_link(s: Settings) -> ErpLink:
+    calls = CallSlots(s.erp_concurrency)
+    client = erp_client(s, slots=calls)
     return ErpLink(
-        client=erp_client(s),
+        client=client,
         policy=retry_policy(s),
         breaker=CircuitBreaker(s.erp_breaker_failures, s.erp_breaker_open_s),
-        calls=CallSlots(s.erp_concurrency),
+        calls=calls,
         looks_first=s.erp_mode == "business-central",
+        gathers=getattr(client, "gatherer", None) is not None,
     )
 
 
@@ -247,7 +259,7 @@ class Lane:
             # several calls (create, then post), and a failure of a later one leaves a draft.
             nonlocal tries
             tries += 1
-            async with self.link.calls.slot(self.left + len(self.ledger.queued)):
+            async with self.link.slot(self.left + len(self.ledger.queued)):
                 with metrics.erp_call(kind), log_context(**context):
                     return await self.link.client.deliver(
                         command, uncertain=unsure or uncertain or tries > 1, read_back=False
@@ -412,7 +424,7 @@ async def _erp_read(link: ErpLink, read: Callable[[], Awaitable[Any]], priority:
     had (the ERP down past the retries, or a bug: logged, the batch goes on)."""
 
     async def attempt(_unsure: bool) -> Any:
-        async with link.calls.slot(priority):
+        async with link.slot(priority):
             with metrics.erp_call(metrics.READ_NUMBERS), log_context(command=metrics.READ_NUMBERS):
                 return await read()
 

@@ -174,6 +174,11 @@ class SandboxState(Generic[FaultsT]):
         self.rng = random.Random(seed)
 
 
+LOG_ENTRY = web.RequestKey("sandbox.log_entry", dict)
+"""Where a request keeps its request-log entry, for a handler to add what only it knows (the
+operations of a Business Central `$batch`)."""
+
+
 def sandbox_app(
     key: web.AppKey[StateT],
     sandbox: StateT,
@@ -202,6 +207,7 @@ def _api_middleware(
         if request.path.startswith("/admin"):
             return await handler(request)
         entry = sandbox.log_request(request)
+        request[LOG_ENTRY] = entry
         if request.path.startswith(token_path):
             response = await handler(request)
         else:

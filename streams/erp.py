@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from connectors.erp import (
+    CallSlots,
     ClientCredentialsToken,
     NetSuiteClient,
     RetryPolicy,
@@ -80,14 +81,24 @@ def _secret(s: Settings, name: NetSuiteSecret) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-def erp_client(s: Settings, tokens: TokenProvider | None = None) -> NetSuiteClient | BusinessCentralClient:
+def erp_client(
+    s: Settings, tokens: TokenProvider | None = None, slots: CallSlots | None = None
+) -> NetSuiteClient | BusinessCentralClient:
     """The client for LEDGERFLOW_ERP_MODE at LEDGERFLOW_ERP_BASE_URL, with the mappings of
-    LEDGERFLOW_MAPPINGS."""
+    LEDGERFLOW_MAPPINGS. Given the sink's `slots`, a Business Central client gathers the
+    concurrent lanes' calls into shared `$batch` requests (LEDGERFLOW_BC_BATCH) and spends the
+    slots per request (`BusinessCentralClient.gatherer`)."""
     tokens = tokens or token_provider(s)
     mappings = load_mappings(s.mappings)
     if s.erp_mode == "business-central":
         return BusinessCentralClient(
-            s.bc_api_root, tokens, timeout=s.erp_timeout_s, mappings=mappings, payment_sign=s.bc_payment_sign
+            s.bc_api_root,
+            tokens,
+            timeout=s.erp_timeout_s,
+            mappings=mappings,
+            payment_sign=s.bc_payment_sign,
+            batch_slots=slots if s.bc_batch else None,
+            batch_linger_s=s.bc_batch_linger_ms / 1000,
         )
     return NetSuiteClient(s.erp_base_url, tokens, timeout=s.erp_timeout_s, mappings=mappings)
 

@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     """LEDGERFLOW_BC_PAYMENT_SIGN: the sign of a customer payment journal line's amount. A receipt
     is a credit (negative) in Business Central's data model; Microsoft's API example sends a
     positive amount. Check one payment in a sandbox company before going live."""
+    bc_batch: bool = True
+    """LEDGERFLOW_BC_BATCH: the sink's calls to Business Central travel as operations of shared
+    `$batch` requests (up to 100 each, from many customers at once) instead of one request
+    each; LEDGERFLOW_ERP_CONCURRENCY then counts requests in flight. Off: a request per call."""
+    bc_batch_linger_ms: float = Field(default=5.0, ge=0, le=1000)
+    """LEDGERFLOW_BC_BATCH_LINGER_MS: how long a `$batch` waits for other customers' calls before
+    it goes (while every request slot is busy it waits anyway, and fills)."""
     bc_certificate_file: Path | None = None
     """LEDGERFLOW_BC_CERTIFICATE_FILE: a PEM file with the certificate uploaded to the Entra app
     registration and its unencrypted private key; with it the app authenticates by certificate

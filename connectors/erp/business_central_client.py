@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Literal
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -57,7 +58,11 @@ from connectors.erp.business_central import DOCUMENT_NUMBER_WIDTH as PAYMENT_NUM
 from connectors.erp.client import Documents, _HttpErpClient, quoted_literal
 from connectors.erp.errors import ErpError, ErpPermanentError, ErpTransientError, classify
 from connectors.erp.mapping import to_minor_units
+from connectors.erp.odata_batch import BatchGatherer
+from connectors.erp.resilience import CallSlots
 from connectors.erp.schemas import ErpDocument, ErpReceipt, RecordType
+from connectors.http import header_value
+from streams.headers import CORRELATION_ID
 from streams.mappings import BusinessCentralCompany, Mappings, load_mappings
 
 log = logging.getLogger(__name__)
@@ -103,8 +108,16 @@ class BusinessCentralClient(_HttpErpClient):
         mappings: Mappings | None = None,
         payment_sign: PaymentSign = "negative",
         cache_size: int = 200_000,
+        batch_slots: CallSlots | None = None,
+        batch_linger_s: float = 0.005,
     ) -> None:
         super().__init__(base_url, token_provider, timeout, http, page_size=page_size)
+        self.gatherer = (
+            BatchGatherer(self._send_batch, batch_slots, batch_linger_s) if batch_slots is not None else None
+        )
+        """With `batch_slots`, every call this client makes travels as an operation of a `$batch`
+        shared with the other lanes' calls of the moment (`connectors.erp.odata_batch`), and the
+        ERP's concurrency is spent per request from those slots: the caller takes none."""
         self.mapper = BusinessCentralMapper(mappings or load_mappings(None), payment_sign)
         self._entities: OrderedDict[tuple[str, RecordType, str], tuple[str, str]] = OrderedDict()
         """(company id, record type, key) → (id, etag) of what this client wrote or read."""
@@ -154,6 +167,64 @@ class BusinessCentralClient(_HttpErpClient):
                 "INVALID_RESPONSE", f"ERP answered {response.status_code} without JSON"
             ) from exc
 
+    async def aclose(self) -> None:
+        if self.gatherer is not None:
+            await self.gatherer.aclose()
+        await super().aclose()
+
+    async def _api(
+        self,
+        method: str,
+        url: str,
+        correlation_id: str | None,
+        *,
+        body: dict[str, Any] | None = None,
+        params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+        allow_404: bool = False,
+    ) -> Any:
+        """One API call, its answer's body (None when it has none, or is an allowed 404): a
+        request of its own, or, gathering, one operation of a shared `$batch`."""
+        if self.gatherer is None:
+            response = await self._call(
+                method, url, correlation_id, body=body, params=params, headers=headers, allow_404=allow_404
+            )
+            if (allow_404 and response.status_code == 404) or not response.content:
+                return None
+            return self._json(response)
+        operation: dict[str, Any] = {
+            "id": "0",
+            "method": method,
+            "url": self._relative(url, params),
+            "headers": {**(headers or {})},
+        }
+        if body is not None:
+            operation["headers"]["content-type"] = "application/json"
+            operation["body"] = body
+        (answer,) = await self._batch([operation], correlation_id)
+        if allow_404 and answer.get("status") == 404:
+            return None
+        error = _operation_error(answer)
+        if error is not None:
+            raise error
+        return answer.get("body")
+
+    def _relative(self, url: str, params: Mapping[str, str | int] | None) -> str:
+        """A URL as a `$batch` operation names it: relative to the API root, its query encoded."""
+        relative = url.removeprefix(f"{self.base_url}/")
+        if params:
+            query = urlencode({k: str(v) for k, v in params.items()}, quote_via=quote)
+            relative += ("&" if "?" in relative else "?") + query
+        return relative
+
+    async def _send_batch(self, operations: Entities, correlation_id: str | None = None) -> Entities:
+        """One `POST $batch` with `operations`; their answers, as Business Central gave them."""
+        response = await self._call(
+            "POST", f"{self.base_url}/$batch", correlation_id, body={"requests": operations}
+        )
+        answers: Entities = self._json(response).get("responses") or []
+        return answers
+
     # -- reads ---------------------------------------------------------------------------------
 
     async def _pages(self, url: str, correlation_id: str | None, params: dict[str, str | int]) -> Entities:
@@ -162,7 +233,7 @@ class BusinessCentralClient(_HttpErpClient):
         next_url: str | None = url
         query: dict[str, str | int] | None = {**params, "$top": self.page_size}
         while next_url is not None:
-            page = self._json(await self._call("GET", next_url, correlation_id, params=query))
+            page = await self._api("GET", next_url, correlation_id, params=query) or {}
             items += page.get("value") or []
             next_url, query = page.get("@odata.nextLink"), None  # the link carries the query
         return items
@@ -216,12 +287,9 @@ class BusinessCentralClient(_HttpErpClient):
         entity_id: str,
         correlation_id: str | None,
     ) -> dict[str, Any] | None:
-        response = await self._call(
+        entity: dict[str, Any] | None = await self._api(
             "GET", self._entity_url(company, record_type, entity_id), correlation_id, allow_404=True
         )
-        if response.status_code == 404:
-            return None
-        entity: dict[str, Any] = self._json(response)
         return entity
 
     async def _posted_payment(
@@ -399,12 +467,12 @@ class BusinessCentralClient(_HttpErpClient):
                     known = self._entities[(company.id, RecordType.CUSTOMER, key)]
             try:
                 if known is None:
-                    response = await self._call(
+                    entity = await self._api(
                         "POST", self._set_url(company, RecordType.CUSTOMER), cid, body=record.body
                     )
                     created = True
                 else:
-                    response = await self._call(
+                    entity = await self._api(
                         "PATCH",
                         self._entity_url(company, RecordType.CUSTOMER, known[0]),
                         cid,
@@ -418,7 +486,6 @@ class BusinessCentralClient(_HttpErpClient):
                 self._entities.pop((company.id, RecordType.CUSTOMER, key), None)
                 created = False
                 continue
-            entity = self._json(response)
             self._remember(company, RecordType.CUSTOMER, key, entity)
             return ErpReceipt(
                 record_type=RecordType.CUSTOMER,
@@ -484,13 +551,16 @@ class BusinessCentralClient(_HttpErpClient):
             )
         return self._receipt(record, command, posted["body"], created=created)
 
-    async def _batch(self, operations: Entities, correlation_id: str) -> Entities:
-        """Operations in one `POST $batch` (JSON batch, at most 100): each answers on its own
-        (`status`, `body`), in the order sent."""
-        response = await self._call(
-            "POST", f"{self.base_url}/$batch", correlation_id, body={"requests": operations}
-        )
-        answers = {str(a.get("id")): a for a in self._json(response).get("responses") or []}
+    async def _batch(self, operations: Entities, correlation_id: str | None) -> Entities:
+        """Operations in one `POST $batch` (JSON batch, at most 100), or in a gathered one: each
+        answers on its own (`status`, `body`), in the order sent, and names its command's
+        correlation id (a gathered request carries many)."""
+        if correlation_id:
+            for operation in operations:
+                operation.setdefault("headers", {})[CORRELATION_ID] = header_value(correlation_id)
+        if self.gatherer is not None:
+            return await self.gatherer.run(operations)
+        answers = {str(a.get("id")): a for a in await self._send_batch(operations, correlation_id)}
         missing = [op["id"] for op in operations if op["id"] not in answers]
         if missing:
             raise ErpTransientError("INVALID_RESPONSE", f"the $batch answer lacks operations {missing}")
@@ -501,9 +571,7 @@ class BusinessCentralClient(_HttpErpClient):
         lines_name = LINES[record.record_type]
         if self.deep_insert:
             try:
-                draft: dict[str, Any] = self._json(
-                    await self._call("POST", url, correlation_id, body=record.body)
-                )
+                draft: dict[str, Any] = await self._api("POST", url, correlation_id, body=record.body)
                 return draft
             except ErpPermanentError as exc:
                 if exc.code != "BadRequest" or lines_name not in exc.message:
@@ -513,10 +581,10 @@ class BusinessCentralClient(_HttpErpClient):
                 )
                 self.deep_insert = False
         header = {k: v for k, v in record.body.items() if k != lines_name}
-        draft = self._json(await self._call("POST", url, correlation_id, body=header))
+        draft = await self._api("POST", url, correlation_id, body=header)
         entity_url = self._entity_url(record.company, record.record_type, str(draft["id"]))
         for line in record.body.get(lines_name) or []:
-            await self._call("POST", f"{entity_url}/{lines_name}", correlation_id, body=line)
+            await self._api("POST", f"{entity_url}/{lines_name}", correlation_id, body=line)
         again = await self._read(record.company, record.record_type, str(draft["id"]), correlation_id)
         if again is None:
             raise ErpTransientError("READ_AFTER_WRITE", f"draft {record.key} not found after its lines")
@@ -530,7 +598,7 @@ class BusinessCentralClient(_HttpErpClient):
         correlation_id: str,
     ) -> None:
         try:
-            await self._call(
+            await self._api(
                 "DELETE",
                 self._entity_url(company, record_type, str(entity["id"])),
                 correlation_id,
@@ -563,7 +631,7 @@ class BusinessCentralClient(_HttpErpClient):
             )
         if invoice.get("status") != CANCELED:
             try:
-                await self._call(
+                await self._api(
                     "POST",
                     f"{self._entity_url(company, RecordType.INVOICE, record.key)}/Microsoft.NAV.cancel",
                     cid,
@@ -670,7 +738,7 @@ class BusinessCentralClient(_HttpErpClient):
         general = f"{self._company_url(company)}/journals({company.payment_journal})/Microsoft.NAV.post"
         if self.journal_post != "journals":
             try:
-                await self._call("POST", bound, correlation_id)
+                await self._api("POST", bound, correlation_id)
                 self.journal_post = "bound"
                 return
             except ErpPermanentError as exc:
@@ -681,7 +749,7 @@ class BusinessCentralClient(_HttpErpClient):
                     extra={"correlation_id": correlation_id},
                 )
                 self.journal_post = "journals"
-        await self._call("POST", general, correlation_id)
+        await self._api("POST", general, correlation_id)
 
     def _payment_receipt(
         self, record: BcRecord, command: ErpCommand, line: dict[str, Any] | None, created: bool

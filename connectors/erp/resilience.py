@@ -90,6 +90,7 @@ class CircuitBreaker:
         self._clock = clock
         self._state = BreakerState.CLOSED
         self._failures = 0
+        self._last_cause: BaseException | None = None
         self._opened_at = 0.0
         self._probe_started: float | None = None
         self.opened_count = 0
@@ -137,8 +138,14 @@ class CircuitBreaker:
         self._failures = 0
         self._probe_started = None
 
-    def record_failure(self) -> None:
-        """A transient failure: counts towards opening; a failed probe re-opens at once."""
+    def record_failure(self, cause: BaseException | None = None) -> None:
+        """A transient failure: counts towards opening; a failed probe re-opens at once. One
+        `cause` counts once however many calls it failed (a shared `$batch` whose answer was
+        lost fails every caller in it with the same error)."""
+        if cause is not None:
+            if cause is self._last_cause:
+                return
+            self._last_cause = cause
         self._failures += 1
         if self.state is BreakerState.HALF_OPEN or (
             self._state is BreakerState.CLOSED and self._failures >= self.failure_threshold
@@ -192,18 +199,19 @@ class CallSlots:
     @contextlib.asynccontextmanager
     async def slot(self, priority: int = 0) -> AsyncIterator[None]:
         """Hold one slot for the block; a higher `priority` (work left behind the call) is served first."""
-        await self._acquire(priority)
+        await self.acquire(priority)
         try:
             yield
         finally:
-            self._release()
+            self.release()
 
     @property
     def waiting(self) -> int:
         """Calls waiting for a slot."""
         return sum(1 for *_, future in self._waiting if not future.done())
 
-    async def _acquire(self, priority: int) -> None:
+    async def acquire(self, priority: int = 0) -> None:
+        """Take a slot, waiting for one; `release` gives it back (`slot` does both)."""
         # A slot is free only when nobody waits: a release hands its slot to a live waiter first.
         if self.in_flight < self.limit and not self._waiting:
             self.in_flight += 1
@@ -214,10 +222,10 @@ class CallSlots:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
-                self._release()  # handed a slot as it was cancelled: pass it on
+                self.release()  # handed a slot as it was cancelled: pass it on
             raise
 
-    def _release(self) -> None:
+    def release(self) -> None:
         while self._waiting:
             *_, future = heapq.heappop(self._waiting)
             if not future.done():  # a cancelled waiter is skipped
@@ -273,7 +281,7 @@ async def call_with_retries(
             result = await fn(uncertain)
         except ErpTransientError as exc:
             if breaker is not None:
-                breaker.record_failure()
+                breaker.record_failure(exc)
             uncertain = uncertain or isinstance(exc, ErpUncertainError)
             delay = policy.delay(attempt, exc.retry_after)
             if attempt >= policy.max_attempts or clock() - started + delay > policy.max_elapsed_s:

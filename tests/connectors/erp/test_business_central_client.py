@@ -4,6 +4,7 @@ stand-in's refusals. Behaviours the sources leave open run both ways (`VARIANTS`
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.erp import StaticToken
+from connectors.erp import CallSlots, StaticToken
 from connectors.erp.business_central_client import TOTALS_DIFFER, BusinessCentralClient, key_of
 from connectors.erp.business_central_sandbox import BusinessCentralSandboxConfig
 from connectors.erp.errors import ErpPermanentError, ErpTransientError, ErpUncertainError
@@ -30,6 +31,7 @@ from tests.connectors.erp.support import (
     CLIENT_TIMEOUT_S,
     HANG_S,
     documents,
+    requests_log,
     sandbox_config,
     set_faults,
 )
@@ -37,6 +39,8 @@ from tests.connectors.erp.support import (
 VARIANTS = {
     "documented": {"payment_sign": "negative", "journal_post": "bound", "deep_insert": True},
     "other-reading": {"payment_sign": "positive", "journal_post": "journals", "deep_insert": False},
+    # As the sink runs it: every call an operation of a gathered `$batch`.
+    "gathered": {"payment_sign": "negative", "journal_post": "bound", "deep_insert": True, "gather": True},
 }
 US01 = "5b1f6f1e-0d3a-4c55-9a51-0c0000000001"
 
@@ -62,7 +66,8 @@ def api_url(server: SandboxServer) -> str:
 
 @pytest.fixture
 async def bc_sandbox(tmp_path: Path, variant: dict[str, Any]) -> AsyncIterator[SandboxServer]:
-    async with await _stand_in(tmp_path, **variant) as server:
+    stand_in = {k: v for k, v in variant.items() if k != "gather"}
+    async with await _stand_in(tmp_path, **stand_in) as server:
         yield server
 
 
@@ -79,6 +84,7 @@ async def bc(bc_sandbox: SandboxServer, variant: dict[str, Any]) -> AsyncIterato
         StaticToken(DEFAULT_TOKEN),
         timeout=CLIENT_TIMEOUT_S,
         payment_sign=variant["payment_sign"],
+        batch_slots=CallSlots(5) if variant.get("gather") else None,
     )
     yield client
     await client.aclose()
@@ -148,7 +154,8 @@ async def test_a_hung_invoice_write_is_found_not_made_twice(
 ) -> None:
     await bc.deliver(upsert_customer())
     # The create (or the post) commits, and its answer never comes.
-    scope = r"/salesInvoices\{" if what == "create" else r"Microsoft\.NAV\.post"
+    # (The create's path and body, or its operation in a gathered `$batch`.)
+    scope = r"/salesInvoices(\{|\",)" if what == "create" else r"Microsoft\.NAV\.post"
     await set_faults(admin, burst_timeout=1, scope=scope)
     with pytest.raises(ErpUncertainError):
         await bc.deliver(post_invoice())
@@ -355,3 +362,69 @@ async def test_a_payment_reads_posted_from_the_ledger_and_unposted_as_a_draft(
         key_of(RecordType.CUSTOMER_PAYMENT, "stripe-pi_1"): "posted",
         key_of(RecordType.CUSTOMER_PAYMENT, "stripe-pi_2"): "Draft",
     }
+
+
+async def _lane(client: BusinessCentralClient, n: int, uncertain: bool = False) -> None:
+    """One customer's documents, in order, as a sink lane delivers them."""
+    customer = f"cust-{n}"
+    await client.deliver(upsert_customer(customer, name=f"Customer {n}"), uncertain=uncertain)
+    await client.deliver(post_invoice(f"stripe-in_{n}", customer), uncertain=uncertain)
+    await client.deliver(
+        apply_payment(f"stripe-pi_{n}", f"stripe-in_{n}", customer, amount=5000), uncertain=uncertain
+    )
+
+
+@pytest.mark.parametrize("variant", ["gathered"], indirect=True)
+async def test_many_customers_documents_share_batch_requests_each_posted_once(
+    bc: BusinessCentralClient, admin: httpx.AsyncClient
+) -> None:
+    await asyncio.gather(*(_lane(bc, n) for n in range(30)))
+    assert bc.gatherer is not None
+    # A lane's calls: the customer's lookup and create, the invoice's draft and its post-and-read,
+    # the payment's line-and-post: 7 operations, in 5 requests a lane would send alone.
+    assert bc.gatherer.operations == 30 * 7
+    assert bc.gatherer.requests <= 10  # ~5 rounds of 30 lanes each, a few more at the edges
+    log = await requests_log(admin, limit="1000")
+    assert all(e["path"].endswith("/$batch") for e in log)
+    assert sum(e["operations"] for e in log) == 30 * 7 and len(log) == bc.gatherer.requests
+    invoices = await bc_documents(admin, RecordType.INVOICE)
+    assert len(invoices) == 30 and all(i["books"]["remaining"] == 10720 - 5000 for i in invoices)
+    assert len(await bc_documents(admin, RecordType.CUSTOMER_PAYMENT)) == 30
+
+
+@pytest.mark.parametrize("variant", ["gathered"], indirect=True)
+async def test_a_gathered_batch_whose_answer_is_lost_is_looked_up_for_each_document(
+    bc: BusinessCentralClient, admin: httpx.AsyncClient
+) -> None:
+    await asyncio.gather(*(bc.deliver(upsert_customer(f"cust-{n}")) for n in range(10)))
+    # The request carrying every lane's invoice draft commits, and its answer never comes.
+    await set_faults(admin, burst_timeout=1, scope=r"/salesInvoices\"")
+    lost = await asyncio.gather(
+        *(bc.deliver(post_invoice(f"stripe-in_{n}", f"cust-{n}")) for n in range(10)), return_exceptions=True
+    )
+    assert all(isinstance(e, ErpUncertainError) for e in lost)
+    assert len({id(e) for e in lost}) == 1  # one lost answer, one error: the breaker counts it once
+    await set_faults(admin, burst_timeout=0, scope=None)
+    await asyncio.gather(
+        *(bc.deliver(post_invoice(f"stripe-in_{n}", f"cust-{n}"), uncertain=True) for n in range(10))
+    )
+    invoices = await bc_documents(admin, RecordType.INVOICE)
+    assert sorted(i["status"] for i in invoices) == ["Open"] * 10
+
+
+async def test_a_rate_limit_counting_operations_throttles_a_full_batch(tmp_path: Path) -> None:
+    async with await _stand_in(tmp_path, batch_rate="operations") as server:
+        client = BusinessCentralClient(
+            api_url(server), StaticToken(DEFAULT_TOKEN), timeout=CLIENT_TIMEOUT_S, batch_slots=CallSlots(5)
+        )
+        try:
+            async with httpx.AsyncClient(base_url=server.url) as admin:
+                await set_faults(admin, rate_limit=5, rate_window_s=60)
+                throttled = await asyncio.gather(
+                    *(client.deliver(upsert_customer(f"cust-{n}")) for n in range(8)), return_exceptions=True
+                )
+                # One request of eight lookups is eight calls to a limit of five: 429 for all.
+                assert all(isinstance(e, ErpTransientError) and e.status == 429 for e in throttled)
+                assert [e["fault"] for e in await requests_log(admin)] == ["rate_limit"]
+        finally:
+            await client.aclose()
