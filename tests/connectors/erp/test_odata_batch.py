@@ -94,7 +94,9 @@ async def test_a_request_refused_whole_is_sent_again_one_group_each() -> None:
     send = Recorder(refuse_when=3)  # a request of three operations or more is refused
     gatherer = BatchGatherer(send, CallSlots(5))
     results: list[Any] = await asyncio.gather(
-        gatherer.run(group("ok1")), gatherer.run(group("bad", 3)), gatherer.run(group("ok2")),
+        gatherer.run(group("ok1")),
+        gatherer.run(group("bad", 3)),
+        gatherer.run(group("ok2")),
         return_exceptions=True,
     )
     assert [len(ops) for ops in send.sent] == [5, 1, 3, 1]
