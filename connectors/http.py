@@ -110,9 +110,11 @@ class BearerJsonClient(ABC):
         params: Mapping[str, str | int] | None = None,
         headers: Mapping[str, str] | None = None,
         allow_404: bool = False,
+        timeout: float | httpx.Timeout | None = None,
     ) -> httpx.Response:
         """Send once, and once more with a fresh token after a 401; raise the typed error of a
-        failed answer. `allow_404` returns a 404 answer instead: the caller reads it as "none"."""
+        failed answer. `allow_404` returns a 404 answer instead: the caller reads it as "none".
+        `timeout`: this call's, instead of the client's (a big batch takes longer)."""
         headers = {**self._headers, **(headers or {})}
         if correlation_id:
             headers[CORRELATION_ID] = header_value(correlation_id)
@@ -140,7 +142,7 @@ class BearerJsonClient(ABC):
                     params=params,
                     headers=call_headers,
                     auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
-                    timeout=self._timeout,
+                    timeout=self._timeout if timeout is None else timeout,
                 )
             except httpx.TransportError as exc:
                 lost = self._no_answer(exc, request_sent=method != "GET")

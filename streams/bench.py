@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -118,6 +119,16 @@ class BenchOptions:
     """The sandbox's concurrency limit of each ERP-bound run, and the sink's LEDGERFLOW_ERP_CONCURRENCY."""
     erp_mode: str = "netsuite"
     """The ERP stand-in the ERP-bound runs post to (`netsuite` or `business-central`)."""
+    erp_batch: tuple[bool, ...] = (False, True)
+    """Business Central: each limit runs without and with the sink's shared `$batch`
+    (LEDGERFLOW_BC_BATCH); NetSuite has none and runs once."""
+    erp_operation_ms: float = 10.0
+    """Business Central: the stand-in's latency for each operation of a `$batch` (Microsoft gives
+    no figure: an assumption, said in the results)."""
+    erp_rate_limit: int = 200
+    erp_rate_window_s: float = 10.0
+    """Business Central: the stand-in's rate limit, Microsoft's 6,000 requests per 5 minutes scaled
+    to the same 20 a second over a window a short run fills (0: none)."""
 
 
 QUICK = {"customers": 8, "months": 2, "partitions": 2, "rate": 200.0, "timeout_s": 300.0}
@@ -1025,6 +1036,8 @@ class ErpCalls:
 
     calls: int = 0
     """The highest `seq` seen: API calls the sandbox took, answered or refused."""
+    operations: int = 0
+    """What the calls counted carried: a Business Central `$batch` its operations, any other one."""
     counted: int = 0
     """Entries up to this `seq` are counted (or missed)."""
     missed: int = 0
@@ -1049,6 +1062,7 @@ class ErpCalls:
                 return
             self.missed += seq - self.counted - 1
             self.counted = seq
+            self.operations += int(entry.get("operations") or 1)
             kind, record = call_kind(str(entry.get("method")), str(entry.get("path")))
             self.by_kind[kind] += 1
             self.by_record[record] += 1
@@ -1090,6 +1104,8 @@ class ErpCalls:
             "log_missed": self.missed,
             "log_uncounted": self.calls - self.counted,
             "refused": self.faults["concurrency_limit"],
+            "throttled": self.faults["rate_limit"],
+            "operations": self.operations,
             "calls_by_kind": dict(self.by_kind.most_common()),
             "calls_by_record": dict(self.by_record.most_common()),
             "refused_by_kind": dict(self.refused_by_kind.most_common()),
@@ -1156,6 +1172,8 @@ def erp_bound_measures(
         "bound_per_s": round(bound, 2) if math.isfinite(bound) else None,
         "share_of_bound": round(per_s / bound, 3) if math.isfinite(bound) else None,
         "calls_per_document": round(calls.calls / documents, 3) if documents else None,
+        # What a rate limit counting a `$batch`'s operations (not its one request) would spend.
+        "operations_per_document": round(calls.operations / documents, 3) if documents else None,
         # How much of the account's concurrency the run held (a call taken ≈ one slot for one
         # latency): share_of_bound is this over calls_per_document, so what share_of_bound
         # misses beyond the extra calls is slots the sink left empty.
@@ -1166,13 +1184,15 @@ def erp_bound_measures(
     }
 
 
-def run_erp_bound_limit(run: Run, limit: int) -> dict[str, Any]:
+def run_erp_bound_limit(run: Run, limit: int, batch: bool = False) -> dict[str, Any]:
     """One ERP-bound run: the backlog on fresh topics (a ledgerflow deployment reads and writes
     its own topics under its prefix, so each run needs its own), a sandbox ERP that refuses a
     call beyond `limit` in flight, a sink allowed `limit` calls, until every document is answered
-    (`Expected.settled_by`)."""
+    (`Expected.settled_by`). Business Central: its rate limit too, and `batch` turns the sink's
+    shared `$batch` on."""
     options = run.options
-    prefix = f"bench-{run.run_id}-erp{limit}."
+    label = erp_run_label(limit, batch).replace("+", "-")  # a topic name has no "+"
+    prefix = f"bench-{run.run_id}-erp{label}."
     asyncio.run(
         create_topics(run.bootstrap, [prefix + t for t in SOURCE_TOPICS], options.partitions, run.replication)
     )
@@ -1180,14 +1200,18 @@ def run_erp_bound_limit(run: Run, limit: int) -> dict[str, Any]:
     deployment = Deployment(
         run.bootstrap,
         prefix,
-        f"bench-{run.run_id}-lferp{limit}",
+        f"bench-{run.run_id}-lferp{label}",
         options.partitions,
-        run.work / f"ledgerflow-erp{limit}",
+        run.work / f"ledgerflow-erp{label}",
         options.erp_latency_ms,
         options.workers,
         options.sink_workers,
-        worker_env={"LEDGERFLOW_ERP_CONCURRENCY": str(limit), **erp_mode_env(options.erp_mode)},
-        erp_faults={"concurrency_limit": limit},
+        worker_env={
+            "LEDGERFLOW_ERP_CONCURRENCY": str(limit),
+            **erp_mode_env(options.erp_mode),
+            "LEDGERFLOW_BC_BATCH": "true" if batch else "false",
+        },
+        erp_faults={"concurrency_limit": limit, **business_central_faults(options)},
     )
     try:
         deployment.start()
@@ -1197,9 +1221,25 @@ def run_erp_bound_limit(run: Run, limit: int) -> dict[str, Any]:
         deployment.stop()
     return {
         **erp_bound_measures(seen, calls, limit, options.erp_latency_ms, run.input.expected),
+        "batch": batch,
         "commands": seen.commands,
         "latency_ms": {"command_to_confirmed": stage_latencies({}, seen)["command_to_confirmed"]},
         **resources,
+    }
+
+
+def erp_run_label(limit: int, batch: bool) -> str:
+    return f"{limit}+batch" if batch else str(limit)
+
+
+def business_central_faults(options: BenchOptions) -> dict[str, Any]:
+    """The Business Central stand-in's rate limit and `$batch` operation latency (none for NetSuite)."""
+    if options.erp_mode != "business-central":
+        return {}
+    return {
+        "operation_ms": options.erp_operation_ms,
+        "rate_limit": options.erp_rate_limit,
+        "rate_window_s": options.erp_rate_window_s,
     }
 
 
@@ -1219,19 +1259,32 @@ def run_erp_bound(run: Run, echo: Callable[[str], None]) -> dict[str, Any]:
     options = run.options
     expected = run.input.expected
     runs: dict[str, dict[str, Any]] = {}
-    for limit in options.erp_concurrency_limits:
-        echo(f"ERP-bound, concurrency limit {limit} at {options.erp_latency_ms:g} ms a call: running")
-        result = run_erp_bound_limit(run, limit)
-        runs[str(limit)] = result
+    batches = options.erp_batch if options.erp_mode == "business-central" else (False,)
+    for limit, batch in itertools.product(options.erp_concurrency_limits, batches):
+        label = erp_run_label(limit, batch)
+        echo(f"ERP-bound {label}, concurrency limit {limit} at {options.erp_latency_ms:g} ms a call: running")
+        result = run_erp_bound_limit(run, limit, batch)
+        runs[label] = result
         echo(
-            f"ERP-bound {limit}: {result['documents']} documents in {result['seconds']:.1f}s, "
+            f"ERP-bound {label}: {result['documents']} documents in {result['seconds']:.1f}s, "
             f"{result['documents_per_s']:.2f}/s of {result['bound_per_s']:.0f}/s "
-            f"({result['share_of_bound']}), {result['calls_per_document']} calls/document, "
-            f"{result['refused']} calls refused (429), {result['documents_refused']} documents refused"
+            f"({result['share_of_bound']}), {result['calls_per_document']} calls/document "
+            f"({result['operations_per_document']} operations), {result['refused']} calls refused "
+            f"(429), {result['documents_refused']} documents refused"
         )
     return {
         "erp_mode": options.erp_mode,
         "erp_latency_ms": options.erp_latency_ms,
+        **(
+            {
+                "erp_operation_ms": options.erp_operation_ms,
+                "erp_operation_ms_is": "assumed: Microsoft documents no per-operation cost of a $batch",
+                "erp_rate_limit": options.erp_rate_limit,
+                "erp_rate_window_s": options.erp_rate_window_s,
+            }
+            if options.erp_mode == "business-central"
+            else {}
+        ),
         "documents_expected": len(expected.documents) + expected.customers,
         "sink_processes": options.sink_workers or options.workers,
         "targets": {"share_of_bound": 0.9, "calls_per_document": 1.05},
@@ -1499,20 +1552,30 @@ def erp_bound_table(erp_bound: dict[str, Any]) -> list[str]:
         f"{latency / 1000:g} s (targets: share >= {targets.get('share_of_bound', 0.9)}, calls/doc <= "
         f"{targets.get('calls_per_document', 1.05)}); s = first command -> last answered; refused: by the "
         "ERP, for good; 429s: calls over the limit; slots used: calls taken x latency / (N x s)",
-        f"{'N':>3} {'documents':>9} {'refused':>7} {'s':>7} {'docs/s':>7} {'bound':>6} {'share':>6} "
-        f"{'calls/doc':>9} {'429s':>5} {'slots used':>10}  calls by kind",
+        f"{'N':>7} {'documents':>9} {'refused':>7} {'s':>7} {'docs/s':>7} {'bound':>6} {'share':>6} "
+        f"{'calls/doc':>9} {'ops/doc':>7} {'429s':>5} {'slots used':>10}  calls by kind",
     ]
+    if "erp_rate_limit" in erp_bound:
+        rows.insert(
+            1,
+            f"Business Central: rate limit {erp_bound['erp_rate_limit']} calls per "
+            f"{erp_bound['erp_rate_window_s']:g} s (429s count its refusals too); a $batch operation adds "
+            f"{erp_bound['erp_operation_ms']:g} ms ({erp_bound['erp_operation_ms_is']}); N+batch: the sink's "
+            "shared $batch on; ops/doc: what a limit counting operations would spend",
+        )
     for n, r in erp_bound["runs"].items():
         share = r.get("share_of_bound")
         per_doc = r.get("calls_per_document")
         used = r.get("concurrency_used")
         kinds = ", ".join(f"{k} {v}" for k, v in r.get("calls_by_kind", {}).items())
         bound = r.get("bound_per_s")
+        ops = r.get("operations_per_document")
         rows.append(
-            f"{n:>3} {r['documents']:>9} {r['documents_refused']:>7} {r['seconds']:>7.1f} "
+            f"{n:>7} {r['documents']:>9} {r['documents_refused']:>7} {r['seconds']:>7.1f} "
             f"{r['documents_per_s']:>7.2f} {(f'{bound:.0f}' if bound is not None else '-'):>6} "
             f"{(f'{share:.3f}' if share is not None else '-'):>6} "
-            f"{(f'{per_doc:.3f}' if per_doc is not None else '-'):>9} {r['refused']:>5} "
+            f"{(f'{per_doc:.3f}' if per_doc is not None else '-'):>9} "
+            f"{(f'{ops:.3f}' if ops is not None else '-'):>7} {r['refused'] + r.get('throttled', 0):>5} "
             f"{(f'{used:.3f}' if used is not None else '-'):>10}  {kinds}"
         )
     refused = Counter[str]()
@@ -1632,6 +1695,34 @@ def _limits(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[i
     default="netsuite",
     show_default=True,
     help="The ERP stand-in of the --erp-bound runs.",
+)
+@click.option(
+    "--erp-batch",
+    type=click.Choice(["off", "on", "both"]),
+    default="both",
+    show_default=True,
+    callback=lambda _c, _p, v: {"off": (False,), "on": (True,), "both": (False, True)}[v],
+    help="Business Central: run each limit without the sink's shared $batch, with it, or both.",
+)
+@click.option(
+    "--erp-operation-ms",
+    type=click.FloatRange(0),
+    default=BenchOptions.erp_operation_ms,
+    show_default=True,
+    help="Business Central: the stand-in's latency per $batch operation (an assumption).",
+)
+@click.option(
+    "--erp-rate-limit",
+    type=click.IntRange(0),
+    default=BenchOptions.erp_rate_limit,
+    show_default=True,
+    help="Business Central: calls per --erp-rate-window-s the stand-in takes before 429 (0: none).",
+)
+@click.option(
+    "--erp-rate-window-s",
+    type=click.FloatRange(0.1),
+    default=BenchOptions.erp_rate_window_s,
+    show_default=True,
 )
 @click.option(
     "--quick", is_flag=True, help="A tiny run that checks every contender works (numbers mean little)."

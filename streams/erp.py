@@ -99,6 +99,7 @@ def erp_client(
             payment_sign=s.bc_payment_sign,
             batch_slots=slots if s.bc_batch else None,
             batch_linger_s=s.bc_batch_linger_ms / 1000,
+            operation_timeout_s=s.bc_operation_timeout_s,
         )
     return NetSuiteClient(s.erp_base_url, tokens, timeout=s.erp_timeout_s, mappings=mappings)
 

@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     bc_batch_linger_ms: float = Field(default=5.0, ge=0, le=1000)
     """LEDGERFLOW_BC_BATCH_LINGER_MS: how long a `$batch` waits for other customers' calls before
     it goes (while every request slot is busy it waits anyway, and fills)."""
+    bc_operation_timeout_s: float = Field(default=1.0, ge=0)
+    """LEDGERFLOW_BC_OPERATION_TIMEOUT_S: what each operation of a `$batch` adds to
+    LEDGERFLOW_ERP_TIMEOUT_S for that request (Business Central runs them one after another)."""
     bc_certificate_file: Path | None = None
     """LEDGERFLOW_BC_CERTIFICATE_FILE: a PEM file with the certificate uploaded to the Entra app
     registration and its unencrypted private key; with it the app authenticates by certificate

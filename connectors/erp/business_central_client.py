@@ -110,6 +110,7 @@ class BusinessCentralClient(_HttpErpClient):
         cache_size: int = 200_000,
         batch_slots: CallSlots | None = None,
         batch_linger_s: float = 0.005,
+        operation_timeout_s: float = 1.0,
     ) -> None:
         super().__init__(base_url, token_provider, timeout, http, page_size=page_size)
         self.gatherer = (
@@ -118,6 +119,9 @@ class BusinessCentralClient(_HttpErpClient):
         """With `batch_slots`, every call this client makes travels as an operation of a `$batch`
         shared with the other lanes' calls of the moment (`connectors.erp.odata_batch`), and the
         ERP's concurrency is spent per request from those slots: the caller takes none."""
+        self.operation_timeout_s = operation_timeout_s
+        """What each operation of a `$batch` adds to its timeout: Business Central runs them one
+        after another, so a full batch takes far longer than one call."""
         self.mapper = BusinessCentralMapper(mappings or load_mappings(None), payment_sign)
         self._entities: OrderedDict[tuple[str, RecordType, str], tuple[str, str]] = OrderedDict()
         """(company id, record type, key) → (id, etag) of what this client wrote or read."""
@@ -219,8 +223,11 @@ class BusinessCentralClient(_HttpErpClient):
 
     async def _send_batch(self, operations: Entities, correlation_id: str | None = None) -> Entities:
         """One `POST $batch` with `operations`; their answers, as Business Central gave them."""
+        timeout = self._timeout
+        if not isinstance(timeout, httpx.Timeout):  # a Timeout object says it all itself
+            timeout += len(operations) * self.operation_timeout_s
         response = await self._call(
-            "POST", f"{self.base_url}/$batch", correlation_id, body={"requests": operations}
+            "POST", f"{self.base_url}/$batch", correlation_id, body={"requests": operations}, timeout=timeout
         )
         answers: Entities = self._json(response).get("responses") or []
         return answers

@@ -109,3 +109,16 @@ def test_one_runs_figures_against_the_bound() -> None:
     )
     assert "N / 0.25 s" in table and "0.455" in table and "1.100" in table
     assert "PUT record 11" in table and "USER_ERROR 1" in table
+
+
+def test_a_batch_counts_one_call_and_its_operations() -> None:
+    bc = "/v2.0/t/sandbox/api/v2.0"
+    calls = ErpCalls()
+    batch = {**entry(1, "POST", status=200), "path": f"{bc}/$batch", "operations": 40}
+    throttled = {**entry(2, "POST", status=429, fault="rate_limit"), "path": f"{bc}/$batch", "operations": 60}
+    calls.add([batch, throttled, {**entry(3, "GET", status=200), "path": f"{bc}/companies"}])
+    summary = calls.summary()
+    assert (summary["calls"], summary["operations"], summary["throttled"]) == (3, 101, 1)
+    seen = results([(f"d{i}", "post_invoice", "posted", 1_000 + i) for i in range(50)])
+    r = erp_bound_measures(seen, calls, 5, 100.0, Expected(frozenset(), 0))
+    assert (r["calls_per_document"], r["operations_per_document"]) == (0.06, 2.02)
