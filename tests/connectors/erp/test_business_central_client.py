@@ -85,6 +85,7 @@ async def bc(bc_sandbox: SandboxServer, variant: dict[str, Any]) -> AsyncIterato
         timeout=CLIENT_TIMEOUT_S,
         payment_sign=variant["payment_sign"],
         batch_slots=CallSlots(5) if variant.get("gather") else None,
+        operation_timeout_s=0,  # a hang (HANG_S) outlasts every request's timeout, a $batch's too
     )
     yield client
     await client.aclose()
@@ -426,5 +427,22 @@ async def test_a_rate_limit_counting_operations_throttles_a_full_batch(tmp_path:
                 # One request of eight lookups is eight calls to a limit of five: 429 for all.
                 assert all(isinstance(e, ErpTransientError) and e.status == 429 for e in throttled)
                 assert [e["fault"] for e in await requests_log(admin)] == ["rate_limit"]
+        finally:
+            await client.aclose()
+
+
+async def test_a_batch_has_time_for_each_of_its_operations(tmp_path: Path) -> None:
+    async with await _stand_in(tmp_path) as server:
+        # One call's timeout is shorter than the answer takes; a $batch of two operations gets
+        # 2 x operation_timeout_s more, and waits for it.
+        client = BusinessCentralClient(
+            api_url(server), StaticToken(DEFAULT_TOKEN), timeout=CLIENT_TIMEOUT_S, operation_timeout_s=HANG_S
+        )
+        try:
+            await client.deliver(upsert_customer())
+            async with httpx.AsyncClient(base_url=server.url) as admin:
+                await set_faults(admin, latency_ms=HANG_S * 1000, scope=r"Microsoft\.NAV\.post")
+                receipt = await client.deliver(post_invoice())
+            assert receipt.document_number and receipt.document_number.startswith("PS-INV")
         finally:
             await client.aclose()
