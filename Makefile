@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install ledgerflow with its dev tools
 
 kafka-jars: $(STAMP) ## fetch Apache Kafka's broker jars from Maven Central into the cache
-	$(BIN)/python -c "from streams.local_kafka import ensure_jars; print('kafka jars:', ensure_jars())"
+	$(BIN)/python -c "from streams.cli.local_kafka import ensure_jars; print('kafka jars:', ensure_jars())"
 
 tools: ## Debian's prometheus/promtool (metrics tests) and chromium (ops page test); tests skip without
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from streams.app import app
-from streams.reconcile import ReconcileReport, reconcile
+from streams.operations.reconcile import ReconcileReport, reconcile
 from streams.settings import settings
 
 STAGE = "sink"  # `ledgerflow worker --stages …` runs this module's agents and timers or not

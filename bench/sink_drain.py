@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from canonical import codec
+from streams.cli.local_kafka import LocalKafka
 from streams.kafka_io import produce, read_topics
-from streams.local_kafka import LocalKafka
 from tests.connectors.erp.builders import post_invoice, upsert_customer
 from tests.support import BUSINESS_CENTRAL_ENV, Stack
 
@@ -63,7 +63,7 @@ def drain(bootstrap: str, root: Path, commands: int, concurrency: int, latency_m
         asyncio.run(produce(bootstrap, stack.topic("erp.commands"), records))
         produced = time.monotonic() - started
 
-        def done(found: dict) -> bool:  # type: ignore[type-arg]
+        def done(found: dict) -> bool:
             return sum(b'"posted"' in (v or b"") for _, v, _ in found[results]) >= commands
 
         found = asyncio.run(read_topics(bootstrap, [results], done, timeout=3600))

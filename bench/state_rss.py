@@ -47,8 +47,7 @@ import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
-from connectors.simulation import Message, generate  # noqa: E402
-from streams.bench import (  # noqa: E402
+from bench.harness import (  # noqa: E402
     child_env,
     cpu_seconds,
     create_topics,
@@ -58,8 +57,9 @@ from streams.bench import (  # noqa: E402
     source_records,
     spawn,
 )
-from streams.local_kafka import LocalKafka, free_port  # noqa: E402
-from streams.processes import terminate, wait_for_log  # noqa: E402
+from connectors.simulation import Message, generate  # noqa: E402
+from streams.cli.local_kafka import LocalKafka, free_port  # noqa: E402
+from streams.cli.processes import terminate, wait_for_log  # noqa: E402
 from streams.topic_names import SOURCE_TOPICS  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"

@@ -17,7 +17,7 @@ def run() -> None:
 
     logs.configure(settings.log_format, settings.log_level)  # a worker's Faust sets it up again
     use_event_loop(settings.event_loop)
-    from streams.cli import main
+    from streams.cli.main import main
 
     main()
 

@@ -300,7 +300,7 @@ def create_app(s: Settings) -> LedgerflowApp:
         s.group_id,
         broker=[f"kafka://{host}" for host in s.bootstrap.split(",")],
         broker_credentials=_broker_credentials(s),
-        autodiscover=["agents", "streams.ingress", "streams.observability", "streams.views"],
+        autodiscover=["agents", "streams.web.ingress", "streams.web.observability", "streams.web.views"],
         origin="streams",
         store="rocksdb://",
         Table=rocksdb.Table,  # stores share one block cache and memtable budget

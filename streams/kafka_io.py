@@ -1,11 +1,16 @@
-"""Plain aiokafka producing and reading, for the dev stack, the simulator and tests."""
+"""Plain aiokafka producing and reading, for the dev stack, the simulator and tests; and the
+client arguments of a secured cluster, for every aiokafka client outside the Faust app."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 Record = tuple[str | None, bytes | None, dict[str, str]]
 """(key, value, headers) as text where text is due."""
@@ -68,3 +73,23 @@ async def read_topics(
     finally:
         await consumer.stop()
     return found
+
+
+def kafka_security(s: Settings) -> dict[str, Any]:
+    """aiokafka client arguments for a secured cluster (none for PLAINTEXT)."""
+    if s.kafka_security_protocol == "PLAINTEXT":
+        return {}
+    import ssl
+
+    out: dict[str, Any] = {"security_protocol": s.kafka_security_protocol}
+    if "SSL" in s.kafka_security_protocol:
+        out["ssl_context"] = ssl.create_default_context(
+            cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None
+        )
+    if s.kafka_security_protocol.startswith("SASL"):
+        out["sasl_mechanism"] = s.kafka_sasl_mechanism or "PLAIN"
+        out["sasl_plain_username"] = s.kafka_sasl_username
+        out["sasl_plain_password"] = (
+            s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else None
+        )
+    return out

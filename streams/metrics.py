@@ -2,7 +2,7 @@
 
 Import-light on purpose (prometheus-client, the settings and the canonical enums, no Faust):
 agents call one function at the point where a thing happens, once per batch or per customer
-group where the pipeline already works that way. `streams.observability` serves `registry`
+group where the pipeline already works that way. `streams.web.observability` serves `registry`
 on `GET /metrics` and feeds the sampled gauges (lag, open exceptions, parked events).
 
 Names are `ledgerflow_*` with the unit in the name. Label values come from sets the code

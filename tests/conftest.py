@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from streams.local_kafka import LocalKafka
+from streams.cli.local_kafka import LocalKafka
 from tests.support import Stack
 
 ARTIFACTS = Path(os.environ.get("LEDGERFLOW_TEST_ARTIFACTS", "test-artifacts"))

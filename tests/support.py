@@ -21,9 +21,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streams.cli.local_kafka import free_port
+from streams.cli.processes import ProcessFailed, terminate, wait_for_log
 from streams.kafka_io import Record, produce, read_topics
-from streams.local_kafka import free_port
-from streams.processes import ProcessFailed, terminate, wait_for_log
 
 __all__ = ["Record", "consume_until", "produce"]
 

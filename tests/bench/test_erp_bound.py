@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
+from bench.harness import ErpCalls, Expected, Observed, call_kind, erp_bound_measures, erp_bound_table
 from connectors.simulation import generate
-from streams.bench import ErpCalls, Expected, Observed, call_kind, erp_bound_measures, erp_bound_table
 
 RECORD = "/services/rest/record/v1"
 

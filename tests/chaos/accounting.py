@@ -43,7 +43,7 @@ from pydantic import TypeAdapter, ValidationError
 from canonical import BusinessException, ExceptionStatus, PostingOutcome, PostingResult, codec
 from canonical.commands import AnyErpCommand, ErpCommand
 from streams import headers as h
-from streams.replay import RawRecord, latest_exceptions
+from streams.operations.replay import RawRecord, latest_exceptions
 from tables.identity import ParkedChanges
 from tables.invoices import CustomerInvoices
 

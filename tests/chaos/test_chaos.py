@@ -11,7 +11,7 @@ is killed with `kill -9` three times (restarted on its data each time) and the b
 Afterwards, against the simulator's ground truth: every document in the ERP once, none extra,
 with the truth's amounts, currencies and statuses, each customer's documents created in order;
 every source message accounted for (`tests/chaos/accounting.py`: the classes, the table); and
-`streams.reconcile.reconcile` finds no difference. A failed run keeps the workers', the
+`streams.operations.reconcile.reconcile` finds no difference. A failed run keeps the workers', the
 sandbox's and the broker's logs, the sandbox database, the ground truths and the report under
 `test-artifacts/chaos/`.
 """
@@ -41,9 +41,9 @@ from canonical import PostingOutcome
 from connectors.errors import Rejection
 from connectors.salesforce import ResyncRequired
 from connectors.simulation import generate
-from streams.local_kafka import LocalKafka
-from streams.reconcile import reconcile
-from streams.replay import KafkaLink, RawRecord
+from streams.cli.local_kafka import LocalKafka
+from streams.operations.reconcile import reconcile
+from streams.operations.replay import KafkaLink, RawRecord
 from streams.settings import Settings
 from tables.invoices import InvoiceErpStatus
 from tests.chaos.accounting import SOURCE_TOPICS, Accounting, Fate, Outcomes, account, read_outcomes

@@ -18,8 +18,8 @@ import httpx
 import orjson
 import pytest
 
+from streams.cli.processes import wait_for_log
 from streams.mappings import EXAMPLE_MAPPINGS
-from streams.processes import wait_for_log
 from tests.support import (
     BUSINESS_CENTRAL_ENV,
     REPO,

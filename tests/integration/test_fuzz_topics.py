@@ -28,7 +28,7 @@ from connectors.errors import Rejection, RejectionReason
 from connectors.salesforce import ResyncRequired
 from streams import headers as h
 from streams import metrics
-from streams.replay import KafkaLink
+from streams.operations.replay import KafkaLink
 from streams.settings import Settings
 from tests.fuzz.seeds import SOURCE_TOPICS, adapters, garbage, internal_models, internal_seeds, source_seeds
 from tests.support import Stack, document_amount, erp_documents_of, finish_simulation, start_simulation

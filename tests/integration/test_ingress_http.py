@@ -13,8 +13,8 @@ import pytest
 import stripe
 
 from connectors import signing
-from streams.ingress import MAX_BODY_BYTES
-from streams.local_kafka import LocalKafka
+from streams.cli.local_kafka import LocalKafka
+from streams.web.ingress import MAX_BODY_BYTES
 from tests.support import Stack, consume_until, finalized_fixture_invoice, stripe_event, stripe_fixture
 
 SECRET = "whsec_ingress_test"

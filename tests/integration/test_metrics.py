@@ -21,8 +21,8 @@ import orjson
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from streams.local_kafka import free_port
-from streams.processes import terminate
+from streams.cli.local_kafka import free_port
+from streams.cli.processes import terminate
 from tests.k8s.test_monitoring import RULES, dashboard_exprs
 from tests.support import (
     Stack,

@@ -33,7 +33,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.routing import same_worker
+from streams.web.routing import same_worker
 from tests.conftest import ARTIFACTS
 from tests.support import (
     Stack,

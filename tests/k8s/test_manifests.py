@@ -22,7 +22,7 @@ from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from mode import Service
 from pydantic import SecretStr
 
-from streams.local_kafka import cache_root
+from streams.cli.local_kafka import cache_root
 from streams.settings import Settings
 from tests.support import REPO
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams import metrics
-from streams.observability import faust_metrics
+from streams.web.observability import faust_metrics
 from tests.support import REPO
 
 MONITORING = REPO / "k8s" / "monitoring"

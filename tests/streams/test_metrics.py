@@ -301,7 +301,7 @@ def test_no_label_carries_data() -> None:
 
 
 def test_faust_sensor_metrics_are_named_by_convention_and_in_seconds() -> None:
-    from streams.observability import faust_metrics
+    from streams.web.observability import faust_metrics
 
     registry = CollectorRegistry()
     faust = faust_metrics(registry)
@@ -315,7 +315,7 @@ def test_faust_sensor_metrics_are_named_by_convention_and_in_seconds() -> None:
 
 def test_faust_sensor_labels_each_series_once_and_counts_every_call() -> None:
     """Faust's sensor labels by keyword several times per message: the child is looked up once."""
-    from streams.observability import faust_metrics
+    from streams.web.observability import faust_metrics
 
     registry = CollectorRegistry()
     faust = faust_metrics(registry)
@@ -336,7 +336,7 @@ def test_faust_sensor_labels_each_series_once_and_counts_every_call() -> None:
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (make tools)")
 def test_promtool_finds_no_problem_in_the_whole_exposition() -> None:
-    from streams.observability import faust_metrics
+    from streams.web.observability import faust_metrics
 
     registry = CollectorRegistry()
     faust_metrics(registry)
@@ -348,7 +348,7 @@ def test_promtool_finds_no_problem_in_the_whole_exposition() -> None:
 
 
 def test_readiness_says_why_not() -> None:
-    from streams.observability import readiness_problem
+    from streams.web.observability import readiness_problem
 
     def problem(
         started: bool = True, rebalancing: bool = False, recovering: bool = False, assigned: int = 4
@@ -385,7 +385,7 @@ class FakeConsumer:
 
 
 def test_lag_is_highwater_minus_committed_for_stream_partitions() -> None:
-    from streams.observability import consumer_lag
+    from streams.web.observability import consumer_lag
 
     lag = consumer_lag(FakeConsumer(), {"lf-invoices-changelog"})
     # partition 1 has not been fetched yet (no high watermark); 2 has read to its end, uncommitted

@@ -14,7 +14,7 @@ not through the webhook ingress) gets its correlation id minted by the stage-1 a
 record is matched by running the same adapter on it, only for records whose key is a customer
 reference the transaction's canonical events name.
 
-Selecting and summarising hops is pure; the Kafka side reuses `streams.replay.KafkaLink`.
+Selecting and summarising hops is pure; the Kafka side reuses `streams.operations.replay.KafkaLink`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from aiokafka.partitioner import murmur2
 
 from canonical import Source
 from streams import headers as h
-from streams.replay import KafkaLink, RawRecord, ReplayError, raw_record
+from streams.operations.replay import KafkaLink, RawRecord, ReplayError, raw_record
 from streams.settings import Settings
 from streams.topic_names import (
     BILLING_CHANGES,

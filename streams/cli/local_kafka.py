@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streams.processes import terminate
+from streams.cli.processes import terminate
 
 KAFKA_VERSION = os.environ.get("LEDGERFLOW_KAFKA_VERSION", "4.1.1")
 # Kafka 4.x logs through slf4j 1.7 to log4j2; the binding is not a dependency of kafka_2.13.

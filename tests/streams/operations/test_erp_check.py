@@ -17,13 +17,13 @@ from pydantic import SecretStr
 
 from connectors.erp import NetSuiteClient, StaticToken
 from connectors.erp.sandbox import DEFAULT_TOKEN, SandboxServer
-from streams.erp_check import Status, check_ids, erp_check, wanted_ids
 from streams.mappings import EXAMPLE_MAPPINGS, load_mappings
-from streams.reconcile import EXIT_CLEAN, EXIT_DIFFERENCES, EXIT_FAILED
+from streams.operations.erp_check import Status, check_ids, erp_check, wanted_ids
+from streams.operations.reconcile import EXIT_CLEAN, EXIT_DIFFERENCES, EXIT_FAILED
 from streams.settings import Settings
 from tests.connectors.erp.support import requests_log, sandbox_config
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
@@ -164,7 +164,7 @@ async def test_the_command_line_exits_1_on_problems_and_2_when_the_erp_refuses(
 
     out = await _in_thread(cli)
     assert out.returncode == EXIT_DIFFERENCES, out.stderr[-2000:]
-    assert orjson.loads(out.stdout)["by_status"]["mismatch"] == 1
+    assert orjson.loads(out.stdout)["by_status"]["mismatch"] == 1, out.stderr[-3000:]
     refused = await _in_thread(lambda: cli(LEDGERFLOW_ERP_TOKEN="not-the-token"))
     assert refused.returncode == EXIT_FAILED, refused.stderr[-2000:]
     assert "erp check stopped" in refused.stderr

@@ -18,7 +18,7 @@ from connectors import signing
 from connectors.signing import SignatureProblem
 from tests.connectors.stripe.test_fuzz import json_values
 from tests.fuzz.seeds import EDGE_VALUES, dumps_json, mangle_drawn, source_seeds
-from tests.streams.test_ingress import NOW, _ingress
+from tests.streams.web.test_ingress import NOW, _ingress
 
 REFUSALS = {p.value for p in SignatureProblem} | {"malformed_body"}
 SECRETS = {"stripe": "whsec_new", "salesforce": "relay_s", "clm": "relay_s"}

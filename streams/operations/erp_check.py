@@ -20,7 +20,6 @@ takes other than the local one (by code): one filtered read per kind and company
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import tomllib
 import uuid
@@ -33,7 +32,6 @@ from functools import partial
 from typing import Any
 
 import click
-import orjson
 from pydantic import ValidationError
 
 from connectors.erp import ClientCredentialsToken, ErpError, NetSuiteClient, RetryPolicy
@@ -41,7 +39,7 @@ from connectors.erp import client as erp_client_module
 from connectors.erp.business_central_client import BusinessCentralClient
 from streams.erp import read_with_retries
 from streams.mappings import Mappings, NetSuiteIds, load_mappings
-from streams.reconcile import EXIT_CLEAN, EXIT_DIFFERENCES, EXIT_FAILED
+from streams.operations.reconcile import EXIT_CLEAN, EXIT_DIFFERENCES, EXIT_FAILED
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -384,32 +382,3 @@ def _log(report: CheckReport, cause: str) -> None:
 def _literal(value: str) -> str:
     # A SuiteQL string literal doubles its single quotes.
     return "'" + value.replace("'", "''") + "'"
-
-
-# --- command line ----------------------------------------------------------------------------
-
-
-@click.group("erp")
-def erp_group() -> None:
-    """The ERP ledgerflow posts to: checks of its configuration."""
-
-
-@erp_group.command(
-    "check",
-    epilog="\b\nExit status:\n  0  every id exists and is what the mappings say\n"
-    "  1  an id is missing or names another record\n"
-    "  2  the check could not run (not in NetSuite mode, the mappings unreadable, the ERP "
-    "unreachable or answering an error)",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
-def erp_check_command(as_json: bool) -> None:
-    """Check that every NetSuite internal id the mappings name (subsidiaries, currencies, items,
-    accounts, tax codes, custom fields) exists in the ERP and is what the mappings say it is."""
-    from streams.settings import settings
-
-    report = asyncio.run(erp_check(settings))
-    if as_json:
-        click.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
-    else:
-        click.echo(report.render())
-    click.get_current_context().exit(report.exit_status)

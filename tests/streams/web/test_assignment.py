@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from faust.types import TP
 
-from streams.observability import assignment_view
+from streams.web.observability import assignment_view
 
 
 def test_partitions_are_grouped_by_topic_and_kind() -> None:

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streams import metrics, rocksdb
 from streams.app import app, release_free_memory
-from streams.ingress import kafka_security
+from streams.kafka_io import kafka_security
 from streams.settings import settings
 from streams.topic_names import EXCEPTIONS
 

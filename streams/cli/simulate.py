@@ -14,8 +14,9 @@ from aiokafka import AIOKafkaProducer
 
 from connectors import signing
 from connectors.simulation import Message, Scenario, generate
-from streams.ingress import RELAY_SIGNATURE_HEADER, kafka_security
+from streams.kafka_io import kafka_security
 from streams.settings import Settings
+from streams.web.ingress import RELAY_SIGNATURE_HEADER
 
 WEBHOOK_PATH = {
     "billing.changes": "/webhooks/stripe",

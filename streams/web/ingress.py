@@ -26,6 +26,7 @@ from connectors import signing
 from connectors.stripe.routing import billing_customer_of, stream_for
 from streams import headers as h
 from streams.app import app
+from streams.kafka_io import kafka_security
 from streams.settings import Settings, settings
 
 log = logging.getLogger(__name__)
@@ -176,26 +177,6 @@ class DurableProducer:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
-
-
-def kafka_security(s: Settings) -> dict[str, Any]:
-    """aiokafka client arguments for a secured cluster (none for PLAINTEXT)."""
-    if s.kafka_security_protocol == "PLAINTEXT":
-        return {}
-    import ssl
-
-    out: dict[str, Any] = {"security_protocol": s.kafka_security_protocol}
-    if "SSL" in s.kafka_security_protocol:
-        out["ssl_context"] = ssl.create_default_context(
-            cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None
-        )
-    if s.kafka_security_protocol.startswith("SASL"):
-        out["sasl_mechanism"] = s.kafka_sasl_mechanism or "PLAIN"
-        out["sasl_plain_username"] = s.kafka_sasl_username
-        out["sasl_plain_password"] = (
-            s.kafka_sasl_password.get_secret_value() if s.kafka_sasl_password else None
-        )
-    return out
 
 
 producer = DurableProducer(settings)

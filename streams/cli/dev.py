@@ -19,9 +19,9 @@ import httpx
 import orjson
 
 from connectors.stripe.samples import MARKETS, customer_object, event_envelope, invoice_object
+from streams.cli.local_kafka import LocalKafka, free_port
+from streams.cli.processes import ProcessFailed, terminate, wait_for_log
 from streams.kafka_io import Record, produce, read_topics
-from streams.local_kafka import LocalKafka, free_port
-from streams.processes import ProcessFailed, terminate, wait_for_log
 from streams.settings import settings
 from streams.topic_names import DLQ, ERP_COMMANDS, EXCEPTIONS
 

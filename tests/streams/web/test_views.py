@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from canonical import ContractStatus, Customer, ExceptionReason, ExceptionStatus, InvoiceStatus
-from streams import ops_page
-from streams.views import (
+from streams.web import ops_page
+from streams.web.views import (
     Denial,
     ExceptionQuery,
     PartitionOffsets,

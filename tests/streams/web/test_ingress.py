@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from connectors import signing
-from streams.ingress import WebhookIngress
 from streams.settings import Settings
+from streams.web.ingress import WebhookIngress
 from tests.support import stripe_event, stripe_fixture
 
 NOW = 1_767_229_200

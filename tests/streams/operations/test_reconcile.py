@@ -25,8 +25,9 @@ from connectors.erp import ErpDocument, RecordType, netsuite
 from connectors.erp.business_central_client import BusinessCentralClient
 from connectors.erp.sandbox import DEFAULT_TOKEN, SandboxServer
 from streams import headers as h
+from streams.cli.reconcile import reconcile_command
 from streams.erp import erp_client
-from streams.reconcile import (
+from streams.operations.reconcile import (
     ACTIVE,
     INACTIVE,
     POSTED,
@@ -42,10 +43,9 @@ from streams.reconcile import (
     judge,
     posting,
     reconcile,
-    reconcile_command,
     reconciliation_exceptions,
 )
-from streams.replay import KafkaLink, RawRecord
+from streams.operations.replay import KafkaLink, RawRecord
 from streams.settings import Settings
 from tests.connectors.erp.builders import (
     T0,
@@ -522,7 +522,7 @@ def test_report_json_is_complete_and_carries_no_document_body() -> None:
 
 
 def test_reconcile_is_a_ledgerflow_command_and_documents_its_exit_status() -> None:
-    from streams.cli import cli
+    from streams.cli.main import cli
 
     assert cli.commands["reconcile"] is reconcile_command
     result = CliRunner().invoke(reconcile_command, ["--help"])
@@ -779,7 +779,7 @@ async def test_business_central_duplicates_are_found_through_its_listing(
 async def test_reconcile_refuses_to_run_without_the_topics(
     kafka_bootstrap: str, sandbox: SandboxServer
 ) -> None:
-    from streams.reconcile import ReconcileError
+    from streams.operations.reconcile import ReconcileError
 
     s = isolated(kafka_bootstrap, sandbox)
     with pytest.raises(ReconcileError, match="does not exist"):

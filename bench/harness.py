@@ -59,9 +59,9 @@ from connectors.erp.business_central_sandbox import BusinessCentralSandboxConfig
 from connectors.erp.client import NETSUITE_RECORD_PATH, SUITEQL_PATH
 from connectors.simulation import Message, Scenario, generate
 from streams import headers as h
-from streams.local_kafka import LocalKafka, LocalKafkaError, free_port
+from streams.cli.local_kafka import LocalKafka, LocalKafkaError, free_port
+from streams.cli.processes import ProcessFailed, terminate, wait_for_log
 from streams.metrics import READY_TIMESTAMP, header_ms
-from streams.processes import ProcessFailed, terminate, wait_for_log
 from streams.settings import Settings
 from streams.topic_names import CANONICAL, ERP_COMMANDS, ERP_RESULTS, SOURCE_TOPICS, STRIPE_TOPICS
 
@@ -729,7 +729,7 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")
 
 
 OWN_CODE = ("agents/", "canonical/", "connectors/", "streams/", "tables/")
-ENTRY_POINTS = ("streams/__main__.py", "streams/cli.py")
+ENTRY_POINTS = ("streams/__main__.py", "streams/cli/main.py")
 LOOP_RUNNERS = frozenset(
     {"Worker.execute_from_commandline (mode/worker.py)", "ServiceThread._start_thread (mode/threads.py)"}
 )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.local_kafka import LocalKafka, LocalKafkaError, ensure_jars
+from streams.cli.local_kafka import LocalKafka, LocalKafkaError, ensure_jars
 from tests.support import REPO, env_vars
 
 

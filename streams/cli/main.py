@@ -10,12 +10,12 @@ from typing import NoReturn
 import click
 from faust.cli.faust import cli
 
+from bench.harness import bench_command
 from connectors.erp.sandbox import erp_sandbox_command
-from streams.bench import bench_command
-from streams.erp_check import erp_group
-from streams.local_kafka import LocalKafka, LocalKafkaError, cache_root
-from streams.reconcile import reconcile_command
-from streams.replay import replay_command
+from streams.cli.erp_check import erp_group
+from streams.cli.local_kafka import LocalKafka, LocalKafkaError, cache_root
+from streams.cli.reconcile import reconcile_command
+from streams.cli.replay import replay_command
 
 
 @click.command("kafka")
@@ -77,7 +77,7 @@ def schemas_command(out: Path) -> None:
 )
 def dev_command(events: int, keep_running: bool) -> None:
     """The whole stack on one machine: local Kafka, a worker, a scenario, a summary."""
-    from streams.dev import run_dev
+    from streams.cli.dev import run_dev
 
     run_dev(events=events, keep_running=keep_running)
 
@@ -134,8 +134,8 @@ def simulate_command(
     via_webhooks: str | None,
 ) -> None:
     """Produce a realistic quote-to-cash history (CRM, CLM, Stripe) and write its ground truth."""
+    from streams.cli.simulate import run_simulation
     from streams.settings import settings
-    from streams.simulate import run_simulation
 
     run_simulation(
         settings,

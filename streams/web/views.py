@@ -5,14 +5,14 @@ no token is configured, rather than serving data openly), except the ops page sh
 which holds no data and asks for the token itself.
 
 * `GET /customers/{customer_id}` — the customer 360, answered by the worker whose partitions
-  hold the customer: `app.table_route` forwards it there (`streams.routing.OwnerRouter`).
+  hold the customer: `app.table_route` forwards it there (`streams.web.routing.OwnerRouter`).
   `/invoices`, `/contracts`, `/ledger` and `/exceptions` below it are the parts it is made of,
   each routed by its own table (they are co-located when every worker runs every stage, and
   fetched from their owner when not).
 * `GET /exceptions` — exceptions across every partition: the receiving worker asks every
   worker of the group for its active partitions (`?local=1`), merges, sorts by age, pages.
 * `POST /exceptions/{id}/replay`, `POST /exceptions/{id}/resolve` — operator actions.
-* `GET /trace/{correlation_id}` — every hop of one transaction (`streams.trace`).
+* `GET /trace/{correlation_id}` — every hop of one transaction (`streams.web.trace`).
 * `GET /pipeline` — stages, assigned partitions and lag, gathered like `/exceptions`.
 
 Deciding (auth, filters, paging, merging, masking, the 360's shape) is pure and tested without
@@ -40,9 +40,8 @@ from pydantic import ValidationError
 
 from canonical import BusinessException, ExceptionReason, ExceptionStatus, codec
 from streams import headers as h
-from streams import ops_page
 from streams.app import app
-from streams.replay import (
+from streams.operations.replay import (
     ExceptionEntry,
     Outcome,
     RawRecord,
@@ -50,17 +49,6 @@ from streams.replay import (
     ReplayKind,
     ReplayPlan,
     execute_replay,
-)
-from streams.routing import (
-    FORWARD_TIMEOUT_S,
-    FORWARDED_BY,
-    OwnerRouter,
-    active_partitions,
-    gather_json,
-    get_json,
-    install,
-    partition_count,
-    peers,
 )
 from streams.settings import settings
 from streams.topics import (
@@ -76,7 +64,19 @@ from streams.topics import (
     PAYMENTS_CHANGES,
     exceptions_topic,
 )
-from streams.trace import DEFAULT_BUDGET, MAX_BUDGET, parse_since, trace
+from streams.web import ops_page
+from streams.web.routing import (
+    FORWARD_TIMEOUT_S,
+    FORWARDED_BY,
+    OwnerRouter,
+    active_partitions,
+    gather_json,
+    get_json,
+    install,
+    partition_count,
+    peers,
+)
+from streams.web.trace import DEFAULT_BUDGET, MAX_BUDGET, parse_since, trace
 from tables.contracts import CustomerContracts, contract_table
 from tables.customers import CustomerMaster, customer_table
 from tables.exceptions import UNKEYED, KeptException, KeyExceptions, exception_table
@@ -903,7 +903,7 @@ def _exception_of(item: Mapping[str, Any]) -> BusinessException:
 
 
 async def replay_one(item: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
-    """Re-drive the offending message of one open exception with `streams.replay` (which also
+    """Re-drive the offending message of one open exception with `streams.operations.replay` (which also
     writes its REPLAYED record)."""
     exc = _exception_of(item)
     if exc.status is not ExceptionStatus.OPEN:

@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from canonical import codec
 from canonical.exceptions import BusinessException, ExceptionReason, ExceptionStatus, MessageRef
 from streams import headers as h
-from streams.replay import (
+from streams.cli.replay import IsoTime, replay_command
+from streams.operations.replay import (
     REPLAY_OF,
-    IsoTime,
     KafkaLink,
     Outcome,
     RawRecord,
@@ -35,7 +35,6 @@ from streams.replay import (
     plan_dlq,
     plan_exceptions,
     replay,
-    replay_command,
     replayed_exception,
 )
 from streams.settings import Settings
@@ -352,7 +351,7 @@ def test_dry_run_report_lists_what_would_be_replayed() -> None:
 
 
 def test_replay_is_a_ledgerflow_command() -> None:
-    from streams.cli import cli
+    from streams.cli.main import cli
 
     assert cli.commands["replay"] is replay_command
 

@@ -12,7 +12,7 @@ from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
 
 from streams.app import app
-from streams.routing import FORWARDED_BY, OwnerRouter, forward_headers, same_worker
+from streams.web.routing import FORWARDED_BY, OwnerRouter, forward_headers, same_worker
 
 
 def test_worker_urls_compare_by_host_and_port() -> None:
@@ -60,6 +60,6 @@ async def test_the_owner_answers_itself_and_a_forwarded_request_is_never_forward
 
 
 def test_the_app_routes_through_owner_router() -> None:
-    import streams.views  # noqa: F401 - installs the router, as autodiscovery does in a worker
+    import streams.web.views  # noqa: F401 - installs the router, as autodiscovery does in a worker
 
     assert isinstance(app.router, OwnerRouter)

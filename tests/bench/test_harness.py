@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from connectors.simulation import generate
-from streams import headers as h
-from streams.bench import (
+from bench.harness import (
     Expected,
     Observed,
     format_table,
@@ -16,6 +14,8 @@ from streams.bench import (
     summarize_profile,
     tenths,
 )
+from connectors.simulation import generate
+from streams import headers as h
 from streams.metrics import READY_TIMESTAMP
 
 

@@ -14,8 +14,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from canonical import codec
 from connectors.stripe.samples import event_envelope, invoice_object
 from streams import headers as h
-from streams.replay import RawRecord
-from streams.trace import (
+from streams.operations.replay import RawRecord
+from streams.web.trace import (
     _minting_adapters,
     customer_refs,
     parse_since,
