@@ -18,6 +18,8 @@ COPY streams ./streams
 COPY agents ./agents
 COPY tables ./tables
 COPY connectors ./connectors
+# `ledgerflow bench` is a command of the image too: its harness, not its peers or results.
+COPY bench/__init__.py bench/harness.py ./bench/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS runtime
