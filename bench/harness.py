@@ -108,7 +108,7 @@ class BenchOptions:
     """Workers running only the sink (`--stages sink`, their own consumer group) beside `workers`
     running ingest and core; 0 runs every stage in every worker. The sink's ERP calls wait on
     the event loop, which stage 1 and 2 hold for a whole batch at a time: in a process of its
-    own it kept up (README, "Measuring it")."""
+    own it kept up (docs/performance.md)."""
     timeout_s: float = 900.0
     profile: bool = False
     results_dir: Path = RESULTS
@@ -1500,7 +1500,7 @@ def _ms(latency: dict[str, Any] | None, stage: str) -> str:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """The results as a plain-text table (the README shows the latest one)."""
+    """The results as a plain-text table (docs/performance.md shows the latest one)."""
     machine, params, given = results["machine"], results["parameters"], results["input"]
     header = (
         f"ledgerflow bench {results['started_at']} on {machine['host']} ({machine['cpus']} CPUs, "

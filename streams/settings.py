@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     is off by default: faust-streaming picks the transactional producer by the *destination*
     partition, so a send to a topic no local agent consumes (erp.commands, the DLQ) fails.
     Duplicates from at-least-once delivery are absorbed by the tables' event-id dedup and the
-    commands' idempotency keys (see README, "Delivery guarantees")."""
+    commands' idempotency keys (see docs/delivery-guarantees.md)."""
 
     app_id: str = "ledgerflow"
     """LEDGERFLOW_APP_ID: Kafka consumer group and prefix of the changelog topics."""

@@ -8,7 +8,7 @@ it is synchronous (it uses `requests`), so each acquisition runs in a worker thr
 
 The app registration needs the Dynamics 365 Business Central application permission
 `API.ReadWrite.All` with admin consent, and a record on Business Central's "Microsoft Entra
-Applications" page with its permission sets (README: Business Central setup).
+Applications" page with its permission sets (docs/erp.md, "A Business Central environment").
 """
 
 from __future__ import annotations

@@ -179,7 +179,7 @@ Start here:
   ledgerflow kafka     a local Apache Kafka (KRaft) in the foreground
   ledgerflow schemas   the JSON Schemas of the canonical model
 
-Settings are LEDGERFLOW_* environment variables (see README, "Configuration").
+Settings are LEDGERFLOW_* environment variables (see docs/configuration.md).
 """
 
 

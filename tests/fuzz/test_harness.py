@@ -1,5 +1,5 @@
 """The atheris harness stays runnable: its checks pass on every seed and on a short plain run
-(the long coverage-guided run is by hand, see README "Fuzzing")."""
+(the long coverage-guided run is by hand, see docs/development.md, "Fuzzing")."""
 
 from __future__ import annotations
 

@@ -281,7 +281,7 @@ class Report:
         self.outcome = f"known gap: {what}"
         self.evidence = list(evidence)[:40]
         self.save()
-        pytest.xfail(f"{what} (a stuck producer flush, README 'Kubernetes'): {self.evidence[:5]}")
+        pytest.xfail(f"{what} (a stuck producer flush, docs/kubernetes.md): {self.evidence[:5]}")
 
 
 def settle(
