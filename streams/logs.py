@@ -8,7 +8,9 @@ Faust's, aiokafka's and aiohttp's own records go through the same formatter.
 
 Personal data and secrets never reach a line: a field whose name says it holds one (a name, an
 e-mail, an address, a phone number, a token, a secret, a signature…) is written as
-`[redacted]` whatever the caller passed, so a careless `extra=` cannot leak it.
+`[redacted]` whatever the caller passed, so a careless `extra=` cannot leak it; and a
+traceback's pydantic validation errors name the fields and the problems, never the input
+(pydantic's own text says `input_value='Acme Corp'`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import logging.config
 import re
 import time
+import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -25,6 +28,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import orjson
+from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
 
 LogFormat = Literal["json", "text"]
@@ -75,6 +79,33 @@ def _redacted(name: str, value: Any) -> Any:
     return value
 
 
+def format_exception(exc_info: Any) -> str:
+    """A traceback as `logging` writes one, with each pydantic `ValidationError` in its chain
+    told without the values it was given."""
+    _, exc, _ = exc_info
+    if exc is None:
+        return logging.Formatter().formatException(exc_info)
+    te = traceback.TracebackException.from_exception(exc)
+    _scrub(exc, te, set())
+    return "".join(te.format()).rstrip("\n")
+
+
+def _scrub(exc: BaseException | None, te: traceback.TracebackException | None, seen: set[int]) -> None:
+    # The TracebackException mirrors the exception's chain (cause, context), so both are walked
+    # together; what it prints of an exception is its `_str`, the exception's text taken at build.
+    if exc is None or te is None or id(exc) in seen:
+        return
+    seen.add(id(exc))
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or '(root)'}: {e['msg']} [type={e['type']}]"
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        )
+        te._str = f"{exc.error_count()} validation error(s) for {exc.title}: {problems}"  # type: ignore[attr-defined]
+    _scrub(exc.__cause__, te.__cause__, seen)
+    _scrub(exc.__context__, te.__context__, seen)
+
+
 class TextFormatter(logging.Formatter):
     """`2026-12-07T02:40:00.123Z [WARNING] connectors.erp.client: erp call failed status=503 …`."""
 
@@ -84,6 +115,9 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self, fmt: str | None = TEXT_FORMAT, datefmt: str | None = None) -> None:
         super().__init__(fmt, datefmt)
+
+    def formatException(self, ei: Any) -> str:
+        return format_exception(ei)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -104,6 +138,9 @@ class JsonLineFormatter(JsonFormatter):
             rename_fields={"levelname": "level", "name": "logger"},
             json_default=str,
         )
+
+    def formatException(self, ei: Any) -> str:
+        return format_exception(ei)
 
     def add_fields(
         self, log_data: dict[str, Any], record: logging.LogRecord, message: dict[str, Any]

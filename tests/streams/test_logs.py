@@ -147,3 +147,29 @@ def test_names_are_matched_in_any_case_and_inside_nested_values(captured: io.Str
     assert line["body"] == {"companyName": logs.REDACTED, "billingAddress": logs.REDACTED, "currency": "GBP"}
     assert line["contacts"] == [{"emails": logs.REDACTED}]
     assert line["private_key"] == logs.REDACTED and line["record_type"] == "invoice"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_validation_error_in_a_traceback_names_fields_never_values(
+    captured: io.StringIO, fmt: logs.LogFormat
+) -> None:
+    from pydantic import BaseModel, ValidationError
+
+    class Contact(BaseModel):
+        email: int
+        seats: int
+
+    email, company = "jane.doe" + "@example.com", "Acme" + " Corp"  # not in the traceback's source lines
+    _to(captured, fmt)
+    try:
+        try:
+            Contact(email=email, seats=company)
+        except ValidationError as exc:
+            raise RuntimeError("mapping failed") from exc
+    except RuntimeError:
+        logging.getLogger("x").exception("posting failed", extra={"customer_id": "cust-1"})
+    out = captured.getvalue()
+    text = orjson.loads(out)["exc_info"] if fmt == "json" else out
+    assert "jane.doe@example.com" not in out and "Acme Corp" not in out
+    assert "2 validation error(s) for Contact: email: Input should be a valid integer" in text
+    assert "seats: Input should be a valid integer" in text and "RuntimeError: mapping failed" in text
