@@ -187,13 +187,14 @@ class BusinessCentralClient(_HttpErpClient):
         headers: Mapping[str, str] | None = None,
         allow_404: bool = False,
     ) -> Any:
-        """One API call, its answer's body (None when it has none, or is an allowed 404): a
-        request of its own, or, gathering, one operation of a shared `$batch`."""
+        """One API call, its answer's body (None for a 204, or an allowed 404): a request of its
+        own, or, gathering, one operation of a shared `$batch`. Any other answer without a body
+        is a transient INVALID_RESPONSE: read as "nothing found", a lookup would create twice."""
         if self.gatherer is None:
             response = await self._call(
                 method, url, correlation_id, body=body, params=params, headers=headers, allow_404=allow_404
             )
-            if (allow_404 and response.status_code == 404) or not response.content:
+            if response.status_code == 204 or (allow_404 and response.status_code == 404):
                 return None
             return self._json(response)
         operation: dict[str, Any] = {
@@ -206,12 +207,15 @@ class BusinessCentralClient(_HttpErpClient):
             operation["headers"]["content-type"] = "application/json"
             operation["body"] = body
         (answer,) = await self._batch([operation], correlation_id)
-        if allow_404 and answer.get("status") == 404:
+        status = _status(answer)
+        if status == 204 or (allow_404 and status == 404):
             return None
         error = _operation_error(answer)
         if error is not None:
             raise error
-        return answer.get("body")
+        if answer.get("body") is None:
+            raise ErpTransientError("INVALID_RESPONSE", f"ERP answered {status} without JSON")
+        return answer["body"]
 
     def _relative(self, url: str, params: Mapping[str, str | int] | None) -> str:
         """A URL as a `$batch` operation names it: relative to the API root, its query encoded."""
@@ -227,7 +231,14 @@ class BusinessCentralClient(_HttpErpClient):
         if not isinstance(timeout, httpx.Timeout):  # a Timeout object says it all itself
             timeout += len(operations) * self.operation_timeout_s
         response = await self._call(
-            "POST", f"{self.base_url}/$batch", correlation_id, body={"requests": operations}, timeout=timeout
+            "POST",
+            f"{self.base_url}/$batch",
+            correlation_id,
+            body={"requests": operations},
+            # OData stops a batch at its first failed operation unless asked not to: one lookup's
+            # 404 must not leave every later caller in the request without an answer.
+            headers={"prefer": "odata.continue-on-error"},
+            timeout=timeout,
         )
         answers: Entities = self._json(response).get("responses") or []
         return answers
@@ -240,7 +251,9 @@ class BusinessCentralClient(_HttpErpClient):
         next_url: str | None = url
         query: dict[str, str | int] | None = {**params, "$top": self.page_size}
         while next_url is not None:
-            page = await self._api("GET", next_url, correlation_id, params=query) or {}
+            page = await self._api("GET", next_url, correlation_id, params=query)
+            if not isinstance(page, dict):
+                raise ErpTransientError("INVALID_RESPONSE", "a query answered without its page")
             items += page.get("value") or []
             next_url, query = page.get("@odata.nextLink"), None  # the link carries the query
         return items
@@ -771,9 +784,17 @@ class BusinessCentralClient(_HttpErpClient):
         )
 
 
+def _status(answer: dict[str, Any]) -> int:
+    """One `$batch` operation's status (500 when it has none)."""
+    try:
+        return int(answer.get("status") or 500)
+    except (TypeError, ValueError):
+        return 500
+
+
 def _operation_error(answer: dict[str, Any]) -> ErpError | None:
     """The typed error of one `$batch` operation's answer, as `classify` reads a response."""
-    status = int(answer.get("status") or 500)
+    status = _status(answer)
     if status < 400:
         return None
     headers = {str(k): str(v) for k, v in (answer.get("headers") or {}).items()}

@@ -1081,7 +1081,10 @@ async def _weigh_batch(request: web.Request, sandbox: Sandbox, body: Any) -> web
 
 def _batch(books: BusinessCentralBooks, body: Any, origin: str, headers: dict[str, str]) -> BcAnswer:
     """A JSON batch: each operation runs in order and answers on its own; an operation whose
-    `dependsOn` failed is not run (424). Business Central's limit is 100 operations."""
+    `dependsOn` failed is not run (424). Business Central's limit is 100 operations. Without
+    `Prefer: odata.continue-on-error` the batch stops at its first failed operation, as OData
+    4.01 has it (whether Business Central does is [UNSURE]: the stricter reading)."""
+    go_on = "odata.continue-on-error" in headers.get("prefer", "")
     requests = body.get("requests") if isinstance(body, dict) else None
     if not isinstance(requests, list) or not all(isinstance(r, dict) for r in requests):
         return BcAnswer(400, odata_error_body("BadRequest", 'A $batch body is {"requests": [{…}, …]}.'))
@@ -1116,4 +1119,6 @@ def _batch(books: BusinessCentralBooks, body: Any, origin: str, headers: dict[st
         if answer.body is not None:
             entry["body"] = answer.body
         responses.append(entry)
+        if answer.status >= 400 and not go_on:
+            break
     return BcAnswer(200, {"responses": responses})

@@ -71,6 +71,7 @@ class BatchGatherer:
     most: int = BATCH_MAX
     _pending: list[_Group] = field(default_factory=list)
     _drainer: asyncio.Task[None] | None = None
+    _sending: set[asyncio.Task[None]] = field(default_factory=set)
     _sequence: int = 0
     requests: int = 0
     """`$batch` requests sent (observable: operations / requests is how full they went)."""
@@ -89,16 +90,18 @@ class BatchGatherer:
         return await group.future
 
     async def aclose(self) -> None:
-        if self._drainer is not None:
-            self._drainer.cancel()
-        for group in self._pending:
+        """Stop: requests in flight are cancelled (their callers with them), nothing more is sent."""
+        pending, self._pending = self._pending, []
+        for task in (self._drainer, *self._sending):
+            if task is not None:
+                task.cancel()
+        for group in pending:
             if not group.future.done():
                 group.future.cancel()
-        self._pending = []
+        await asyncio.gather(*self._sending, return_exceptions=True)
 
     async def _drain(self) -> None:
         """Linger, then send requests while groups wait, each once a slot is free."""
-        sending: set[asyncio.Task[None]] = set()
         try:
             await asyncio.sleep(self.linger_s)
             while self._pending:
@@ -108,8 +111,13 @@ class BatchGatherer:
                     self.slots.release()
                     continue
                 task = asyncio.create_task(self._send(taken))
-                sending.add(task)
-                task.add_done_callback(sending.discard)
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+        except Exception:
+            log.exception("erp $batch gatherer failed; its waiting groups fail with it")
+            _fail(self._pending, ErpTransientError("INTERNAL_ERROR", "the $batch gatherer failed"))
+            self._pending = []
+            raise
         finally:
             self._drainer = None
             if self._pending:  # groups came in as it stopped: a new drainer takes them
@@ -130,8 +138,15 @@ class BatchGatherer:
         return taken
 
     async def _send(self, groups: list[_Group]) -> None:
+        """One request's groups, every one of them answered or failed whatever happens."""
         try:
             await self._answer(groups)
+        except Exception as exc:
+            log.exception("erp $batch answer could not be read")
+            _fail(groups, ErpTransientError("INVALID_RESPONSE", f"the $batch answer was unreadable: {exc!r}"))
+        except BaseException:
+            _fail(groups, asyncio.CancelledError())
+            raise
         finally:
             self.slots.release()
 
@@ -157,15 +172,17 @@ class BatchGatherer:
             if not isinstance(exc, Exception):
                 raise
             return
+        if not isinstance(answers, list) or not all(isinstance(a, dict) for a in answers):
+            raise TypeError(f"a $batch answer is a list of operations' answers, not {type(answers).__name__}")
         by_id = {str(a.get("id")): a for a in answers}
+        # One missing answer, one error: the breaker counts a request's failure once.
+        missing = ErpTransientError("INVALID_RESPONSE", "the $batch answer lacks operations of this group")
         for group in groups:
             mine = [by_id.get(f"{group.prefix}{op['id']}") for op in group.operations]
             if group.future.done():
                 continue
             if any(a is None for a in mine):
-                group.future.set_exception(
-                    ErpTransientError("INVALID_RESPONSE", "the $batch answer lacks operations of this group")
-                )
+                group.future.set_exception(missing)
                 continue
             group.future.set_result(
                 [{**a, "id": op["id"]} for a, op in zip(mine, group.operations, strict=True) if a is not None]
@@ -173,6 +190,7 @@ class BatchGatherer:
 
 
 def _fail(groups: list[_Group], exc: BaseException) -> None:
+    """Every group not answered yet fails with `exc` (cancelled, for a cancellation)."""
     for group in groups:
         if not group.future.done():
             if isinstance(exc, asyncio.CancelledError):

@@ -305,10 +305,14 @@ async def test_a_batch_answers_each_operation_and_skips_what_depends_on_a_failur
             {"id": "3", "method": "GET", "url": customers, "dependsOn": ["2"]},
         ]
     }
-    answer = await api.post("$batch", json=batch)
+    answer = await api.post("$batch", json=batch, headers={"prefer": "odata.continue-on-error"})
     assert answer.status_code == 200
     statuses = {r["id"]: r["status"] for r in answer.json()["responses"]}
     assert statuses == {"1": 200, "2": 400, "3": 424}
+    # Without `Prefer: odata.continue-on-error` a batch stops at its first failed operation.
+    batch["requests"].append({"id": "4", "method": "GET", "url": customers})
+    stopped = await api.post("$batch", json=batch)
+    assert [r["id"] for r in stopped.json()["responses"]] == ["1", "2"]
     too_many = await api.post(
         "$batch", json={"requests": [{"id": str(i), "method": "GET", "url": customers} for i in range(101)]}
     )

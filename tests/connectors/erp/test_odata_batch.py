@@ -93,7 +93,7 @@ async def test_a_lost_answer_fails_every_group_with_one_error_the_breaker_counts
 async def test_a_request_refused_whole_is_sent_again_one_group_each() -> None:
     send = Recorder(refuse_when=3)  # a request of three operations or more is refused
     gatherer = BatchGatherer(send, CallSlots(5))
-    results: list[Any] = await asyncio.gather(
+    results: Any = await asyncio.gather(
         gatherer.run(group("ok1")),
         gatherer.run(group("bad", 3)),
         gatherer.run(group("ok2")),
@@ -115,3 +115,42 @@ async def test_a_cancelled_caller_is_not_sent_and_the_others_are() -> None:
     assert answer["body"]["url"] == "kept/a"
     assert [op["url"] for ops in send.sent for op in ops] == ["kept/a"]
     await gatherer.aclose()
+
+
+async def test_an_unreadable_answer_fails_every_caller_and_hangs_none() -> None:
+    async def garbage(operations: list[Operation]) -> list[Operation]:
+        return [None] * len(operations)  # type: ignore[list-item]
+
+    gatherer = BatchGatherer(garbage, CallSlots(5))
+    results = await asyncio.wait_for(
+        asyncio.gather(*(gatherer.run(group(f"c{i}")) for i in range(3)), return_exceptions=True), 5
+    )
+    assert all(isinstance(r, ErpTransientError) and r.code == "INVALID_RESPONSE" for r in results)
+
+
+async def test_groups_without_an_answer_share_one_error() -> None:
+    async def first_only(operations: list[Operation]) -> list[Operation]:
+        return [{"id": operations[0]["id"], "status": 404, "body": {}}]  # a batch stopped at a failure
+
+    gatherer = BatchGatherer(first_only, CallSlots(5))
+    first, *rest = await asyncio.gather(
+        *(gatherer.run(group(f"c{i}")) for i in range(4)), return_exceptions=True
+    )
+    assert first == [{"id": "a", "status": 404, "body": {}}]
+    assert len({id(r) for r in rest}) == 1 and isinstance(rest[0], ErpTransientError)
+
+
+async def test_closing_cancels_what_is_in_flight() -> None:
+    started = asyncio.Event()
+
+    async def slow(operations: list[Operation]) -> list[Operation]:
+        started.set()
+        await asyncio.sleep(60)
+        return []
+
+    gatherer = BatchGatherer(slow, CallSlots(5))
+    caller = asyncio.create_task(gatherer.run(group("c")))
+    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(gatherer.aclose(), 5)
+    with pytest.raises(asyncio.CancelledError):
+        await caller
