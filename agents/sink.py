@@ -87,9 +87,12 @@ class ErpLink:
     looks_first: bool
     """The ERP cannot upsert (Business Central): a command is marked in flight, durably, before
     its first call, so the attempt after a crash looks the document up before creating it."""
-    gathers: bool = False
-    """The client gathers the lanes' calls into shared requests and takes `calls` per request
-    itself (Business Central's `$batch`): a lane's call then holds no slot of its own."""
+
+    @property
+    def gathers(self) -> bool:
+        """The client gathers the lanes' calls into shared requests and takes `calls` per request
+        itself (Business Central's `$batch`): a lane's call then holds no slot of its own."""
+        return getattr(self.client, "gatherer", None) is not None
 
     def slot(self, priority: int) -> contextlib.AbstractAsyncContextManager[None]:
         """What a lane's call holds while it runs: one of the ERP's slots, unless the client
@@ -99,14 +102,12 @@ class ErpLink:
 
 def erp_link(s: Settings) -> ErpLink:
     calls = CallSlots(s.erp_concurrency)
-    client = erp_client(s, slots=calls)
     return ErpLink(
-        client=client,
+        client=erp_client(s, slots=calls),
         policy=retry_policy(s),
         breaker=CircuitBreaker(s.erp_breaker_failures, s.erp_breaker_open_s),
         calls=calls,
         looks_first=s.erp_mode == "business-central",
-        gathers=getattr(client, "gatherer", None) is not None,
     )
 
 

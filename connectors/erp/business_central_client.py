@@ -152,7 +152,7 @@ class BusinessCentralClient(_HttpErpClient):
 
     def _entity_path(self, company: BusinessCentralCompany, record_type: RecordType, entity_id: str) -> str:
         """An entity's URL relative to the API root, as a `$batch` operation names it."""
-        return self._entity_url(company, record_type, entity_id).removeprefix(f"{self.base_url}/")
+        return self._relative(self._entity_url(company, record_type, entity_id))
 
     def _remember(
         self, company: BusinessCentralCompany, record_type: RecordType, key: str, entity: dict[str, Any]
@@ -217,7 +217,7 @@ class BusinessCentralClient(_HttpErpClient):
             raise ErpTransientError("INVALID_RESPONSE", f"ERP answered {status} without JSON")
         return answer["body"]
 
-    def _relative(self, url: str, params: Mapping[str, str | int] | None) -> str:
+    def _relative(self, url: str, params: Mapping[str, str | int] | None = None) -> str:
         """A URL as a `$batch` operation names it: relative to the API root, its query encoded."""
         relative = url.removeprefix(f"{self.base_url}/")
         if params:
@@ -712,7 +712,7 @@ class BusinessCentralClient(_HttpErpClient):
         line was entered): the line entered (its refusal is raised) and the post's failure, if
         any. A tenant whose journals have no `post` action is posted through `journals`."""
         company = record.company
-        journal = self._journal_url(company).removeprefix(f"{self.base_url}/")
+        journal = self._relative(self._journal_url(company))
         operations: list[dict[str, Any]] = [
             {
                 "id": "line",

@@ -1069,10 +1069,11 @@ async def _weigh_batch(request: web.Request, sandbox: Sandbox, body: Any) -> web
     if entry is not None:
         entry["operations"] = operations
     faults = sandbox.faults
-    if sandbox.business_central.config.batch_rate == "operations" and sandbox.throttled(operations - 1):
+    counted = sandbox.business_central.config.batch_rate == "operations" and operations > 1
+    if counted and sandbox.throttled(operations - 1):  # the request itself was counted already
         if entry is not None:
             entry["fault"] = "rate_limit"
-        retry_after = {"Retry-After": f"{faults.retry_after_s:g}"} if faults.retry_after_header else {}
+        retry_after = sandbox.retry_after(faults.retry_after_s)
         return _refuse(request, 429, "SSS_REQUEST_LIMIT_EXCEEDED", "Too many requests.", retry_after)
     if faults.operation_ms and operations:
         await sandbox.sleep(faults.operation_ms * operations / 1000)

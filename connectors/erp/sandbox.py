@@ -558,6 +558,10 @@ class Sandbox(SandboxState[FaultSettings]):
         self._calls.extend([now] * weight)
         return False
 
+    def retry_after(self, seconds: float) -> dict[str, str]:
+        """The `Retry-After` header of a 429 or 503, unless the stand-in plays an ERP without it."""
+        return {"Retry-After": f"{seconds:g}"} if self.faults.retry_after_header else {}
+
     def issue_entra_token(self, ttl_s: float) -> tuple[str, float]:
         return self._accept(secrets.token_urlsafe(48), ttl_s), ttl_s
 
@@ -668,7 +672,7 @@ async def _faulty(
     )
     if not in_scope:
         faults = FaultSettings()  # this call is outside the faults' scope: no dice count
-    retry_after = {"Retry-After": f"{faults.retry_after_s:g}"} if sandbox.faults.retry_after_header else {}
+    retry_after = sandbox.retry_after(faults.retry_after_s)
     if faults.maintenance:
         entry["fault"] = "maintenance"
         return _refuse(
