@@ -5,6 +5,8 @@ CRM_CHANGES = "crm.changes"
 CLM_CHANGES = "clm.changes"
 BILLING_CHANGES = "billing.changes"
 PAYMENTS_CHANGES = "payments.changes"
+# Stripe `invoice_payment.*` Events, keyed by Stripe invoice id (they name no customer).
+INVOICE_PAYMENTS = "billing.invoice-payments"
 CANONICAL = "ledgerflow.canonical"
 ERP_COMMANDS = "erp.commands"
 ERP_RESULTS = "erp.results"
@@ -15,5 +17,5 @@ DLQ = "ledgerflow.dlq"
 # likely-duplicate check.
 CUSTOMER_FINGERPRINTS = "ledgerflow.customer-fingerprints"
 
-STRIPE_TOPICS = (BILLING_CHANGES, PAYMENTS_CHANGES)
+STRIPE_TOPICS = (BILLING_CHANGES, PAYMENTS_CHANGES, INVOICE_PAYMENTS)
 SOURCE_TOPICS = (CRM_CHANGES, CLM_CHANGES, *STRIPE_TOPICS)

@@ -20,6 +20,7 @@ from streams.topic_names import (
     ERP_COMMANDS,
     ERP_RESULTS,
     EXCEPTIONS,
+    INVOICE_PAYMENTS,
     PAYMENTS_CHANGES,
 )
 
@@ -40,6 +41,7 @@ crm_changes_topic = _topic(CRM_CHANGES, RawSchema())
 clm_changes_topic = _topic(CLM_CHANGES, RawSchema())
 billing_changes_topic = _topic(BILLING_CHANGES, RawSchema())
 payments_changes_topic = _topic(PAYMENTS_CHANGES, RawSchema())
+invoice_payments_topic = _topic(INVOICE_PAYMENTS, RawSchema())
 canonical_topic = _topic(CANONICAL, PydanticSchema(ChangeEvent))
 erp_commands_topic = _topic(ERP_COMMANDS, PydanticSchema(AnyErpCommand))
 erp_results_topic = _topic(ERP_RESULTS, PydanticSchema(PostingResult))
@@ -53,6 +55,7 @@ ALL_TOPICS = {
     CLM_CHANGES: clm_changes_topic,
     BILLING_CHANGES: billing_changes_topic,
     PAYMENTS_CHANGES: payments_changes_topic,
+    INVOICE_PAYMENTS: invoice_payments_topic,
     CANONICAL: canonical_topic,
     ERP_COMMANDS: erp_commands_topic,
     ERP_RESULTS: erp_results_topic,
