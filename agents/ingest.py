@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING, Any
 from agents.batching import batches
 from agents.identity import IdentityDecision, overdue_parked, provisional_customer_id, resolve_billing_change
 from agents.outbox import Outbox, send_exception, send_to_dlq
-from canonical import BusinessException, ChangeEvent, ExceptionReason, FieldError, MessageRef, Severity, codec
+from canonical import (
+    BusinessException,
+    ChangeEvent,
+    EntityType,
+    ExceptionReason,
+    FieldError,
+    MessageRef,
+    Severity,
+    codec,
+)
+from canonical.links import InvoiceOwner
 from connectors.clm import map_clm_event
 from connectors.errors import Rejection
 from connectors.salesforce import ResyncRequired, map_cdc_event
@@ -23,6 +33,7 @@ from streams.topics import (
     canonical_topic,
     clm_changes_topic,
     crm_changes_topic,
+    invoice_owners_topic,
     stripe_changes_topic,
 )
 from tables.identity import BillingIdentity, ParkedChanges, billing_identity_table, parked_billing_table
@@ -32,12 +43,25 @@ STAGE = "ingest"  # `ledgerflow worker --stages …` runs this module's agents a
 if TYPE_CHECKING:
     from faust.types import EventT, StreamT
 
-Adapter = Callable[[bytes, Any, str | None], list[ChangeEvent]]
-"""(raw bytes, customer resolver, incoming correlation id) → canonical events, or Rejection."""
+Adapter = Callable[[bytes, Any, str | None, str | None], list[ChangeEvent]]
+"""(raw bytes, customer resolver, incoming correlation id, message key) → canonical events, or
+Rejection. Only Stripe's reads the key: the customer of an `invoice_payment`."""
 
-stripe_adapter: Adapter = partial(map_stripe_event, crm_account_key=settings.crm_account_metadata_key)
-salesforce_adapter: Adapter = map_cdc_event
-clm_adapter: Adapter = map_clm_event
+stripe_adapter: Adapter = partial(
+    map_stripe_event,
+    crm_account_key=settings.crm_account_metadata_key,
+    on_unknown_version=metrics.stripe_unknown_api_version,
+)
+
+
+def salesforce_adapter(
+    raw: bytes, resolve: Any, correlation_id: str | None, _key: str | None
+) -> list[ChangeEvent]:
+    return map_cdc_event(raw, resolve, correlation_id)
+
+
+def clm_adapter(raw: bytes, resolve: Any, correlation_id: str | None, _key: str | None) -> list[ChangeEvent]:
+    return map_clm_event(raw, resolve, correlation_id)
 
 
 def resync_exception(resync: ResyncRequired, event: EventT, now: datetime) -> BusinessException:
@@ -89,6 +113,24 @@ def link_billing_identities(
     return out
 
 
+async def announce_invoice_owners(outbox: Outbox, changes: list[ChangeEvent]) -> None:
+    """Each Stripe invoice's owner, keyed by the invoice id, for the invoice payments that name
+    the invoice but not its customer (`agents.invoice_payments`)."""
+    for change in changes:
+        if change.entity_type is EntityType.INVOICE:
+            owner = InvoiceOwner(
+                invoice_id=change.entity_id,
+                billing_customer_id=change.customer_ref,
+                correlation_id=change.correlation_id,
+            )
+            await outbox.send(
+                invoice_owners_topic,
+                change.entity_id,
+                owner,
+                h.outgoing(change.correlation_id, change.event_id),
+            )
+
+
 async def ingest_event(outbox: Outbox, event: EventT, adapter: Adapter, link_billing: bool = False) -> int:
     """Map one source message and send what it means; bad input goes to the DLQ, a GAP_* to
     the exceptions. Returns how many canonical events were sent."""
@@ -97,7 +139,8 @@ async def ingest_event(outbox: Outbox, event: EventT, adapter: Adapter, link_bil
         await send_to_dlq(outbox, event, "not_json: empty message value")
         return 0
     try:
-        changes = adapter(bytes(raw), provisional_customer_id, h.header(event.headers, h.CORRELATION_ID))
+        key = event.key if isinstance(event.key, str) else None
+        changes = adapter(bytes(raw), provisional_customer_id, h.header(event.headers, h.CORRELATION_ID), key)
     except ResyncRequired as resync:
         exc = resync_exception(resync, event, datetime.now(UTC))
         await send_exception(
@@ -108,6 +151,7 @@ async def ingest_event(outbox: Outbox, event: EventT, adapter: Adapter, link_bil
         await send_to_dlq(outbox, event, rejection.header_value)
         return 0
     if link_billing:
+        await announce_invoice_owners(outbox, changes)
         linked = link_billing_identities(outbox, event, changes, datetime.now(UTC))
         changes = linked.send
         for exc in linked.exceptions:

@@ -20,6 +20,8 @@ class ExceptionReason(StrEnum):
     CLOSED_PERIOD = "closed_period"
     CUSTOMER_INCOMPLETE = "customer_incomplete"
     UNKNOWN_CUSTOMER = "unknown_customer"
+    UNKNOWN_INVOICE = "unknown_invoice"
+    """A Stripe invoice_payment whose invoice (and so whose customer) ledgerflow has not seen."""
     LIKELY_DUPLICATE_CUSTOMER = "likely_duplicate_customer"
     ILLEGAL_TRANSITION = "illegal_transition"
     AMENDMENT_GAP = "amendment_gap"

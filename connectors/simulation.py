@@ -22,12 +22,15 @@ from connectors.stripe.samples import (
     customer_object,
     event_envelope,
     invoice_object,
+    invoice_payment_object,
     payment_intent_object,
     refunded_charge_object,
     subscription_object,
 )
+from connectors.stripe.versions import CURRENT_VERSION, Shapes, api_version, render
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
+STRIPE_TOPICS = ("billing.changes", "payments.changes", "billing.invoice-payments")
 SUBSIDIARY = {"US": "US01", "GB": "UK01", "DE": "DE01", "JP": "JP01"}
 NAMES = [
     "Acme",
@@ -141,8 +144,9 @@ def _clm(
 class _Customer:
     """One customer's life, appended to the scenario as it happens."""
 
-    def __init__(self, n: int, rng: random.Random, sc: Scenario, months: int) -> None:
+    def __init__(self, n: int, rng: random.Random, sc: Scenario, months: int, stripe_version: str) -> None:
         self.n, self.rng, self.sc, self.months = n, rng, sc, months
+        self.stripe_version = stripe_version
         self.country = ["US", "GB", "DE", "JP"][n % 4]
         self.currency, self.tax_rate, self.bps = MARKETS[self.country]
         self.account = f"001SIM{n:09d}"
@@ -162,8 +166,21 @@ class _Customer:
     def emit(self, topic: str, key: str, value: bytes, at: int) -> None:
         self.sc.messages.append(Message(topic, key, value, at, len(self.sc.messages)))
 
-    def stripe(self, topic: str, event_id: str, event_type: str, obj: dict[str, Any], at: int) -> None:
-        self.emit(topic, self.cus, orjson.dumps(event_envelope(event_id, event_type, obj, at)), at)
+    def stripe(
+        self,
+        topic: str,
+        event_id: str,
+        event_type: str,
+        obj: dict[str, Any],
+        at: int,
+        *,
+        key: str | None = None,
+        invoice_id: str | None = None,
+    ) -> None:
+        """One Stripe Event, its object rendered in the scenario's API version."""
+        rendered = render(obj, self.stripe_version, invoice_id=invoice_id)
+        envelope = event_envelope(event_id, event_type, rendered, at, self.stripe_version)
+        self.emit(topic, key or self.cus, orjson.dumps(envelope), at)
 
     def clm(self, event_type: str, at: int, amendment: int, start: date, end: date | None) -> None:
         self.version += 1
@@ -352,8 +369,9 @@ class _Customer:
                 "payments.changes",
                 f"evt_{pi}_failed",
                 "payment_intent.payment_failed",
-                payment_intent_object(pi, self.cus, currency, total, inv_id, False, at + 5400),
+                payment_intent_object(pi, self.cus, currency, total, False, at + 5400),
                 at + 5400,
+                invoice_id=inv_id,
             )
             truth["failed_payments"].append({"payment_id": pi, "invoice_id": inv_id})
             if rng.random() < 0.3:
@@ -363,9 +381,21 @@ class _Customer:
             "payments.changes",
             f"evt_{pi}_ok",
             "payment_intent.succeeded",
-            payment_intent_object(pi, self.cus, currency, total, inv_id, True, paid_at),
+            payment_intent_object(pi, self.cus, currency, total, True, paid_at),
             paid_at,
+            invoice_id=inv_id,
         )
+        if api_version(self.stripe_version).shapes is Shapes.CURRENT:
+            # Since basil the PaymentIntent names no invoice: Stripe links the two with an
+            # invoice_payment (keyed by its invoice on billing.invoice-payments).
+            self.stripe(
+                "billing.invoice-payments",
+                f"evt_{pi}_inpay",
+                "invoice_payment.paid",
+                invoice_payment_object(inv_id, pi, currency, total, at + 3600, paid_at),
+                paid_at,
+                key=inv_id,
+            )
         paid = snapshot("paid", number)
         self.stripe("billing.changes", f"evt_{inv_id}_paid", "invoice.paid", paid, paid_at + 1)
         row["status"] = "paid"
@@ -431,15 +461,19 @@ def generate(
     duplicate_rate: float = 0.0,
     reorder_rate: float = 0.0,
     first_customer: int = 0,
+    stripe_api_version: str = CURRENT_VERSION,
 ) -> Scenario:
     """The history of `customers` over `months`, then Stripe's delivery faults on top: some
     events delivered twice, some swapped with the next one of the same customer. CRM and CLM
     streams keep their order (both promise it). Customers are numbered from `first_customer`,
-    so several scenarios can share one deployment without sharing ids."""
+    so several scenarios can share one deployment without sharing ids. Stripe's Events are in
+    the shapes of `stripe_api_version` (an acacia one links payments through the
+    PaymentIntent's `invoice`; a current one through `invoice_payment.paid`)."""
     rng = random.Random(seed)
     sc = Scenario(
         truth={
             "seed": seed,
+            "stripe_api_version": stripe_api_version,
             "customers": [],
             "contracts": {},
             "invoices": [],
@@ -450,12 +484,12 @@ def generate(
         }
     )
     for n in range(first_customer, first_customer + customers):
-        _Customer(n, rng, sc, months).live()
+        _Customer(n, rng, sc, months, stripe_api_version).live()
     sc.messages.sort(key=lambda m: (m.at, m.seq))
 
     by_key: dict[str, list[int]] = {}
     for i, m in enumerate(sc.messages):
-        if m.topic in ("billing.changes", "payments.changes"):
+        if m.topic in STRIPE_TOPICS:
             by_key.setdefault(m.key, []).append(i)
     reordered = 0
     for positions in by_key.values():
@@ -468,7 +502,7 @@ def generate(
     pending: list[tuple[int, Message]] = []
     for i, m in enumerate(sc.messages):
         out.append(m)
-        if m.topic in ("billing.changes", "payments.changes") and rng.random() < duplicate_rate:
+        if m.topic in STRIPE_TOPICS and rng.random() < duplicate_rate:
             pending.append((i + rng.randint(1, 20), m))  # Stripe redelivers a little later
             duplicates += 1
         while pending and pending[0][0] <= i:

@@ -81,7 +81,7 @@ ERP_CALLS: tuple[str, ...] = (*COMMANDS, READ_NUMBERS)
 """Every value the ERP call metrics' `command` label takes."""
 ENTITY_TYPES: tuple[str, ...] = tuple(e.value for e in EntityType)
 EXCEPTION_REASONS: tuple[str, ...] = tuple(r.value for r in ExceptionReason)
-PARK_STAGES = ("ingest", "core")
+PARK_STAGES = ("ingest", "invoice_payments", "core")
 """ingest: billing events waiting for their customer's identity; core: documents waiting for
 what must reach the ERP first (customer, contract, invoice)."""
 DLQ_REASON_CODES = (*(r.value for r in RejectionReason), "internal_error")
@@ -159,7 +159,8 @@ events_parked = _Family(
     Gauge(
         "ledgerflow_events_parked",
         "Events waiting for a prerequisite on this worker's partitions: stage=ingest billing events "
-        "waiting for their customer, stage=core documents waiting for what must be in the ERP first.",
+        "waiting for their customer, stage=invoice_payments Stripe invoice payments waiting for their "
+        "invoice, stage=core documents waiting for what must be in the ERP first.",
         ["stage"],
         registry=registry,
     )
@@ -194,6 +195,15 @@ erp_failures = _Family(
         "ledgerflow_erp_failures",
         "Failed ERP calls (attempts) by command, reason and HTTP status class (none: no answer).",
         ["command", "reason", "code_class"],
+        registry=registry,
+    )
+)
+stripe_unknown_api_versions = _Family(
+    Counter(
+        "ledgerflow_stripe_unknown_api_versions",
+        "Stripe Events of an api_version ledgerflow does not know, read with the nearest shapes it "
+        "has (a version newer than ledgerflow's: upgrade; label 'other' for an undated value).",
+        ["api_version"],
         registry=registry,
     )
 )
@@ -328,6 +338,11 @@ def dlq_reason_code(reason: str) -> str:
 
 def dead_lettered(reason: str) -> None:
     dlq_entries(dlq_reason_code(reason)).inc()
+
+
+def stripe_unknown_api_version(version: str) -> None:
+    label = version if re.fullmatch(r"\d{4}-\d{2}-\d{2}(\.[a-z]{1,20})?", version) else "other"
+    stripe_unknown_api_versions(label).inc()
 
 
 def set_parked(stage: str, count: int) -> None:

@@ -88,12 +88,15 @@ class PydanticSchema(KeySchemaMixin, faust.Schema):
 
 
 class ByTopicSchema(KeySchemaMixin, faust.Schema):
-    """A channel over several internal topics, each with its own model: decoded by the topic
-    the message came from (cheaper and stricter than trying a union of models)."""
+    """A channel over several topics, each with its own model (`bytes`: a source topic's raw
+    value): decoded by the topic the message came from (cheaper and stricter than trying a
+    union of models)."""
 
     def __init__(self, models: dict[str, Any]) -> None:
         super().__init__(key_type=str, value_type=bytes)
-        self._by_topic = {topic: PydanticSchema(model) for topic, model in models.items()}
+        self._by_topic: dict[str, faust.Schema] = {
+            topic: RawSchema() if model is bytes else PydanticSchema(model) for topic, model in models.items()
+        }
 
     def loads_value(self, app: AppT, message: Message, **kwargs: Any) -> Any:
         schema = self._by_topic.get(message.topic)

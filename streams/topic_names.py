@@ -16,6 +16,9 @@ DLQ = "ledgerflow.dlq"
 # Internal (not part of the design's contract): customer fingerprints re-keyed for the
 # likely-duplicate check.
 CUSTOMER_FINGERPRINTS = "ledgerflow.customer-fingerprints"
+# Internal: a Stripe invoice → its billing customer, keyed by invoice id like
+# billing.invoice-payments, so stage 1 can re-key an invoice_payment to payments.changes.
+INVOICE_OWNERS = "ledgerflow.invoice-owners"
 
 STRIPE_TOPICS = (BILLING_CHANGES, PAYMENTS_CHANGES, INVOICE_PAYMENTS)
 SOURCE_TOPICS = (CRM_CHANGES, CLM_CHANGES, *STRIPE_TOPICS)

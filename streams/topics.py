@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from canonical import AnyErpCommand, BusinessException, ChangeEvent, CrmWriteback, PostingResult
 from canonical.fingerprints import CustomerFingerprint
+from canonical.links import InvoiceOwner
 from streams.app import app
 from streams.schemas import ByTopicSchema, PydanticSchema, RawSchema
 from streams.settings import settings
@@ -20,6 +21,7 @@ from streams.topic_names import (
     ERP_COMMANDS,
     ERP_RESULTS,
     EXCEPTIONS,
+    INVOICE_OWNERS,
     INVOICE_PAYMENTS,
     PAYMENTS_CHANGES,
 )
@@ -49,6 +51,7 @@ crm_writeback_topic = _topic(CRM_WRITEBACK, PydanticSchema(CrmWriteback))
 exceptions_topic = _topic(EXCEPTIONS, PydanticSchema(BusinessException))
 dlq_topic = _topic(DLQ, RawSchema())
 customer_fingerprints_topic = _topic(CUSTOMER_FINGERPRINTS, PydanticSchema(CustomerFingerprint))
+invoice_owners_topic = _topic(INVOICE_OWNERS, PydanticSchema(InvoiceOwner))
 
 ALL_TOPICS = {
     CRM_CHANGES: crm_changes_topic,
@@ -63,6 +66,7 @@ ALL_TOPICS = {
     EXCEPTIONS: exceptions_topic,
     DLQ: dlq_topic,
     CUSTOMER_FINGERPRINTS: customer_fingerprints_topic,
+    INVOICE_OWNERS: invoice_owners_topic,
 }
 
 app.declared_topics.extend(ALL_TOPICS.values())
@@ -82,4 +86,14 @@ core_inputs_topic = app.topic(
 # would overwrite each other's (a payment parked after its customer was linked stays parked).
 stripe_changes_topic = app.topic(
     settings.topic(BILLING_CHANGES), settings.topic(PAYMENTS_CHANGES), schema=RawSchema()
+)
+
+# Stripe invoice_payment Events and the invoice owners, both keyed by Stripe invoice id, read by
+# one agent: a payment waits there for its invoice's customer, then goes to payments.changes.
+invoice_links_topic = app.topic(
+    settings.topic(INVOICE_PAYMENTS),
+    settings.topic(INVOICE_OWNERS),
+    schema=ByTopicSchema(
+        {settings.topic(INVOICE_PAYMENTS): bytes, settings.topic(INVOICE_OWNERS): InvoiceOwner}
+    ),
 )

@@ -2,6 +2,10 @@
 
 What Stripe promises (design §3): at-least-once, any order, never order by `created`. So an
 object's snapshots are ordered by the rank of their status in its lifecycle.
+
+Each Event is read in the shapes of its own `api_version` (`connectors.stripe.versions`):
+acacia's fields before 2025-03-31.basil, the current ones after. A payment reaches its invoice
+through `payment_intent.invoice` (acacia) or an `invoice_payment` (basil and later).
 """
 
 from __future__ import annotations
@@ -39,11 +43,13 @@ from connectors.stripe.schemas import (
     StripeCustomer,
     StripeEvent,
     StripeInvoice,
+    StripeInvoicePayment,
     StripeLineItem,
     StripePaymentIntent,
     StripeRefund,
     StripeSubscription,
 )
+from connectors.stripe.versions import Shapes, api_version
 from streams.headers import stable_id
 
 # An invoice goes draft → open → paid | void | uncollectible and never back; uncollectible
@@ -102,16 +108,17 @@ def decode_event(raw: bytes) -> StripeEvent:
     return event
 
 
-def _line(item: StripeLineItem) -> InvoiceLine:
+def _line(item: StripeLineItem, shapes: Shapes) -> InvoiceLine:
     discount = sum(d.amount for d in item.discount_amounts or ())
-    taxes = item.taxes if item.taxes is not None else (item.tax_amounts or [])
-    details = item.pricing.price_details if item.pricing else None
-    price_id = details.price if details else None
-    product_id = details.product if details else None
-    if price_id is None and item.price:
-        price_id = item.price.get("id")
-        product = item.price.get("product")
-        product_id = product if isinstance(product, str) else product_id
+    if shapes is Shapes.ACACIA:
+        taxes = item.tax_amounts or []
+        price_id = _ref(item.price)
+        product_id = _ref(item.price.get("product")) if item.price else None
+    else:
+        taxes = item.taxes or []
+        details = item.pricing.price_details if item.pricing else None
+        price_id = details.price if details else None
+        product_id = details.product if details else None
     return InvoiceLine(
         line_id=item.id,
         description=item.description,
@@ -129,7 +136,7 @@ def _line(item: StripeLineItem) -> InvoiceLine:
     )
 
 
-def map_invoice(obj: dict[str, Any]) -> Invoice:
+def map_invoice(obj: dict[str, Any], shapes: Shapes = Shapes.CURRENT) -> Invoice:
     """A Stripe invoice object → canonical `Invoice` (arithmetic is checked later, in stage 2)."""
     try:
         inv = StripeInvoice.model_validate(obj)
@@ -160,12 +167,14 @@ def map_invoice(obj: dict[str, Any]) -> Invoice:
         )
     transitions = inv.status_transitions
     issued = (transitions.finalized_at if transitions else None) or inv.effective_at or inv.created
-    subscription = inv.subscription or (
-        inv.parent.subscription_details.subscription
-        if inv.parent and inv.parent.subscription_details
-        else None
-    )
-    tax_total = sum(t.amount for t in inv.total_taxes) if inv.total_taxes is not None else inv.tax or 0
+    if shapes is Shapes.ACACIA:
+        subscription = inv.subscription
+        taxes = inv.total_tax_amounts
+        tax_total = sum(t.amount for t in taxes) if taxes is not None else inv.tax or 0
+    else:
+        details = inv.parent.subscription_details if inv.parent else None
+        subscription = details.subscription if details else None
+        tax_total = sum(t.amount for t in inv.total_taxes or ())
     country = inv.customer_address.country if inv.customer_address else None
     try:
         return Invoice(
@@ -176,7 +185,7 @@ def map_invoice(obj: dict[str, Any]) -> Invoice:
             currency=inv.currency,
             issued_at=_ts(issued),
             due_at=_ts(inv.due_date) if inv.due_date else None,
-            lines=tuple(_line(item) for item in inv.lines.data),
+            lines=tuple(_line(item, shapes) for item in inv.lines.data),
             subtotal=inv.subtotal,
             discount_total=sum(d.amount for d in inv.total_discount_amounts or ()),
             tax_total=tax_total,
@@ -275,7 +284,7 @@ def map_subscription(obj: dict[str, Any]) -> Subscription:
     )
 
 
-def map_credit_note(obj: dict[str, Any]) -> CreditMemo:
+def map_credit_note(obj: dict[str, Any], shapes: Shapes = Shapes.CURRENT) -> CreditMemo:
     note = _validated(StripeCreditNote, obj)
     customer = _require_customer(note.customer, "credit note")
     invoice = _ref(note.invoice)
@@ -289,7 +298,7 @@ def map_credit_note(obj: dict[str, Any]) -> CreditMemo:
         raise Rejection(
             RejectionReason.INVALID_VALUE, "unknown credit note status", ("data.object.status",)
         ) from None
-    taxes = note.total_taxes if note.total_taxes is not None else (note.tax_amounts or [])
+    taxes = (note.tax_amounts if shapes is Shapes.ACACIA else note.total_taxes) or []
     return _canonical(
         lambda: CreditMemo(
             credit_memo_id=note.id,
@@ -307,7 +316,9 @@ def map_credit_note(obj: dict[str, Any]) -> CreditMemo:
     )
 
 
-def map_payment_intent(obj: dict[str, Any], event_type: str) -> Payment:
+def map_payment_intent(obj: dict[str, Any], event_type: str, shapes: Shapes = Shapes.CURRENT) -> Payment:
+    """A PaymentIntent. Under acacia it names its invoice; since basil it does not, so on its
+    own it is unapplied cash (booked nothing) until its `invoice_payment` links it."""
     intent = _validated(StripePaymentIntent, obj)
     customer = _require_customer(intent.customer, "payment intent")
     succeeded = event_type == "payment_intent.succeeded"
@@ -316,13 +327,56 @@ def map_payment_intent(obj: dict[str, Any], event_type: str) -> Payment:
         lambda: Payment(
             payment_id=intent.id,
             customer_ref=customer,
-            invoice_id=intent.invoice or intent.metadata.get("invoice_id"),
+            invoice_id=_ref(intent.invoice) if shapes is Shapes.ACACIA else None,
             amount=intent.amount_received if succeeded else intent.amount,
             currency=_currency(intent.currency),
             status=PaymentStatus.SUCCEEDED if succeeded else PaymentStatus.FAILED,
             received_at=_ts(intent.created),
             method=intent.payment_method_types[0] if intent.payment_method_types else None,
             failure_reason=None if succeeded else str(error.get("code") or "payment_failed"),
+        )
+    )
+
+
+def map_invoice_payment(obj: dict[str, Any], billing_customer: str | None) -> Payment:
+    """A paid `invoice_payment`: the payment (its PaymentIntent, or the Charge or payment
+    record when there is none) applied to one invoice for `amount_paid`. It names no customer:
+    it arrives keyed by the customer whose invoice it is (`billing_customer`, the key stage 1
+    gave it on `payments.changes`)."""
+    paid = _validated(StripeInvoicePayment, obj)
+    if billing_customer is None:
+        raise Rejection(
+            RejectionReason.MISSING_FIELD,
+            "an invoice_payment names no customer: it must arrive keyed by its invoice's customer "
+            "(send it to billing.invoice-payments, keyed by the invoice id)",
+            ("data.object.invoice",),
+        )
+    ref = paid.payment
+    payment_id = _ref(ref.payment_intent) or _ref(ref.charge) or _ref(ref.payment_record)
+    if payment_id is None:
+        raise Rejection(
+            RejectionReason.MISSING_FIELD,
+            f"an invoice_payment of type {ref.type} names no payment",
+            ("data.object.payment",),
+        )
+    amount = paid.amount_paid
+    if paid.status != "paid" or amount is None:
+        raise Rejection(
+            RejectionReason.INVALID_VALUE,
+            "invoice_payment.paid carries a payment that is not paid",
+            ("data.object.status", "data.object.amount_paid"),
+        )
+    at = paid.status_transitions.paid_at if paid.status_transitions else None
+    return _canonical(
+        lambda: Payment(
+            payment_id=payment_id,
+            customer_ref=billing_customer,
+            invoice_id=_ref(paid.invoice),
+            amount=amount,
+            currency=_currency(paid.currency),
+            status=PaymentStatus.SUCCEEDED,
+            received_at=_ts(at or paid.created),
+            method=ref.type,
         )
     )
 
@@ -432,26 +486,39 @@ SUBSCRIPTION_RANK = {
 }
 CREDIT_NOTE_RANK = {CreditMemoStatus.ISSUED: 1, CreditMemoStatus.VOID: 2}
 PAYMENT_EVENT_TYPES = frozenset({"payment_intent.succeeded", "payment_intent.payment_failed"})
+# A PaymentIntent's own events rank 1 (failed) and 2 (succeeded); its invoice_payment, which
+# links it to the invoice, ranks above both, so whichever arrives last the link stays.
+INVOICE_PAYMENT_RANK = 3
 
 
 def map_stripe_event(
     raw: bytes,
     resolve_customer: CustomerResolver,
     correlation_id: str | None = None,
+    billing_customer: str | None = None,
+    *,
     crm_account_key: str = "crm_account_id",
+    on_unknown_version: Callable[[str], None] | None = None,
 ) -> list[ChangeEvent]:
     """One Stripe Event → the canonical events it means ([] for types ledgerflow ignores).
 
     `correlation_id` comes from the message's header; without one, it is derived from the
-    Stripe event id, so a redelivery carries the same id. Raises `Rejection` for input that
-    cannot be mapped; the caller sends it to the DLQ.
+    Stripe event id, so a redelivery carries the same id. `billing_customer` is the message's
+    key: the customer of an object that names none (an `invoice_payment`). An `api_version`
+    ledgerflow does not know is read with the nearest shapes it has, and reported to
+    `on_unknown_version`. Raises `Rejection` for input that cannot be mapped; the caller sends
+    it to the DLQ.
     """
     event = decode_event(raw)
     correlation_id = correlation_id or stable_id("correlation", "stripe", event.id)
+    version = api_version(event.api_version)
+    if not version.known and on_unknown_version is not None:
+        on_unknown_version(event.api_version or "none")
+    shapes = version.shapes
     obj, kind = event.data.object, event.type
     entities: list[tuple[EntityType, str, tuple[int, ...], str, Entity]] = []
     if kind in INVOICE_EVENT_TYPES:
-        invoice = map_invoice(obj)
+        invoice = map_invoice(obj, shapes)
         entities.append(
             (
                 EntityType.INVOICE,
@@ -478,7 +545,7 @@ def map_stripe_event(
             )
         )
     elif kind.startswith("credit_note."):
-        note = map_credit_note(obj)
+        note = map_credit_note(obj, shapes)
         entities.append(
             (
                 EntityType.CREDIT_MEMO,
@@ -489,9 +556,14 @@ def map_stripe_event(
             )
         )
     elif kind in PAYMENT_EVENT_TYPES:
-        payment = map_payment_intent(obj, kind)
+        payment = map_payment_intent(obj, kind, shapes)
         rank = 2 if payment.status is PaymentStatus.SUCCEEDED else 1
         entities.append((EntityType.PAYMENT, payment.payment_id, (rank,), payment.customer_ref, payment))
+    elif kind == "invoice_payment.paid":
+        payment = map_invoice_payment(obj, billing_customer)
+        entities.append(
+            (EntityType.PAYMENT, payment.payment_id, (INVOICE_PAYMENT_RANK,), payment.customer_ref, payment)
+        )
     elif kind == "charge.refunded":
         for refund in map_charge_refunds(obj):
             entities.append((EntityType.REFUND, refund.refund_id, (1,), refund.customer_ref, refund))

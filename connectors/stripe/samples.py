@@ -1,11 +1,15 @@
 """Realistic Stripe Event payloads, for the dev demo, tests and the scenario simulator.
 
-Shapes follow Stripe's API (2025 versions: `pricing.price_details`, `taxes[]`, `total_taxes`).
+Shapes follow Stripe's current API (basil and later: `pricing.price_details`, `taxes[]`,
+`total_taxes`, `parent`, `invoice_payment`); `connectors.stripe.versions.render` gives an older
+version's.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from connectors.stripe.versions import CURRENT_VERSION
 
 # Country → (currency, tax rate id, tax rate in basis points)
 MARKETS: dict[str, tuple[str, str, int]] = {
@@ -134,12 +138,14 @@ def invoice_object(
     }
 
 
-def event_envelope(event_id: str, event_type: str, obj: dict[str, Any], created: int) -> dict[str, Any]:
+def event_envelope(
+    event_id: str, event_type: str, obj: dict[str, Any], created: int, api_version: str = CURRENT_VERSION
+) -> dict[str, Any]:
     """Wrap an object in Stripe's Event envelope."""
     return {
         "id": event_id,
         "object": "event",
-        "api_version": "2025-03-31.basil",
+        "api_version": api_version,
         "created": created,
         "data": {"object": obj},
         "livemode": False,
@@ -223,8 +229,10 @@ def subscription_object(
 
 
 def payment_intent_object(
-    pi_id: str, customer_id: str, currency: str, amount: int, invoice_id: str, succeeded: bool, created: int
+    pi_id: str, customer_id: str, currency: str, amount: int, succeeded: bool, created: int
 ) -> dict[str, Any]:
+    """A PaymentIntent as the current API has it: it names no invoice (`versions.render`
+    adds acacia's `invoice`)."""
     return {
         "id": pi_id,
         "object": "payment_intent",
@@ -234,11 +242,31 @@ def payment_intent_object(
         "customer": customer_id,
         "created": created,
         "livemode": False,
-        "metadata": {"invoice_id": invoice_id},
+        "metadata": {},
         "payment_method_types": ["card"],
         "status": "succeeded" if succeeded else "requires_payment_method",
         "last_payment_error": None if succeeded else {"code": "card_declined", "type": "card_error"},
         "latest_charge": f"ch_{pi_id[3:]}" if succeeded else None,
+    }
+
+
+def invoice_payment_object(
+    invoice_id: str, pi_id: str, currency: str, amount: int, created: int, paid_at: int
+) -> dict[str, Any]:
+    """The `invoice_payment` linking a PaymentIntent to the invoice it paid (basil and later)."""
+    return {
+        "id": f"inpay_{pi_id[3:]}",
+        "object": "invoice_payment",
+        "amount_paid": amount,
+        "amount_requested": amount,
+        "created": created,
+        "currency": currency,
+        "invoice": invoice_id,
+        "is_default": True,
+        "livemode": False,
+        "payment": {"type": "payment_intent", "payment_intent": pi_id},
+        "status": "paid",
+        "status_transitions": {"canceled_at": None, "paid_at": paid_at},
     }
 
 

@@ -128,16 +128,17 @@ class StripeInvoice(StripeModel):
     subtotal: int
     total: int
     total_discount_amounts: list[StripeDiscountAmount] | None = None
-    total_taxes: list[StripeTotalTax] | None = None
-    tax: int | None = None  # legacy API versions
+    total_taxes: list[StripeTotalTax] | None = None  # basil and later
+    total_tax_amounts: list[StripeTotalTax] | None = None  # acacia
+    tax: int | None = None  # acacia
     amount_shipping: int = 0
     shipping_cost: StripeShippingCost | None = None
     amount_paid: int = 0
     amount_due: int = 0
     customer_address: StripeAddress | None = None
     status_transitions: StripeStatusTransitions | None = None
-    subscription: str | None = None  # legacy API versions
-    parent: StripeInvoiceParent | None = None
+    subscription: str | None = None  # acacia
+    parent: StripeInvoiceParent | None = None  # basil and later
     metadata: dict[str, str] = {}
 
 
@@ -208,10 +209,41 @@ class StripePaymentIntent(StripeModel):
     currency: str
     status: str
     created: int
-    invoice: str | None = None  # legacy API versions; newer ones link through metadata
+    invoice: str | dict[str, Any] | None = None  # acacia; since basil an invoice_payment links them
     payment_method_types: list[str] = []
     last_payment_error: dict[str, Any] | None = None
     metadata: dict[str, str] = {}
+
+
+class StripePaymentRef(StripeModel):
+    """`invoice_payment.payment`: what paid (a PaymentIntent, a Charge without one, or an
+    out-of-band payment record)."""
+
+    type: str
+    payment_intent: str | dict[str, Any] | None = None
+    charge: str | dict[str, Any] | None = None
+    payment_record: str | dict[str, Any] | None = None
+
+
+class StripeInvoicePaymentTransitions(StripeModel):
+    paid_at: int | None = None
+    canceled_at: int | None = None
+
+
+class StripeInvoicePayment(StripeModel):
+    """An `invoice_payment` (API 2025-03-31.basil and later): one payment's part of one
+    invoice. It names the invoice, never the customer."""
+
+    id: str = Field(min_length=1)
+    object: str
+    invoice: str | dict[str, Any]
+    amount_paid: int | None = None
+    amount_requested: int
+    currency: str
+    status: str
+    created: int
+    payment: StripePaymentRef
+    status_transitions: StripeInvoicePaymentTransitions | None = None
 
 
 class StripeRefund(StripeModel):

@@ -12,6 +12,7 @@ from faust.cli.faust import cli
 
 from bench.harness import bench_command
 from connectors.erp.sandbox import erp_sandbox_command
+from connectors.stripe.versions import CURRENT_VERSION as CURRENT_STRIPE_VERSION
 from streams.cli.erp_check import erp_group
 from streams.cli.local_kafka import LocalKafka, LocalKafkaError, cache_root
 from streams.cli.reconcile import reconcile_command
@@ -123,6 +124,13 @@ def dev_command(events: int, keep_running: bool) -> None:
     default=None,
     help="POST signed requests to a worker's ingress at URL instead of producing to the topics.",
 )
+@click.option(
+    "--stripe-api-version",
+    default=CURRENT_STRIPE_VERSION,
+    show_default=True,
+    help="The Stripe API version the Events are rendered in (2024-09-30.acacia and later; an acacia "
+    "one links payments through the PaymentIntent, a later one through invoice_payment.paid).",
+)
 def simulate_command(
     customers: int,
     months: int,
@@ -132,6 +140,7 @@ def simulate_command(
     truth_path: Path,
     first_customer: int,
     via_webhooks: str | None,
+    stripe_api_version: str,
 ) -> None:
     """Produce a realistic quote-to-cash history (CRM, CLM, Stripe) and write its ground truth."""
     from streams.cli.simulate import run_simulation
@@ -147,6 +156,7 @@ def simulate_command(
         truth_path,
         via_webhooks,
         first_customer,
+        stripe_api_version,
     )
 
 

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 
 from connectors import signing
 from connectors.simulation import Message, Scenario, generate
+from connectors.stripe.versions import CURRENT_VERSION
 from streams.kafka_io import kafka_security
 from streams.settings import Settings
 from streams.web.ingress import RELAY_SIGNATURE_HEADER
@@ -21,6 +22,7 @@ from streams.web.ingress import RELAY_SIGNATURE_HEADER
 WEBHOOK_PATH = {
     "billing.changes": "/webhooks/stripe",
     "payments.changes": "/webhooks/stripe",
+    "billing.invoice-payments": "/webhooks/stripe",
     "crm.changes": "/webhooks/salesforce",
     "clm.changes": "/webhooks/clm",
 }
@@ -97,9 +99,12 @@ def run_simulation(
     truth_path: Path,
     via_webhooks: str | None,
     first_customer: int = 0,
+    stripe_api_version: str = CURRENT_VERSION,
 ) -> Scenario:
     started = time.monotonic()
-    scenario = generate(customers, months, seed, duplicate_rate, reorder_rate, first_customer)
+    scenario = generate(
+        customers, months, seed, duplicate_rate, reorder_rate, first_customer, stripe_api_version
+    )
     generated = time.monotonic() - started
     truth_path.parent.mkdir(parents=True, exist_ok=True)
     truth_path.write_bytes(orjson.dumps(scenario.truth, option=orjson.OPT_INDENT_2))

@@ -62,14 +62,15 @@ async def test_stage_1_parks_an_invoice_until_its_customer_then_releases_it_in_o
             event = event_envelope("evt_inv_ctx", "invoice.finalized", inv, T + 60)
             await agent.put(orjson.dumps(event), key="cus_ctx", wait=False)
             await until(lambda: bool(parked))
-            assert sent == []  # nothing goes on before the customer is known
+            # nothing goes on before the customer is known, but whose invoice it is
+            assert [(t.rsplit(".", 1)[-1], k) for t, k, _ in sent] == [("invoice-owners", "in_ctx1")]
             assert len(codec.loads(ParkedChanges, parked[b"cus_ctx"]).changes) == 1
             await agent.put(
                 orjson.dumps(event_envelope("evt_cus_ctx", "customer.created", cus, T)),
                 key="cus_ctx",
                 wait=False,
             )
-            await until(lambda: len(sent) == 2)
+            await until(lambda: len(sent) == 3)
     canonical = [value for topic, _, value in sent if topic.endswith("ledgerflow.canonical")]
     assert [c.entity_type.value for c in canonical] == ["customer", "invoice"]  # the customer first
     assert {c.customer_id for c in canonical} == {"cust-crm-001CTX000000001"}
@@ -154,3 +155,56 @@ async def test_stage_2_stamps_a_released_invoice_ready_when_what_released_it_was
     [(_, headers)] = [(v, hs) for v, hs in out if isinstance(v, PostInvoice)]
     assert headers[metrics.READY_TIMESTAMP] == str(customer_ready).encode()
     assert int(headers[metrics.SOURCE_TIMESTAMP]) < customer_ready  # its own source time stays
+
+
+async def test_stage_1_routes_an_invoice_payment_to_its_invoices_customer(
+    sent: list[tuple[str, Any, Any]],
+) -> None:
+    """billing.invoice-payments (keyed by invoice): a payment of an invoice not seen yet waits;
+    the invoice's owner releases it to payments.changes keyed by the customer; a later payment
+    of the same invoice goes straight on; a redelivery while parked is parked once."""
+    from agents import invoice_payments as ip
+    from canonical.links import InvoiceOwner
+    from connectors.stripe.samples import invoice_payment_object
+
+    owners: dict[bytes, bytes] = {}
+    parked: dict[bytes, bytes] = {}
+    first = orjson.dumps(
+        event_envelope(
+            "evt_inpay_1",
+            "invoice_payment.paid",
+            invoice_payment_object("in_ctx2", "pi_1", "gbp", 100, T, T),
+            T,
+        )
+    )
+    second = orjson.dumps(
+        event_envelope(
+            "evt_inpay_2",
+            "invoice_payment.paid",
+            invoice_payment_object("in_ctx2", "pi_2", "gbp", 50, T, T),
+            T,
+        )
+    )
+    owner = InvoiceOwner(invoice_id="in_ctx2", billing_customer_id="cus_ctx2", correlation_id="c-1")
+    with (
+        mock.patch.object(ip, "invoice_owners_table", owners),
+        mock.patch.object(ip, "parked_invoice_payments_table", parked),
+    ):
+        async with ip.route_invoice_payments.test_context() as agent:
+            await agent.put(first, key="in_ctx2", wait=False)
+            await agent.put(first, key="in_ctx2", wait=False)  # Stripe redelivers
+            await until(lambda: b"in_ctx2" in parked)
+            assert sent == []
+            await agent.put(owner, key="in_ctx2", wait=False)
+            await until(lambda: len(sent) == 1)
+            await agent.put(second, key="in_ctx2", wait=False)
+            await until(lambda: len(sent) == 2)
+            await agent.put(b"not json", key="in_ctx2", wait=False)
+            await agent.put(second, key="in_other", wait=False)  # keyed by another invoice
+            await until(lambda: len(sent) == 4)
+    assert [(t.endswith("payments.changes"), k, v) for t, k, v in sent[:2]] == [
+        (True, "cus_ctx2", first),
+        (True, "cus_ctx2", second),
+    ]
+    assert [t.endswith("ledgerflow.dlq") for t, _, _ in sent[2:]] == [True, True]
+    assert b"in_ctx2" in owners and b"in_ctx2" not in parked

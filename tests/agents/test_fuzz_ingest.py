@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from agents import ingest
 from agents.outbox import Outbox
 from canonical import BusinessException, ChangeEvent, ExceptionReason, codec
+from canonical.links import InvoiceOwner
 from connectors.errors import RejectionReason
 from streams import headers as h
 from tables.identity import ParkedChanges
@@ -105,6 +106,8 @@ def _ingest(
     for name, _, sent_value, _ in tables.sent:
         if name.endswith("ledgerflow.canonical"):
             assert isinstance(sent_value, ChangeEvent) and sent_value.customer_id
+        elif name.endswith("ledgerflow.invoice-owners"):
+            assert isinstance(sent_value, InvoiceOwner) and sent_value.billing_customer_id
         else:
             assert name.endswith("ledgerflow.exceptions"), kinds
             assert isinstance(sent_value, BusinessException)
@@ -113,7 +116,7 @@ def _ingest(
     if not tables.sent:
         # Nothing sent: parked until its customer is known, or a type nothing is mapped from.
         parked = sum(len(codec.loads(ParkedChanges, raw).changes) for raw in tables.parked.values())
-        assert parked or ADAPTERS[topic](value or b"", ingest.provisional_customer_id, None) == []
+        assert parked or ADAPTERS[topic](value or b"", ingest.provisional_customer_id, None, key) == []
 
 
 headers = st.dictionaries(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import orjson
 import pytest
 
 from agents.identity import provisional_customer_id
@@ -13,6 +14,7 @@ from connectors.clm import map_clm_event
 from connectors.salesforce import map_cdc_event
 from connectors.simulation import generate
 from connectors.stripe import map_stripe_event
+from connectors.stripe.versions import CURRENT_VERSION, OLDEST_VERSION
 from streams.mappings import load_mappings
 
 ADAPTER = {
@@ -23,17 +25,43 @@ ADAPTER = {
 }
 
 
-@pytest.fixture(scope="module")
-def scenario():  # type: ignore[no-untyped-def]
-    return generate(customers=200, months=12, seed=7, duplicate_rate=0.1, reorder_rate=0.1)
+@pytest.fixture(scope="module", params=[CURRENT_VERSION, OLDEST_VERSION])
+def scenario(request):  # type: ignore[no-untyped-def]
+    return generate(
+        customers=200,
+        months=12,
+        seed=7,
+        duplicate_rate=0.1,
+        reorder_rate=0.1,
+        stripe_api_version=request.param,
+    )
 
 
 @pytest.fixture(scope="module")
 def changes(scenario) -> list[ChangeEvent]:  # type: ignore[no-untyped-def]
+    owner = {i["invoice_id"]: i["billing_customer_id"] for i in scenario.truth["invoices"]}
     out: list[ChangeEvent] = []
     for m in scenario.messages:
-        out += ADAPTER[m.topic](m.value, provisional_customer_id)  # every message maps: no Rejection
+        if m.topic == "billing.invoice-payments":
+            # keyed by its invoice; stage 1 passes it on keyed by the invoice's customer
+            out += map_stripe_event(m.value, provisional_customer_id, None, owner[m.key])
+        else:
+            out += ADAPTER[m.topic](m.value, provisional_customer_id)  # every message maps: no Rejection
     return out
+
+
+def test_each_version_links_payments_its_own_way(scenario) -> None:  # type: ignore[no-untyped-def]
+    events = [orjson.loads(m.value) for m in scenario.messages if m.topic != "crm.changes"]
+    stripe = [e for e in events if e.get("object") == "event"]
+    assert {e["api_version"] for e in stripe} == {scenario.truth["stripe_api_version"]}
+    intents = [e["data"]["object"] for e in stripe if e["type"].startswith("payment_intent.")]
+    linked = [e for e in stripe if e["type"] == "invoice_payment.paid"]
+    assert all(not i["metadata"] for i in intents)  # Stripe never writes the invoice there
+    if scenario.truth["stripe_api_version"] == OLDEST_VERSION:
+        assert all(i["invoice"].startswith("in_") for i in intents) and not linked
+    else:
+        assert all("invoice" not in i for i in intents)
+        assert len({e["id"] for e in linked}) == len(scenario.truth["payments"])
 
 
 def test_same_seed_same_bytes_other_seed_other_history() -> None:
@@ -84,11 +112,10 @@ def test_ground_truth_invoices_are_exactly_the_finalized_ones(scenario, changes)
 
 
 def test_ground_truth_payments_credit_memos_and_refunds(scenario, changes) -> None:  # type: ignore[no-untyped-def]
-    paid = {
-        c.payload.payment_id: c.payload
-        for c in changes
-        if isinstance(c.payload, Payment) and c.payload.status is PaymentStatus.SUCCEEDED
-    }
+    succeeded = [c.payload for c in changes if isinstance(c.payload, Payment)]
+    succeeded = [p for p in succeeded if p.status is PaymentStatus.SUCCEEDED]
+    paid = {p.payment_id: p for p in succeeded if p.invoice_id is not None}  # applied to an invoice
+    assert {p.payment_id for p in succeeded} == set(paid)
     assert {p["payment_id"]: (p["invoice_id"], p["amount"]) for p in scenario.truth["payments"]} == {
         k: (p.invoice_id, p.amount) for k, p in paid.items()
     }

@@ -67,7 +67,7 @@ class Target:
 def _adapter_check(adapter: Callable[..., list[Any]]) -> Callable[[bytes | None], None]:
     def check(raw: bytes | None) -> None:
         try:
-            events = adapter(raw or b"", provisional_customer_id, None)
+            events = adapter(raw or b"", provisional_customer_id, None, None)
         except Rejection as rejection:
             assert rejection.header_value, "a rejection without a reason"
             return

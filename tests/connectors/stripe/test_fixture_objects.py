@@ -16,6 +16,7 @@ from canonical import (
     Customer,
     EntityType,
     Invoice,
+    Payment,
     Subscription,
     codec,
 )
@@ -39,6 +40,9 @@ REJECTED = {
     "refund": ("refund.created", RejectionReason.MISSING_FIELD, "data.object.customer"),
     # A dispute names its charge, not its customer: it maps once the charge is expanded.
     "dispute": ("charge.dispute.created", RejectionReason.MISSING_FIELD, "data.object.charge"),
+    # An invoice_payment names its invoice, never its customer: it must come keyed by the
+    # customer stage 1 found for the invoice.
+    "invoice_payment": ("invoice_payment.paid", RejectionReason.MISSING_FIELD, "data.object.invoice"),
 }
 NOT_BOOKED = {
     "event": "plan.created",
@@ -50,7 +54,6 @@ NOT_BOOKED = {
     "invoiceitem": "invoiceitem.created",
     "subscription_schedule": "subscription_schedule.created",
     "deleted_invoice": "invoice.deleted",
-    "invoice_payment": "invoice_payment.paid",
 }
 PARTS = {"line_item", "subscription_item", "credit_note_line_item"}  # only inside their parents
 
@@ -157,3 +160,38 @@ def test_an_amount_no_ledger_can_hold_is_refused_at_the_edge() -> None:
         orjson.dumps(stripe_event(invoice, "invoice.finalized", "evt_max")), provisional_customer_id
     )
     codec.dumps(change)
+
+
+def test_the_invoice_payment_fixture_is_a_payment_applied_to_its_invoice() -> None:
+    """Stripe's example, keyed by its invoice's customer: refused while it names no payment and
+    is not paid (the example's amount_paid is null, its status a placeholder); as Stripe sends
+    it once paid, a payment of the PaymentIntent applied to the invoice."""
+    obj = stripe_fixture("invoice_payment")
+    raw = orjson.dumps(stripe_event(obj, "invoice_payment.paid", "evt_inpay"))
+    with pytest.raises(Rejection) as info:
+        map_stripe_event(raw, provisional_customer_id, None, "cus_QXg1o8vcGmoR32")
+    assert info.value.fields == ("data.object.payment",)
+    obj["payment"]["payment_intent"] = "pi_3PgafuB7WZ01zgkW0"
+    with pytest.raises(Rejection) as info:
+        map_stripe_event(
+            orjson.dumps(stripe_event(obj, "invoice_payment.paid")), provisional_customer_id, None, "cus_Q"
+        )
+    assert "data.object.status" in info.value.fields
+    obj |= {"status": "paid", "amount_paid": obj["amount_requested"], "currency": "usd", "invoice": "in_1Pg"}
+    obj["status_transitions"]["paid_at"] = 1_721_954_000
+    [change] = map_stripe_event(
+        orjson.dumps(stripe_event(obj, "invoice_payment.paid", "evt_inpay")),
+        provisional_customer_id,
+        None,
+        "cus_QXg1o8vcGmoR32",
+    )
+    payment = change.payload
+    assert isinstance(payment, Payment) and change.entity_type is EntityType.PAYMENT
+    assert (payment.payment_id, payment.invoice_id, payment.amount, payment.currency) == (
+        "pi_3PgafuB7WZ01zgkW0",
+        "in_1Pg",
+        1112626247,
+        "USD",
+    )
+    assert change.customer_ref == payment.customer_ref == "cus_QXg1o8vcGmoR32"
+    assert change.entity_version == (3,)  # above the PaymentIntent's own events: the link wins

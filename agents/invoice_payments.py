@@ -1,0 +1,218 @@
+"""Stage 1: Stripe `invoice_payment` Events → `payments.changes`, keyed by their customer.
+
+Since API 2025-03-31.basil a PaymentIntent names no invoice; an `invoice_payment` links the two,
+and it names the invoice but no customer. It arrives on `billing.invoice-payments` keyed by the
+invoice id. The Stripe ingest agent writes each invoice's owner to `ledgerflow.invoice-owners`
+under the same key, so this agent learns locally whose invoice it is: a payment of a known
+invoice goes straight on to `payments.changes` (keyed by that customer, where the Stripe ingest
+agent maps it like any payment); one of an invoice not seen yet waits in the table, and goes on
+when the invoice's owner arrives. One still waiting after LEDGERFLOW_PARK_TIMEOUT_S is raised as
+an `unknown_invoice` exception (it stays parked: nothing is lost).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from agents.batching import batches
+from agents.outbox import Outbox, send_exception, send_to_dlq
+from canonical import BusinessException, ExceptionReason, FieldError, codec
+from canonical.links import InvoiceOwner
+from connectors.stripe.routing import invoice_of
+from streams import headers as h
+from streams import metrics
+from streams.app import app
+from streams.schemas import Undecodable
+from streams.settings import settings
+from streams.topics import invoice_links_topic, payments_changes_topic
+from tables.invoice_owners import (
+    InvoiceOwnerRow,
+    ParkedInvoicePayment,
+    ParkedInvoicePayments,
+    invoice_owners_table,
+    parked_invoice_payments_table,
+)
+
+STAGE = "ingest"  # `ledgerflow worker --stages …` runs this module's agents and timers or not
+
+if TYPE_CHECKING:
+    from faust.types import EventT, StreamT
+
+
+@dataclass
+class Routed:
+    """What one message decided: the rows to write (None: unchanged; `unpark`: delete the
+    parked row) and what goes on, as (billing customer id, value, headers) for
+    `payments.changes`."""
+
+    owner: InvoiceOwnerRow | None = None
+    parked: ParkedInvoicePayments | None = None
+    unpark: bool = False
+    forward: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
+
+
+def owner_known(
+    owner_row: InvoiceOwnerRow | None, parked: ParkedInvoicePayments | None, owner: InvoiceOwner
+) -> Routed:
+    """An invoice's owner: remember it and release what waited for it. An invoice never changes
+    customer in Stripe; the first owner seen stays."""
+    if owner_row is not None:
+        return Routed()
+    customer = owner.billing_customer_id
+    return Routed(
+        owner=InvoiceOwnerRow(invoice_id=owner.invoice_id, billing_customer_id=customer),
+        unpark=parked is not None,
+        forward=[(customer, p.value.encode(), p.headers) for p in parked.parked] if parked else [],
+    )
+
+
+def payment_arrived(
+    owner_row: InvoiceOwnerRow | None,
+    parked: ParkedInvoicePayments | None,
+    invoice_id: str,
+    value: str,
+    headers: dict[str, str],
+    now: datetime,
+    source: str,
+) -> Routed:
+    """An invoice payment: on to its customer, or parked until the invoice's owner is known
+    (a redelivery of one already parked is not parked twice)."""
+    if owner_row is not None:
+        return Routed(forward=[(owner_row.billing_customer_id, value.encode(), headers)])
+    waiting = parked.parked if parked is not None else ()
+    if any(p.value == value for p in waiting):
+        return Routed()
+    entry = ParkedInvoicePayment(value=value, headers=headers, parked_at=now, source=source)
+    return Routed(parked=ParkedInvoicePayments(invoice_id=invoice_id, parked=(*waiting, entry)))
+
+
+def overdue_invoice_payments(
+    row: ParkedInvoicePayments, now: datetime, timeout_s: float
+) -> BusinessException | None:
+    """An exception for an invoice whose payments waited longer than allowed for its owner."""
+    if not row.parked:
+        return None
+    oldest = row.parked[0]
+    if (now - oldest.parked_at).total_seconds() < timeout_s:
+        return None
+    correlation = oldest.headers.get(h.CORRELATION_ID) or h.stable_id("correlation", "stripe", row.invoice_id)
+    return BusinessException(
+        exception_id=h.stable_id("exception", "unknown_invoice", row.invoice_id),
+        reason=ExceptionReason.UNKNOWN_INVOICE,
+        message=(
+            f"{len(row.parked)} invoice payment(s) of Stripe invoice {row.invoice_id} wait for the "
+            f"invoice (no invoice.* event seen) since {oldest.parked_at.isoformat()}"
+        ),
+        fields=(FieldError(field="invoice", problem="no invoice.* event seen for this invoice"),),
+        entity_id=row.invoice_id,
+        correlation_id=correlation,
+        first_seen=oldest.parked_at,
+        last_seen=now,
+        attempts=len(row.parked),
+    )
+
+
+def _text_headers(headers: Any) -> dict[str, str]:
+    keep = (h.CORRELATION_ID, h.CAUSATION_ID, metrics.SOURCE_TIMESTAMP)
+    return {name: value for name in keep if (value := h.header(headers, name)) is not None}
+
+
+def _payment_body(raw: bytes, key: Any) -> tuple[str, str] | str:
+    """(invoice id, JSON text) of an invoice_payment message, or why it cannot be routed."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return f"not_json: body is not JSON ({exc.msg})"
+    invoice = invoice_of(data) if isinstance(data, dict) else None
+    if invoice is None:
+        return "missing_field: an invoice_payment Event must name its invoice (data.object.invoice)"
+    if key != invoice:
+        return (
+            f"invalid_key: an invoice_payment must be keyed by its invoice id on "
+            f"billing.invoice-payments (key {key!r}, invoice {invoice!r})"
+        )
+    return invoice, raw.decode("utf-8")
+
+
+async def route_event(outbox: Outbox, event: EventT, now: datetime) -> None:
+    value, msg = event.value, event.message
+    source = f"{msg.topic}/{msg.partition}/{msg.offset}"
+    if isinstance(value, InvoiceOwner):
+        if event.key != value.invoice_id:
+            await send_to_dlq(outbox, event, "invalid_key: an invoice owner must be keyed by its invoice id")
+            return
+        invoice_id = value.invoice_id
+        routed = owner_known(
+            outbox.get(invoice_owners_table, invoice_id, InvoiceOwnerRow, event),
+            outbox.get(parked_invoice_payments_table, invoice_id, ParkedInvoicePayments, event),
+            value,
+        )
+    elif isinstance(value, bytes | bytearray):
+        body = _payment_body(bytes(value), event.key)
+        if isinstance(body, str):
+            await send_to_dlq(outbox, event, body)
+            return
+        invoice_id, text = body
+        headers = _text_headers(event.headers)
+        headers.setdefault(h.CORRELATION_ID, h.correlation_of(event.headers, msg.topic, source))
+        headers.update(metrics.stamp(metrics.source_ms(event)))
+        routed = payment_arrived(
+            outbox.get(invoice_owners_table, invoice_id, InvoiceOwnerRow, event),
+            outbox.get(parked_invoice_payments_table, invoice_id, ParkedInvoicePayments, event),
+            invoice_id,
+            text,
+            headers,
+            now,
+            source,
+        )
+    else:
+        reason = value.reason if isinstance(value, Undecodable) else "empty message value"
+        await send_to_dlq(outbox, event, f"undecodable_invoice_owner: {reason}")
+        return
+    if routed.owner is not None:
+        outbox.put(invoice_owners_table, invoice_id, routed.owner, event)
+    if routed.parked is not None or routed.unpark:
+        outbox.put(parked_invoice_payments_table, invoice_id, routed.parked, event)
+    for customer, raw, headers in routed.forward:
+        correlation = headers.get(h.CORRELATION_ID) or h.stable_id("correlation", "stripe", invoice_id)
+        extra = {k: v for k, v in headers.items() if k not in (h.CORRELATION_ID, h.CAUSATION_ID)}
+        await outbox.send(payments_changes_topic, customer, raw, h.outgoing(correlation, source, **extra))
+
+
+@app.agent(invoice_links_topic)
+async def route_invoice_payments(stream: StreamT[Any]) -> None:
+    """`billing.invoice-payments` and `ledgerflow.invoice-owners` (keyed by Stripe invoice id)
+    → `payments.changes`, keyed by the invoice's billing customer."""
+    async for events in batches(stream):
+        now = datetime.now(UTC)
+        outbox = Outbox()
+        for event in events:
+            await route_event(outbox, event, now)
+        await outbox.commit()
+
+
+_raised_overdue: set[str] = set()
+
+
+@app.timer(interval=30.0)
+async def raise_overdue_invoice_payments() -> None:
+    """Invoice payments still waiting for their invoice after LEDGERFLOW_PARK_TIMEOUT_S become an
+    `unknown_invoice` exception (once per worker process; they stay parked)."""
+    now = datetime.now(UTC)
+    outbox = Outbox()
+    raised = []
+    waiting = 0
+    for _key, raw in list(parked_invoice_payments_table.items()):
+        row = codec.loads(ParkedInvoicePayments, raw)
+        waiting += len(row.parked)
+        exc = overdue_invoice_payments(row, now, settings.park_timeout_s)
+        if exc is not None and exc.exception_id not in _raised_overdue:
+            await send_exception(outbox, exc, "timer:parked-invoice-payments")
+            raised.append(exc.exception_id)
+    await outbox.commit()
+    _raised_overdue.update(raised)
+    metrics.set_parked("invoice_payments", waiting)
