@@ -46,13 +46,13 @@ if TYPE_CHECKING:
 @dataclass
 class Routed:
     """What one message decided: the rows to write (None: unchanged; `unpark`: delete the
-    parked row) and what goes on, as (billing customer id, value, headers) for
-    `payments.changes`."""
+    parked row) and what goes on to `payments.changes`, as (billing customer id, value,
+    headers, the invoice-payments message it is: its causation)."""
 
     owner: InvoiceOwnerRow | None = None
     parked: ParkedInvoicePayments | None = None
     unpark: bool = False
-    forward: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
+    forward: list[tuple[str, bytes, dict[str, str], str]] = field(default_factory=list)
 
 
 def owner_known(
@@ -66,7 +66,7 @@ def owner_known(
     return Routed(
         owner=InvoiceOwnerRow(invoice_id=owner.invoice_id, billing_customer_id=customer),
         unpark=parked is not None,
-        forward=[(customer, p.value.encode(), p.headers) for p in parked.parked] if parked else [],
+        forward=[(customer, p.value.encode(), p.headers, p.source) for p in parked.parked] if parked else [],
     )
 
 
@@ -82,7 +82,7 @@ def payment_arrived(
     """An invoice payment: on to its customer, or parked until the invoice's owner is known
     (a redelivery of one already parked is not parked twice)."""
     if owner_row is not None:
-        return Routed(forward=[(owner_row.billing_customer_id, value.encode(), headers)])
+        return Routed(forward=[(owner_row.billing_customer_id, value.encode(), headers, source)])
     waiting = parked.parked if parked is not None else ()
     if any(p.value == value for p in waiting):
         return Routed()
@@ -177,10 +177,10 @@ async def route_event(outbox: Outbox, event: EventT, now: datetime) -> None:
         outbox.put(invoice_owners_table, invoice_id, routed.owner, event)
     if routed.parked is not None or routed.unpark:
         outbox.put(parked_invoice_payments_table, invoice_id, routed.parked, event)
-    for customer, raw, headers in routed.forward:
+    for customer, raw, headers, cause in routed.forward:
         correlation = headers.get(h.CORRELATION_ID) or h.stable_id("correlation", "stripe", invoice_id)
         extra = {k: v for k, v in headers.items() if k not in (h.CORRELATION_ID, h.CAUSATION_ID)}
-        await outbox.send(payments_changes_topic, customer, raw, h.outgoing(correlation, source, **extra))
+        await outbox.send(payments_changes_topic, customer, raw, h.outgoing(correlation, cause, **extra))
 
 
 @app.agent(invoice_links_topic)

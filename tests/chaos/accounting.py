@@ -7,6 +7,8 @@ classes, checked in this order, the first that applies wins:
 
 * **dead-lettered** — a `ledgerflow.dlq` entry names the message (`x-source-topic`,
   `x-source-partition`, `x-source-offset`).
+* **forwarded** — (`billing.invoice-payments` only) stage 1 passed it on to `payments.changes`,
+  keyed by its invoice's customer: the copy names it (`x-causation-id`) and is accounted there.
 * **ignored** — its adapter maps it to no canonical event (an event type ledgerflow does not
   use).
 * **redelivery** — every event of the message was carried by an earlier message (Stripe's
@@ -27,7 +29,8 @@ classes, checked in this order, the first that applies wins:
   attempts, refunds (booked by nothing yet).
 * **unaccounted** — none of the above: a lost message. There must be none.
 
-So: events in = dead-lettered + ignored + redelivery + posted + parked + exception + applied.
+So: events in = dead-lettered + forwarded + ignored + redelivery + posted + parked + exception +
+applied.
 """
 
 from __future__ import annotations
@@ -45,19 +48,22 @@ from canonical.commands import AnyErpCommand, ErpCommand
 from streams import headers as h
 from streams.operations.replay import RawRecord, latest_exceptions
 from tables.identity import ParkedChanges
+from tables.invoice_owners import ParkedInvoicePayments
 from tables.invoices import CustomerInvoices
 
-SOURCE_TOPICS = ("crm.changes", "clm.changes", "billing.changes", "payments.changes")
+INVOICE_PAYMENTS = "billing.invoice-payments"
+SOURCE_TOPICS = ("crm.changes", "clm.changes", "billing.changes", "payments.changes", INVOICE_PAYMENTS)
 Ref = tuple[str, int, int]
 """(topic, partition, offset) of one message."""
-EventIds = Callable[[str, bytes], tuple[str, ...] | None]
-"""(design topic name, raw value) → the canonical event ids it maps to; None if rejected."""
+EventIds = Callable[[str, bytes, str | None], tuple[str, ...] | None]
+"""(design topic name, raw value, key) → the canonical event ids it maps to; None if rejected."""
 
 _COMMANDS: TypeAdapter[ErpCommand] = TypeAdapter(AnyErpCommand)
 
 
 class Fate(StrEnum):
     DEAD_LETTERED = "dead-lettered"
+    FORWARDED = "forwarded"
     IGNORED = "ignored"
     REDELIVERY = "redelivery"
     POSTED = "posted"
@@ -69,10 +75,11 @@ class Fate(StrEnum):
 
 MEANING = {
     Fate.DEAD_LETTERED: "a ledgerflow.dlq entry names the message",
+    Fate.FORWARDED: "an invoice payment passed on to payments.changes (accounted there)",
     Fate.IGNORED: "maps to no canonical event",
     Fate.REDELIVERY: "all its events came in an earlier message",
     Fate.POSTED: "caused a command whose latest erp.results outcome is POSTED",
-    Fate.PARKED: "still waiting at the end (parked-billing, invoice-state waiting)",
+    Fate.PARKED: "still waiting at the end (parked-billing, parked-invoice-payments, invoice-state)",
     Fate.EXCEPTION: "named by an open exception, nothing of it posted",
     Fate.APPLIED: "on ledgerflow.canonical, taken into the tables, nothing to post",
     Fate.UNACCOUNTED: "none of the above: lost",
@@ -117,6 +124,8 @@ class Outcomes:
     parked_ids: set[str]
     invoices: dict[str, CustomerInvoices]
     undecodable: int = 0
+    parked_invoice_payments: set[str] = field(default_factory=set)
+    """The JSON text of every invoice payment still waiting for its invoice's owner."""
 
     @property
     def posted_keys(self) -> set[str]:
@@ -153,6 +162,7 @@ def read_outcomes(
     exceptions: Sequence[RawRecord],
     parked_billing_changelog: Sequence[RawRecord],
     invoice_state_changelog: Sequence[RawRecord],
+    parked_invoice_payments_changelog: Sequence[RawRecord] = (),
 ) -> Outcomes:
     undecodable = 0
     dead: dict[Ref, str] = {}
@@ -216,6 +226,11 @@ def read_outcomes(
         parked_ids=parked,
         invoices=invoices,
         undecodable=undecodable + bad,
+        parked_invoice_payments={
+            p.value
+            for raw in latest_rows(parked_invoice_payments_changelog).values()
+            for p in codec.loads(ParkedInvoicePayments, raw).parked
+        },
     )
 
 
@@ -280,13 +295,21 @@ def account(
     """Classify every source message (`sources`: design topic name → its records)."""
     posted = outcomes.posted_events()
     excepted = outcomes.exception_events()
+    forwarded = {r.header(h.CAUSATION_ID) for r in sources.get("payments.changes", ())}
     out = Accounting()
     seen: set[str] = set()
+    routed: set[bytes | None] = set()
     for topic, records in sources.items():
         counts = out.counts.setdefault(topic, Counter())
         for record in _ordered(records):
             ref = (record.topic, record.partition, record.offset)
-            ids = event_ids(topic, record.value or b"")
+            if topic == INVOICE_PAYMENTS and ref not in outcomes.dead_lettered:
+                fate = _invoice_payment_fate(record, forwarded, routed, outcomes.parked_invoice_payments)
+                if fate is Fate.UNACCOUNTED:
+                    out.unaccounted.append(ref)
+                counts[fate] += 1
+                continue
+            ids = event_ids(topic, record.value or b"", record.key_text)
             fate = Fate.UNACCOUNTED
             if ref in outcomes.dead_lettered:
                 fate = Fate.DEAD_LETTERED
@@ -314,3 +337,17 @@ def account(
                 out.unaccounted.append(ref)
             counts[fate] += 1
     return out
+
+
+def _invoice_payment_fate(
+    record: RawRecord, forwarded: set[str | None], routed: set[bytes | None], parked: set[str]
+) -> Fate:
+    """An invoice payment is passed on (its copy is accounted on payments.changes), still waits
+    for its invoice's owner, or was a redelivery of one that waited (parked once)."""
+    first = record.value not in routed
+    routed.add(record.value)
+    if f"{record.topic}/{record.partition}/{record.offset}" in forwarded:
+        return Fate.FORWARDED
+    if (record.value or b"").decode("utf-8", "replace") in parked:
+        return Fate.PARKED if first else Fate.REDELIVERY
+    return Fate.UNACCOUNTED if first else Fate.REDELIVERY

@@ -25,6 +25,7 @@ from tests.support import (
     REPO,
     ErpSandbox,
     Stack,
+    assert_books_balance,
     assert_erp_holds_exactly,
     consume_until,
     erp_documents_of,
@@ -49,10 +50,10 @@ NewStack = Callable[..., Stack]
 
 
 def simulated(
-    stack: Stack, truth: Path, customers: int, months: int, seed: int, first: int = 0
+    stack: Stack, truth: Path, customers: int, months: int, seed: int, first: int = 0, *more: str
 ) -> subprocess.Popen[bytes]:
     args = ("--customers", str(customers), "--months", str(months), "--seed", str(seed))
-    args += ("--first-customer", str(first))
+    args += ("--first-customer", str(first), *more)
     return start_simulation(stack, truth, *args)
 
 
@@ -110,6 +111,27 @@ def test_every_document_reaches_the_erp_once_despite_20_percent_faults(
         f"\n{mode}: {len(expected)} documents + {len(customers)} customers, each once, in {elapsed:.1f}s "
         f"with ERP faults {dict(faults)}"
     )
+
+
+def test_an_acacia_history_applies_every_payment_too(new_stack: NewStack, tmp_path: Path) -> None:
+    """The same history in Stripe's 2024-09-30.acacia shapes (the PaymentIntent names its invoice,
+    no invoice_payment Events) ends in the ERP as the current version's does: every payment once,
+    applied to its invoice."""
+    stack = new_stack(extra_env=FAST_RETRIES)
+    stack.start_worker()
+    version = ("--stripe-api-version", "2024-09-30.acacia")
+    truth = finish_simulation(
+        simulated(stack, tmp_path / "t.json", 12, 3, 11, 0, *version), tmp_path / "t.json"
+    )
+    assert truth["stripe_api_version"] == "2024-09-30.acacia" and truth["payments"]
+    expected = erp_documents_of(truth)
+    assert stack.erp is not None
+    view = stack.erp.wait_for(expected, timeout=180)
+    assert_erp_holds_exactly(view, expected)
+    assert_books_balance(view)
+    payments = [d for d in view["documents"] if d["record_type"] == "customerPayment"]
+    assert len(payments) == len(truth["payments"])
+    assert all(len(d["books"]["applied_to"]) == 1 for d in payments)
 
 
 def test_retry_after_breaker_and_one_failing_customer(new_stack: NewStack, tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ def test_simulated_history_yields_exactly_the_ground_truths_invoices(stack: Stac
         for name in (
             "billing.changes",
             "payments.changes",
+            "billing.invoice-payments",
             "crm.changes",
             "clm.changes",
             "erp.commands",
@@ -68,7 +69,14 @@ def test_simulated_history_yields_exactly_the_ground_truths_invoices(stack: Stac
 
     found = asyncio.run(consume_until(stack.bootstrap, list(topics.values()), done, timeout=240))
     for name, count in truth["messages"]["by_topic"].items():
-        assert len(found[topics[name]]) == count, name  # what was produced is what the truth counts
+        produced = [m for m in found[topics[name]] if "x-causation-id" not in m[2]]
+        assert len(produced) == count, name  # what was produced is what the truth counts
+    # Stage 1 passed each invoice payment on to payments.changes, keyed by its invoice's customer.
+    invoice_payments = stack.topic("billing.invoice-payments")
+    forwarded = [m for m in found[topics["payments.changes"]] if "x-causation-id" in m[2]]
+    assert {m[2]["x-causation-id"].split("/")[0] for m in forwarded} == {invoice_payments}
+    owner = {i["invoice_id"]: i["billing_customer_id"] for i in truth["invoices"]}
+    assert all(k == owner[orjson.loads(v)["data"]["object"]["invoice"]] for k, v, _ in forwarded)
 
     everything = [orjson.loads(v) for _, v, _ in found[topics["erp.commands"]]]
     by_type: dict[str, list] = {}  # type: ignore[type-arg]
