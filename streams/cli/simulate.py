@@ -67,7 +67,7 @@ async def post_to_ingress(
     async def lane(client: httpx.AsyncClient, items: list[Message]) -> None:
         async with gate:
             for m in items:
-                stripe = m.topic in ("billing.changes", "payments.changes")
+                stripe = WEBHOOK_PATH[m.topic] == "/webhooks/stripe"
                 header = (
                     "Stripe-Signature" if stripe else RELAY_SIGNATURE_HEADER,
                     signing.sign(stripe_secrets[0] if stripe else relay_secret, m.value, int(time.time())),

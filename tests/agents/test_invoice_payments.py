@@ -1,0 +1,54 @@
+"""Stage 1's routing of Stripe invoice payments (pure decisions): a payment of a known invoice
+goes on keyed by its customer, one of an unknown invoice waits (once, however often Stripe
+redelivers it) and goes on when the owner arrives, and one that waited too long is raised."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from agents.invoice_payments import overdue_invoice_payments, owner_known, payment_arrived
+from canonical import ExceptionReason
+from canonical.links import InvoiceOwner
+from tables.invoice_owners import InvoiceOwnerRow
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+OWNER = InvoiceOwner(invoice_id="in_1", billing_customer_id="cus_1", correlation_id="c-1")
+HEADERS = {"x-correlation-id": "c-pay"}
+
+
+def test_a_payment_of_a_known_invoice_goes_straight_on() -> None:
+    row = InvoiceOwnerRow(invoice_id="in_1", billing_customer_id="cus_1")
+    routed = payment_arrived(row, None, "in_1", '{"id":"evt_1"}', HEADERS, NOW, "ip/0/7")
+    assert routed.forward == [("cus_1", b'{"id":"evt_1"}', HEADERS, "ip/0/7")]
+    assert routed.owner is None and routed.parked is None and not routed.unpark
+
+
+def test_a_payment_of_an_unknown_invoice_waits_once_then_goes_on_with_its_own_cause() -> None:
+    first = payment_arrived(None, None, "in_1", '{"id":"evt_1"}', HEADERS, NOW, "ip/0/7")
+    assert first.forward == [] and first.parked is not None and len(first.parked.parked) == 1
+    again = payment_arrived(None, first.parked, "in_1", '{"id":"evt_1"}', HEADERS, NOW, "ip/0/9")
+    assert again.parked is None and again.forward == []  # a redelivery is not parked twice
+    other = payment_arrived(None, first.parked, "in_1", '{"id":"evt_2"}', {}, NOW, "ip/0/10")
+    assert other.parked is not None and len(other.parked.parked) == 2
+    released = owner_known(None, other.parked, OWNER)
+    assert released.owner == InvoiceOwnerRow(invoice_id="in_1", billing_customer_id="cus_1")
+    assert released.unpark
+    assert [(c, v, cause) for c, v, _, cause in released.forward] == [
+        ("cus_1", b'{"id":"evt_1"}', "ip/0/7"),
+        ("cus_1", b'{"id":"evt_2"}', "ip/0/10"),
+    ]
+
+
+def test_the_first_owner_stays() -> None:
+    row = InvoiceOwnerRow(invoice_id="in_1", billing_customer_id="cus_1")
+    other = InvoiceOwner(invoice_id="in_1", billing_customer_id="cus_2", correlation_id="c-2")
+    assert owner_known(row, None, other).owner is None
+
+
+def test_a_payment_waiting_too_long_is_an_unknown_invoice_exception() -> None:
+    parked = payment_arrived(None, None, "in_1", '{"id":"evt_1"}', HEADERS, NOW, "ip/0/7").parked
+    assert parked is not None
+    assert overdue_invoice_payments(parked, NOW + timedelta(seconds=599), 600) is None
+    exc = overdue_invoice_payments(parked, NOW + timedelta(seconds=600), 600)
+    assert exc is not None and exc.reason is ExceptionReason.UNKNOWN_INVOICE
+    assert (exc.entity_id, exc.correlation_id, exc.attempts) == ("in_1", "c-pay", 1)
