@@ -28,9 +28,9 @@ from connectors.stripe.samples import (
     subscription_object,
 )
 from connectors.stripe.versions import CURRENT_VERSION, Shapes, api_version, render
+from streams.topic_names import STRIPE_TOPICS
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
-STRIPE_TOPICS = ("billing.changes", "payments.changes", "billing.invoice-payments")
 SUBSIDIARY = {"US": "US01", "GB": "UK01", "DE": "DE01", "JP": "JP01"}
 NAMES = [
     "Acme",
