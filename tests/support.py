@@ -21,6 +21,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from connectors.stripe.versions import CURRENT_VERSION as CURRENT_STRIPE_VERSION
 from streams.cli.local_kafka import free_port
 from streams.cli.processes import ProcessFailed, terminate, wait_for_log
 from streams.kafka_io import Record, produce, read_topics
@@ -47,11 +48,18 @@ def stripe_fixture(name: str) -> dict[str, Any]:
     return copy.deepcopy(_stripe_resources()[name])
 
 
-def stripe_event(obj: dict[str, Any], event_type: str, event_id: str | None = None) -> dict[str, Any]:
+def stripe_event(
+    obj: dict[str, Any],
+    event_type: str,
+    event_id: str | None = None,
+    api_version: str = CURRENT_STRIPE_VERSION,
+) -> dict[str, Any]:
+    """An Event carrying `obj`, in the current API version unless told (Stripe's fixtures are
+    in the current shapes)."""
     return {
         "id": event_id or f"evt_{uuid.uuid4().hex[:24]}",
         "object": "event",
-        "api_version": "2025-03-31.basil",
+        "api_version": api_version,
         "created": 1_721_954_100,
         "data": {"object": obj},
         "livemode": False,

@@ -23,6 +23,7 @@ from canonical import (
 from canonical.money import MAX_MINOR_UNITS
 from connectors.errors import Rejection, RejectionReason
 from connectors.stripe import map_stripe_event
+from connectors.stripe.versions import OLDEST_VERSION, render
 from tests.support import _stripe_resources, finalized_fixture_invoice, stripe_event, stripe_fixture
 
 MAPPED = {
@@ -195,3 +196,15 @@ def test_the_invoice_payment_fixture_is_a_payment_applied_to_its_invoice() -> No
     )
     assert change.customer_ref == payment.customer_ref == "cus_QXg1o8vcGmoR32"
     assert change.entity_version == (3,)  # above the PaymentIntent's own events: the link wins
+
+
+@pytest.mark.parametrize("name", ["invoice", "credit_note"])
+def test_the_fixtures_map_the_same_rendered_in_the_oldest_version(name: str) -> None:
+    """Stripe's examples (current shapes) and the same objects as an acacia Event carries them."""
+    event_type, _ = MAPPED[name]
+    obj = finalized_fixture_invoice(corrected=True) if name == "invoice" else stripe_fixture(name)
+    current = stripe_event(obj, event_type, "evt_now")
+    older = stripe_event(render(obj, OLDEST_VERSION), event_type, "evt_now", OLDEST_VERSION)
+    [a] = map_stripe_event(orjson.dumps(current), provisional_customer_id)
+    [b] = map_stripe_event(orjson.dumps(older), provisional_customer_id)
+    assert a.payload == b.payload
