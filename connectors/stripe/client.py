@@ -226,7 +226,7 @@ class StripeApi:
                 query["starting_after"] = starting_after
 
             def call(q: dict[str, Any] = query) -> Awaitable[Any]:
-                return service.list_async(invoice_id, q)
+                return service.list_async(invoice_id, q)  # type: ignore[arg-type]
 
             page = await self._call("/v1/invoices/{id}/lines", call)
             lines.extend(page["data"])

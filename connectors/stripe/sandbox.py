@@ -2,7 +2,7 @@
 keeps every event (for `/v1/events`, within Stripe's 30 days on an injectable clock) and each
 object's latest snapshot (by the order the events were given), and answers Stripe's read API
 as strictly as Stripe: a Bearer secret key, the one `Stripe-Version` it was seeded in, `limit`
-1–100, `starting_after`/`ending_before` cursors with a real `has_more`, newest first, `created`
+1-100, `starting_after`/`ending_before` cursors with a real `has_more`, newest first, `created`
 filters, unknown parameters (400 `parameter_unknown`) and ids (404 `resource_missing`), a rate
 limit per endpoint (429 `rate_limit`), a `Request-Id` on every answer. Long invoices can embed
 only their first 10 lines (`lines.has_more`), as Stripe's own snapshots of them do.
@@ -90,7 +90,9 @@ class StripeFaults(BaseModel):
     """The next this many API calls answer 429 whatever the rate."""
 
 
-def stripe_error(status: int, message: str, code: str | None = None, param: str | None = None) -> web.Response:
+def stripe_error(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> web.Response:
     """Stripe's error body: `{"error": {"type": "invalid_request_error", "message": …}}`."""
     error: dict[str, Any] = {"type": "invalid_request_error", "message": message}
     if code is not None:
@@ -271,7 +273,7 @@ def _created_filter(query: dict[str, list[str]]) -> Callable[[dict[str, Any]], b
 def _page(
     items: list[dict[str, Any]], query: dict[str, list[str]], url: str, shown: Callable[[Any], Any]
 ) -> web.Response:
-    """A newest-first list page: `limit` (1–100, default 10) after `starting_after` or before
+    """A newest-first list page: `limit` (1-100, default 10) after `starting_after` or before
     `ending_before`, `has_more` whether the list goes on in that direction."""
     limit = _integer(query, "limit")
     if limit is None:
@@ -331,7 +333,9 @@ def _filter_objects(plural: str, items: list[dict[str, Any]], query: dict[str, l
     status = _one(query, "status")
     if plural == "subscriptions":
         if status is not None and status not in SUBSCRIPTION_STATUSES:
-            raise refuse(400, f"Invalid status: must be one of {sorted(SUBSCRIPTION_STATUSES)}", None, "status")
+            raise refuse(
+                400, f"Invalid status: must be one of {sorted(SUBSCRIPTION_STATUSES)}", None, "status"
+            )
         if status is None:  # Stripe lists every subscription but the canceled ones by default
             items = [o for o in items if o.get("status") != "canceled"]
         elif status == "ended":
@@ -374,7 +378,9 @@ def _filter_events(
     delivered = _one(query, "delivery_success")
     if delivered is not None:
         if delivered not in ("true", "false"):
-            raise refuse(400, "Invalid boolean: " + delivered, "parameter_invalid_boolean", "delivery_success")
+            raise refuse(
+                400, "Invalid boolean: " + delivered, "parameter_invalid_boolean", "delivery_success"
+            )
         wanted = delivered == "true"
         items = [e for e in items if (e["id"] not in sandbox.failed_deliveries) == wanted]
     return items
@@ -423,7 +429,7 @@ async def seed_events(request: web.Request) -> web.StreamResponse:
     if isinstance(body, list):
         body = {"events": body}
     elif not isinstance(body, dict):
-        return json_response({"error": "body must be a list of events or {\"events\": [...]}"}, 400)
+        return json_response({"error": 'body must be a list of events or {"events": [...]}'}, 400)
     try:
         added = sandbox.seed(body.get("events") or [], body.get("failed") or [])
     except (ValueError, AttributeError, TypeError, KeyError) as exc:
@@ -453,7 +459,9 @@ async def _checked(
         )
     if not sandbox.authorized(request):
         entry["fault"] = "unauthenticated"
-        return stripe_error(401, f"Invalid API Key provided: {key[:8]}{'*' * max(0, len(key) - 12)}{key[-4:]}")
+        return stripe_error(
+            401, f"Invalid API Key provided: {key[:8]}{'*' * max(0, len(key) - 12)}{key[-4:]}"
+        )
     version = request.headers.get("Stripe-Version")
     if version is not None and version != sandbox.api_version:
         entry["fault"] = "version"
@@ -488,7 +496,9 @@ def stripe_sandbox_app(sandbox: StripeSandbox) -> web.Application:
     return app
 
 
-def stripe_sandbox_server(sandbox: StripeSandbox, host: str = "127.0.0.1", port: int = 0) -> AppServer[StripeSandbox]:
+def stripe_sandbox_server(
+    sandbox: StripeSandbox, host: str = "127.0.0.1", port: int = 0
+) -> AppServer[StripeSandbox]:
     """The stand-in as a server (`async with`: `url` once started, port 0 picks a free one)."""
     return AppServer(stripe_sandbox_app(sandbox), SANDBOX, host, port)
 
@@ -523,7 +533,9 @@ def load_seed(path: Path) -> list[dict[str, Any]]:
     help=f"Secret key to accept (repeatable; default {DEFAULT_KEY!r}).",
 )
 @click.option("--api-version", default=None, help="Stripe-Version it speaks (default: the seed's).")
-@click.option("--rate-limit", type=click.IntRange(0), default=25, show_default=True, help="Requests/s per endpoint.")
+@click.option(
+    "--rate-limit", type=click.IntRange(0), default=25, show_default=True, help="Requests/s per endpoint."
+)
 @click.option(
     "--paginate-long-invoices/--whole-invoices",
     default=False,
