@@ -470,7 +470,9 @@ async def _checked(
             f"Invalid Stripe API version: {version}. This stand-in speaks {sandbox.api_version}.",
             "invalid_api_version",
         )
-    resource = getattr(request.match_info.route.resource, "canonical", request.path)
+    # An endpoint is a method and route (`GET /v1/customers/{id}`): one limit for every id.
+    route = getattr(request.match_info.route.resource, "canonical", request.path)
+    resource = route.replace("{resource}", request.match_info.get("resource", ""))
     if sandbox.take_burst("burst_429") or sandbox.throttled(f"{request.method} {resource}"):
         entry["fault"] = "rate_limit"
         return json_response(
