@@ -26,6 +26,7 @@ from typing import Any
 import click
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from connectors.stripe.client import RETRIEVABLE, StripeApi, StripeApiError, StripeNotFound
 from connectors.stripe.routing import route
@@ -235,11 +236,7 @@ async def seen_stripe_events(s: Settings, now: float, timeout_s: float = 120.0) 
     await consumer.start()
     seen = SeenEvents()
     try:
-        tps = [
-            TopicPartition(s.topic(t), p)
-            for t in STRIPE_TOPICS
-            for p in sorted(consumer.partitions_for_topic(s.topic(t)) or ())
-        ]
+        tps = await _partitions(s, [s.topic(t) for t in STRIPE_TOPICS])
         if not tps:
             return seen
         consumer.assign(tps)
@@ -267,6 +264,25 @@ async def seen_stripe_events(s: Settings, now: float, timeout_s: float = 120.0) 
     finally:
         await consumer.stop()
     return seen
+
+
+async def _partitions(s: Settings, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of those of `topics` that exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap, **kafka_security(s))
+    await admin.start()
+    try:
+        # Only topics that exist: a metadata request for others may auto-create them.
+        existing = set(await admin.list_topics())
+        wanted = [t for t in topics if t in existing]
+        described = await admin.describe_topics(wanted) if wanted else []
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(t["topic"], p["partition"])
+        for t in described
+        if t["error_code"] == 0
+        for p in sorted(t["partitions"], key=lambda p: p["partition"])
+    ]
 
 
 def _note(seen: SeenEvents, value: bytes | None) -> None:
