@@ -5,6 +5,9 @@ duplicates, a run interrupted and resumed misses nothing; catch-up produces exac
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -242,3 +245,50 @@ async def test_catch_up_produces_exactly_the_missed(kafka_bootstrap: str, tmp_pa
         async with StripeApi(KEY, VERSION, server.url, s.stripe_requests_per_s) as api:
             again = await catch_up(s, api, overlap_s=3600)
         assert again.produced == []
+
+
+async def test_ctrl_c_then_a_re_run_resumes(kafka_bootstrap: str, tmp_path: Path, account: list[Any]) -> None:
+    """The command itself: SIGINT mid-run exits 130 with the checkpoint kept; the re-run resumes."""
+    sandbox = StripeSandbox(account)
+    expected = expected_snapshots(sandbox)
+    async with stripe_sandbox_server(sandbox) as server:
+        s = await _settings(kafka_bootstrap, tmp_path, server.url)
+        env = {
+            **os.environ,
+            "LEDGERFLOW_KAFKA_BOOTSTRAP": s.bootstrap,
+            "LEDGERFLOW_TOPIC_PREFIX": s.topic_prefix,
+            "LEDGERFLOW_DATA_DIR": str(tmp_path),
+            "LEDGERFLOW_STRIPE_API_KEY": KEY,
+            "LEDGERFLOW_STRIPE_API_VERSION": VERSION,
+            "LEDGERFLOW_STRIPE_API_BASE": server.url,
+            "LEDGERFLOW_STRIPE_REQUESTS_PER_S": "4",  # slow enough to be interrupted midway
+        }
+        command = [sys.executable, "-m", "streams", "backfill", "stripe"]
+        first = await asyncio.create_subprocess_exec(
+            *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        checkpoint_path = tmp_path / CHECKPOINT_FILE
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if checkpoint_path.exists():
+                resources = orjson.loads(checkpoint_path.read_bytes())["resources"]
+                if resources.get("subscriptions", {}).get("after"):
+                    break
+            await asyncio.sleep(0.05)
+        first.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(first.communicate(), 30)
+        assert first.returncode == 130, err.decode()
+        assert b"re-run to resume" in err
+        saved = orjson.loads(checkpoint_path.read_bytes())["resources"]
+        assert saved["customers"]["done"] and not saved["subscriptions"]["done"]
+
+        env["LEDGERFLOW_STRIPE_REQUESTS_PER_S"] = "20"
+        second = await asyncio.create_subprocess_exec(
+            *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(second.communicate(), 120)
+        assert second.returncode == 0, err.decode()
+        assert b"resumed subscriptions" in out
+        records = decoded(await read_all(s, len(expected)))
+        got = {event["data"]["object"]["id"]: (topic, key) for topic, key, event, _ in records}
+        assert got == expected
