@@ -25,7 +25,7 @@ from streams.headers import CAUSATION_ID, CORRELATION_ID, stable_id
 from streams.kafka_io import Record, produce, read_topics
 from streams.settings import Settings
 from streams.topic_names import BILLING_CHANGES, INVOICE_PAYMENTS, STRIPE_TOPICS
-from tests.connectors.stripe.stand_in import KEY, VERSION, scenario_events
+from tests.connectors.stripe.stand_in import KEY, VERSION, long_invoice_event, scenario_events
 
 
 async def _settings(bootstrap: str, data_dir: Path, url: str) -> Settings:
@@ -106,7 +106,10 @@ def account() -> list[dict[str, Any]]:
 
 
 async def test_backfill_of_500_customers(kafka_bootstrap: str, tmp_path: Path, account: list[Any]) -> None:
-    sandbox = StripeSandbox(account, paginate_long_invoices=True)
+    long_invoices = [
+        long_invoice_event(f"in_LONG{n}", 40 + n, 1_767_225_600 + n, "cus_SIM00000001") for n in range(3)
+    ]
+    sandbox = StripeSandbox([*account, *long_invoices], paginate_long_invoices=True)
     expected = expected_snapshots(sandbox)
     assert len([i for i in expected if i.startswith("cus_")]) == 500
     async with stripe_sandbox_server(sandbox) as server:
@@ -115,6 +118,7 @@ async def test_backfill_of_500_customers(kafka_bootstrap: str, tmp_path: Path, a
         async with StripeApi(KEY, VERSION, server.url, s.stripe_requests_per_s) as api:
             report = await backfill(s, api, since=None)
             first_took = time.monotonic() - started
+            first_requests = api.requests
             assert api.throttled == 0
         records = decoded(await read_all(s, len(expected)))
         assert sum(report.produced.values()) == len(expected) == len(records)
@@ -127,6 +131,8 @@ async def test_backfill_of_500_customers(kafka_bootstrap: str, tmp_path: Path, a
             obj = event["data"]["object"]
             if obj["object"] == "invoice":
                 assert not obj["lines"]["has_more"]
+                if obj["id"].startswith("in_LONG"):
+                    assert len(obj["lines"]["data"]) == 40 + int(obj["id"][-1])  # whole
         types = {event["type"] for _, _, event, _ in records}
         assert {"customer.updated", "customer.subscription.updated", "invoice.paid"} <= types
         assert "invoice_payment.paid" in types and report.skipped.get("invoice_payments", 0) > 0
@@ -154,7 +160,7 @@ async def test_backfill_of_500_customers(kafka_bootstrap: str, tmp_path: Path, a
         async with StripeApi(KEY, VERSION, server.url, s.stripe_requests_per_s) as api:
             done = await backfill(s, api, since=None)
             assert sum(done.produced.values()) == 0 and api.requests == 0
-    print(f"\nbackfill of {len(expected)} objects: {first_took:.1f}s")
+    print(f"\nbackfill of {len(expected)} snapshots: {first_took:.1f}s, {first_requests} requests")
 
 
 async def test_backfill_interrupted_then_resumed(

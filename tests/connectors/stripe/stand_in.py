@@ -36,12 +36,14 @@ def customer_events(count: int, created: int = 1_767_225_600) -> list[dict[str, 
     ]
 
 
-def long_invoice_event(invoice_id: str, lines: int, created: int = 1_767_225_600) -> dict[str, Any]:
+def long_invoice_event(
+    invoice_id: str, lines: int, created: int = 1_767_225_600, customer: str = "cus_T00000"
+) -> dict[str, Any]:
     """An invoice.finalized event whose invoice has `lines` lines (prorations after two)."""
     prorations = [("prod_seats", 1, 2500 + n) for n in range(lines - 2)]
     obj = invoice_object(
         invoice_id,
-        "cus_T00000",
+        customer,
         "US",
         [("prod_platform", 1), ("prod_seats", 3)],
         status="open",
