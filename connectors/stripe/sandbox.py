@@ -463,7 +463,8 @@ async def _checked(
             401, f"Invalid API Key provided: {key[:8]}{'*' * max(0, len(key) - 12)}{key[-4:]}"
         )
     version = request.headers.get("Stripe-Version")
-    if version is not None and version != sandbox.api_version:
+    # Unseeded, it has no version yet: any is taken (the first seed's becomes its own).
+    if version is not None and sandbox.api_version is not None and version != sandbox.api_version:
         entry["fault"] = "version"
         return stripe_error(
             400,

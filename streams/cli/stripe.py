@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from connectors.stripe.client import RETRIEVABLE, StripeApi, StripeApiError, StripeNotFound
-from connectors.stripe.routing import route
+from connectors.stripe.routing import StripeStream, route
 from connectors.stripe.snapshots import caught_up_event, snapshot_event
 from streams.headers import outgoing, stable_id
 from streams.kafka_io import kafka_security
@@ -70,12 +70,20 @@ def _producer(s: Settings) -> AIOKafkaProducer:
 async def _send(producer: AIOKafkaProducer, s: Settings, event: dict[str, Any], causation: str) -> Any:
     """Queue one Stripe Event for its topic and key; the future of its acknowledgement."""
     stream, key = route(event)
-    if key is None:
-        raise click.ClickException(f"Stripe event {event['id']} ({event['type']}) names no routing key")
+    if key is None and stream is StripeStream.INVOICE_PAYMENTS:
+        # As the ingress refuses it: stage 1 could never re-key it to its customer.
+        raise UnroutableEvent(f"Stripe event {event['id']} ({event['type']}) names no invoice")
     headers = outgoing(stable_id("correlation", "stripe", event["id"]), causation)
     return await producer.send(
-        s.topic(stream.value), orjson.dumps(event), key=key.encode(), headers=list(headers.items())
+        s.topic(stream.value),
+        orjson.dumps(event),
+        key=key.encode() if key is not None else None,  # as the ingress sends a keyless one
+        headers=list(headers.items()),
     )
+
+
+class UnroutableEvent(ValueError):
+    """An `invoice_payment` Event that names no invoice (the ingress refuses those too)."""
 
 
 # --- backfill -------------------------------------------------------------------------------
@@ -147,7 +155,10 @@ async def backfill(
                     if event is None:
                         report.skipped[resource] = report.skipped.get(resource, 0) + 1
                         continue
-                    pending.append(await _send(producer, s, event, f"backfill:stripe:{event['id']}"))
+                    try:
+                        pending.append(await _send(producer, s, event, f"backfill:stripe:{event['id']}"))
+                    except UnroutableEvent:
+                        report.skipped[resource] = report.skipped.get(resource, 0) + 1
                 await asyncio.gather(*pending)  # acknowledged (acks=all) before the cursor moves
                 state["after"] = page[-1]["id"]
                 state["produced"] += len(pending)
@@ -309,6 +320,8 @@ class CatchUpReport:
     produced: list[str]
     kept_own_object: list[str]
     """Missed events whose object could not be re-read (deleted, or a kind not re-read)."""
+    unroutable: list[str] = field(default_factory=list)
+    """Missed `invoice_payment` events naming no invoice: not produced (the ingress refuses them)."""
 
 
 async def catch_up(
@@ -324,6 +337,7 @@ async def catch_up(
     missed = [e for e in events if e["id"] not in seen.ids]
     produced: list[str] = []
     kept: list[str] = []
+    refused: list[str] = []
     producer = _producer(s)
     await producer.start()
     try:
@@ -333,12 +347,16 @@ async def catch_up(
             if fresh is None:
                 kept.append(event["id"])
             out = caught_up_event(event, fresh, api.api_version)
-            pending.append(await _send(producer, s, out, f"catch-up:stripe:{event['id']}"))
+            try:
+                pending.append(await _send(producer, s, out, f"catch-up:stripe:{event['id']}"))
+            except UnroutableEvent:
+                refused.append(event["id"])
+                continue
             produced.append(event["id"])
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
-    return CatchUpReport(len(seen.ids), seen.newest, len(events), produced, kept)
+    return CatchUpReport(len(seen.ids), seen.newest, len(events), produced, kept, refused)
 
 
 async def _reread(api: StripeApi, event: dict[str, Any]) -> dict[str, Any] | None:
@@ -410,3 +428,5 @@ def catch_up_stripe_command(overlap: int) -> None:
     )
     for event_id in report.produced:
         click.echo(f"  {event_id}")
+    for event_id in report.unroutable:
+        click.echo(f"  not produced (an invoice payment naming no invoice): {event_id}")
