@@ -95,3 +95,15 @@ async def test_events_oldest_first_in_a_window_and_missing_objects() -> None:
         with pytest.raises(StripeNotFound) as missing:
             await api.retrieve_object("customer", "cus_nope")
         assert missing.value.code == "resource_missing"
+
+
+async def test_a_client_faster_than_the_limit_is_throttled_and_still_gets_everything() -> None:
+    sandbox = StripeSandbox(customer_events(20), faults=StripeFaults(rate_limit_per_s=5), clock=lambda: NOW)
+    async with (
+        stripe_sandbox_server(sandbox) as server,
+        StripeApi(KEY, VERSION, server.url, 100, backoff_base_s=0.2, backoff_max_s=1.0, seed=2) as api,
+    ):
+        got = [(await api.retrieve("customers", f"cus_T{n:05d}"))["id"] for n in range(12)]
+    assert got == [f"cus_T{n:05d}" for n in range(12)]
+    assert api.throttled > 0 and api.requests == 12 + api.throttled
+    assert sum(1 for e in sandbox.requests if e["status"] == 429) == api.throttled
