@@ -102,7 +102,7 @@ def decoded(
 
 @pytest.fixture(scope="module")
 def account() -> list[dict[str, Any]]:
-    return with_invoice_payments(scenario_events(500, months=2))
+    return with_invoice_payments(scenario_events(500, months=3))  # 3: some subscriptions end
 
 
 async def test_backfill_of_500_customers(kafka_bootstrap: str, tmp_path: Path, account: list[Any]) -> None:
@@ -133,6 +133,8 @@ async def test_backfill_of_500_customers(kafka_bootstrap: str, tmp_path: Path, a
                 assert not obj["lines"]["has_more"]
                 if obj["id"].startswith("in_LONG"):
                     assert len(obj["lines"]["data"]) == 40 + int(obj["id"][-1])  # whole
+        canceled = [e for _, _, e, _ in records if e["data"]["object"].get("status") == "canceled"]
+        assert canceled and all(e["type"] == "customer.subscription.updated" for e in canceled)  # status=all
         types = {event["type"] for _, _, event, _ in records}
         assert {"customer.updated", "customer.subscription.updated", "invoice.paid"} <= types
         assert "invoice_payment.paid" in types and report.skipped.get("invoice_payments", 0) > 0
