@@ -7,9 +7,13 @@ STAMP  := $(VENV)/.installed
 # kustomize renders k8s/overlays in tests/k8s; `go install` takes it from the Go module proxy.
 KUSTOMIZE_VERSION := v5.8.2
 KUSTOMIZE := $(or $(LEDGERFLOW_CACHE_DIR),$(HOME)/.cache/ledgerflow)/kustomize-$(KUSTOMIZE_VERSION)/kustomize
+# stripe-mock checks the Stripe client's request shapes (tests/connectors/stripe/test_stripe_mock.py);
+# v0.203.0 speaks API 2026-08-26.dahlia, our pinned LEDGERFLOW_STRIPE_API_VERSION default.
+STRIPE_MOCK_VERSION := v0.203.0
+STRIPE_MOCK := $(or $(LEDGERFLOW_CACHE_DIR),$(HOME)/.cache/ledgerflow)/stripe-mock-$(STRIPE_MOCK_VERSION)/stripe-mock
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars tools kustomize lint format test test-unit demo schemas clean
+.PHONY: help install kafka-jars tools kustomize stripe-mock lint format test test-unit demo schemas clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -44,6 +48,11 @@ kustomize: ## kustomize from the Go module proxy into the cache (k8s tests skip 
 	  go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) \
 	  || echo "make kustomize: could not install kustomize; the k8s manifest tests will be skipped"
 
+stripe-mock: ## stripe-mock from the Go module proxy into the cache (its tests skip without it)
+	@test -x $(STRIPE_MOCK) || GOBIN=$(dir $(STRIPE_MOCK)) GOTOOLCHAIN=local \
+	  go install github.com/stripe/stripe-mock@$(STRIPE_MOCK_VERSION) \
+	  || echo "make stripe-mock: could not install stripe-mock; the stripe-mock tests will be skipped"
+
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -53,7 +62,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: $(STAMP) kafka-jars tools kustomize lint ## lint, then the whole suite (starts its own Kafka)
+test: $(STAMP) kafka-jars tools kustomize stripe-mock lint ## lint, then the whole suite (starts its own Kafka)
 	@# pytest exits 5 when a selection collects nothing: say so instead of failing make.
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; rc=0; fi; exit $$rc

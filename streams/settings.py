@@ -66,6 +66,20 @@ class Settings(BaseSettings):
     """LEDGERFLOW_API_TOKEN: bearer token for operator and data routes."""
     stripe_webhook_secret: SecretStr | None = None
     """LEDGERFLOW_STRIPE_WEBHOOK_SECRET: one or more `whsec_…`, comma-separated (secret roll)."""
+    stripe_api_key: SecretStr | None = None
+    """LEDGERFLOW_STRIPE_API_KEY: a Stripe secret or restricted key (`rk_live_…`) for
+    `ledgerflow backfill stripe` and `ledgerflow catch-up stripe`; read access to customers,
+    subscriptions, invoices, credit notes, payment intents, charges and events is enough."""
+    stripe_api_version: str = Field(default="2026-08-26.dahlia", pattern=r"^\d{4}-\d{2}-\d{2}\.[a-z]+$")
+    """LEDGERFLOW_STRIPE_API_VERSION: the `Stripe-Version` every API request is pinned to (the
+    objects read come in its shape; the SDK's own default moves with each release). The default
+    is the version stripe-mock v0.203.0 speaks."""
+    stripe_api_base: str = "https://api.stripe.com"
+    """LEDGERFLOW_STRIPE_API_BASE: Stripe's API host (a stand-in on loopback in tests and demos)."""
+    stripe_requests_per_s: float = Field(default=20.0, gt=0, le=100)
+    """LEDGERFLOW_STRIPE_REQUESTS_PER_S: the client's pace per endpoint, under Stripe's limit
+    (25/s per endpoint in test mode, the default endpoint limit in live mode too); a 429 is
+    still waited out with backoff."""
     relay_secret: SecretStr | None = None
     """LEDGERFLOW_RELAY_SECRET: HMAC secret of the Salesforce and CLM relays."""
 

@@ -12,11 +12,13 @@ from faust.cli.faust import cli
 
 from bench.harness import bench_command
 from connectors.erp.sandbox import erp_sandbox_command
+from connectors.stripe.sandbox import stripe_sandbox_command
 from connectors.stripe.versions import CURRENT_VERSION as CURRENT_STRIPE_VERSION
 from streams.cli.erp_check import erp_group
 from streams.cli.local_kafka import LocalKafka, LocalKafkaError, cache_root
 from streams.cli.reconcile import reconcile_command
 from streams.cli.replay import replay_command
+from streams.cli.stripe import backfill_group, catch_up_group
 
 
 @click.command("kafka")
@@ -168,6 +170,9 @@ for command in (
     replay_command,
     reconcile_command,
     erp_sandbox_command,
+    stripe_sandbox_command,
+    backfill_group,
+    catch_up_group,
     erp_group,
     bench_command,
 ):
@@ -184,6 +189,9 @@ Start here:
   ledgerflow replay    re-drive DLQ entries or open exceptions after a fix (--dry-run first)
   ledgerflow reconcile compare what was posted with the ERP (exit 1 on differences)
   ledgerflow erp-sandbox  a sandbox ERP (NetSuite REST and Business Central stand-ins, faults)
+  ledgerflow backfill stripe  Stripe's customers, subscriptions, invoices … into the topics (resumable)
+  ledgerflow catch-up stripe  the Stripe events of the last 30 days the topics lack
+  ledgerflow stripe-sandbox   a Stripe stand-in (read API, events, cursors, rate limit)
   ledgerflow erp check check the mappings' NetSuite internal ids against the ERP (exit 1 on problems)
   ledgerflow bench     events/s, latency and RSS next to a bare Faust agent and a Quix Streams peer
   ledgerflow kafka     a local Apache Kafka (KRaft) in the foreground

@@ -1,0 +1,54 @@
+"""Seeds for the Stripe stand-in: a scenario's Stripe Events, and long invoices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from connectors.simulation import generate
+from connectors.stripe.samples import customer_object, event_envelope, invoice_object
+
+KEY = "sk_test_ledgerflow_sandbox"
+VERSION = "2025-03-31.basil"  # the version samples.event_envelope renders
+
+
+def scenario_events(customers: int, months: int = 2, seed: int = 7) -> list[dict[str, Any]]:
+    """The Stripe Events of a generated scenario, once each, in the order they happened."""
+    scenario = generate(customers, months, seed)
+    return [
+        orjson.loads(m.value)
+        for m in scenario.messages
+        if m.topic in ("billing.changes", "payments.changes", "billing.invoice-payments")
+    ]
+
+
+def customer_events(count: int, created: int = 1_767_225_600) -> list[dict[str, Any]]:
+    """`count` customer.created events, one second apart."""
+    return [
+        event_envelope(
+            f"evt_c{n}",
+            "customer.created",
+            customer_object(f"cus_T{n:05d}", "US", f"T {n}", f"t{n}@x.example", None, created + n),
+            created + n,
+        )
+        for n in range(count)
+    ]
+
+
+def long_invoice_event(
+    invoice_id: str, lines: int, created: int = 1_767_225_600, customer: str = "cus_T00000"
+) -> dict[str, Any]:
+    """An invoice.finalized event whose invoice has `lines` lines (prorations after two)."""
+    prorations = [("prod_seats", 1, 2500 + n) for n in range(lines - 2)]
+    obj = invoice_object(
+        invoice_id,
+        customer,
+        "US",
+        [("prod_platform", 1), ("prod_seats", 3)],
+        status="open",
+        created=created,
+        number=f"N-{invoice_id}",
+        prorations=prorations,
+    )
+    return event_envelope(f"evt_{invoice_id}_fin", "invoice.finalized", obj, created)
