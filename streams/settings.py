@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connectors.stripe.versions import CURRENT_VERSION as CURRENT_STRIPE_VERSION
+
 ALL_STAGES = ("ingest", "core", "sink")
 
 NetSuiteSecret = Literal["consumer_key", "consumer_secret", "token_id", "token_secret"]
@@ -70,7 +72,7 @@ class Settings(BaseSettings):
     """LEDGERFLOW_STRIPE_API_KEY: a Stripe secret or restricted key (`rk_live_…`) for
     `ledgerflow backfill stripe` and `ledgerflow catch-up stripe`; read access to customers,
     subscriptions, invoices, credit notes, payment intents, charges and events is enough."""
-    stripe_api_version: str = Field(default="2026-08-26.dahlia", pattern=r"^\d{4}-\d{2}-\d{2}\.[a-z]+$")
+    stripe_api_version: str = Field(default=CURRENT_STRIPE_VERSION, pattern=r"^\d{4}-\d{2}-\d{2}\.[a-z]+$")
     """LEDGERFLOW_STRIPE_API_VERSION: the `Stripe-Version` every API request is pinned to (the
     objects read come in its shape; the SDK's own default moves with each release). The default
     is the version stripe-mock v0.203.0 speaks."""

@@ -8,19 +8,17 @@ import orjson
 
 from connectors.simulation import generate
 from connectors.stripe.samples import customer_object, event_envelope, invoice_object
+from connectors.stripe.versions import CURRENT_VERSION
+from streams.topic_names import STRIPE_TOPICS
 
 KEY = "sk_test_ledgerflow_sandbox"
-VERSION = "2025-03-31.basil"  # the version samples.event_envelope renders
+VERSION = CURRENT_VERSION  # the version samples.event_envelope renders
 
 
 def scenario_events(customers: int, months: int = 2, seed: int = 7) -> list[dict[str, Any]]:
     """The Stripe Events of a generated scenario, once each, in the order they happened."""
     scenario = generate(customers, months, seed)
-    return [
-        orjson.loads(m.value)
-        for m in scenario.messages
-        if m.topic in ("billing.changes", "payments.changes", "billing.invoice-payments")
-    ]
+    return [orjson.loads(m.value) for m in scenario.messages if m.topic in STRIPE_TOPICS]
 
 
 def customer_events(count: int, created: int = 1_767_225_600) -> list[dict[str, Any]]:

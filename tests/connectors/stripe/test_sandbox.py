@@ -134,7 +134,7 @@ async def test_key_version_and_rate_are_checked(stand_in: Any) -> None:
     r = await client.get("/v1/customers", headers={"Authorization": "Bearer sk_test_wrong_key_123"})
     assert r.status_code == 401 and "Invalid API Key" in r.json()["error"]["message"]
     assert "wrong_key" not in r.json()["error"]["message"]  # the key is masked
-    r = await client.get("/v1/customers", headers={"Stripe-Version": "2026-08-26.dahlia"})
+    r = await client.get("/v1/customers", headers={"Stripe-Version": "2025-03-31.basil"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_api_version"
     sandbox.faults = StripeFaults(rate_limit_per_s=5)
     statuses = [(await client.get("/v1/customers")).status_code for _ in range(8)]
