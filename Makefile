@@ -9,7 +9,7 @@ KUSTOMIZE_VERSION := v5.8.2
 KUSTOMIZE := $(or $(LEDGERFLOW_CACHE_DIR),$(HOME)/.cache/ledgerflow)/kustomize-$(KUSTOMIZE_VERSION)/kustomize
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars tools kustomize lint format test test-unit demo schemas clean
+.PHONY: help install kafka-jars tools kustomize lint format test test-unit demo schemas protos clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,10 @@ kustomize: ## kustomize from the Go module proxy into the cache (k8s tests skip 
 	@test -x $(KUSTOMIZE) || GOBIN=$(dir $(KUSTOMIZE)) GOTOOLCHAIN=local \
 	  go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) \
 	  || echo "make kustomize: could not install kustomize; the k8s manifest tests will be skipped"
+
+protos: $(STAMP) ## regenerate the Salesforce Pub/Sub API stubs from the vendored pubsub_api.proto
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
+	  connectors/salesforce/pubsub/pubsub_api.proto
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .

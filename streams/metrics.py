@@ -242,6 +242,23 @@ batch_duration = _Family(
         registry=registry,
     )
 )
+salesforce_undecodable = _Family(
+    Counter(
+        "ledgerflow_salesforce_undecodable_events",
+        "Salesforce Pub/Sub events the subscriber could not decode (sent to the DLQ), by reason.",
+        ["reason"],
+        registry=registry,
+    )
+)
+salesforce_events = _Family(
+    Counter(
+        "ledgerflow_salesforce_events",
+        "Salesforce Pub/Sub events the subscriber wrote to crm.changes, by channel.",
+        ["channel"],
+        registry=registry,
+    )
+)
+SALESFORCE_UNDECODABLE_REASONS = ("unreadable_schema", "undecodable_avro", "bad_bitmap")
 
 # Every series of a code-defined label set exists from the start: a rate over a series that
 # appears only on the first event misses that event, and alerts on absent series stay silent.
@@ -256,6 +273,8 @@ for _reason in EXCEPTION_REASONS:
     validation_failures(_reason)
 for _code in DLQ_REASON_CODES:
     dlq_entries(_code)
+for _code in SALESFORCE_UNDECODABLE_REASONS:
+    salesforce_undecodable(_code)
 
 
 def design_topic(topic: str) -> str:

@@ -16,6 +16,9 @@ DLQ = "ledgerflow.dlq"
 # Internal (not part of the design's contract): customer fingerprints re-keyed for the
 # likely-duplicate check.
 CUSTOMER_FINGERPRINTS = "ledgerflow.customer-fingerprints"
+# Internal, compacted: the Salesforce Pub/Sub subscriber's replay id per channel, written in the
+# same transaction as the events it covers on crm.changes.
+SALESFORCE_REPLAY = "ledgerflow.salesforce-replay"
 
 STRIPE_TOPICS = (BILLING_CHANGES, PAYMENTS_CHANGES, INVOICE_PAYMENTS)
 SOURCE_TOPICS = (CRM_CHANGES, CLM_CHANGES, *STRIPE_TOPICS)

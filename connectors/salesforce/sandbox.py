@@ -6,7 +6,12 @@
   "INVALID_FIELD"}]`), and so are ids that are not Salesforce ids and deleted accounts.
 * `GET` of the same (`?fields=A,B` to select), as Salesforce answers it (`attributes`, `Id`).
 * `POST /services/oauth2/token` — the client-credentials grant (no `expires_in`, like
-  Salesforce's own answer).
+  Salesforce's own answer), and the JWT bearer grant (an RS256 assertion checked against
+  `jwt_public_key`: iss = client id, sub = a known user, aud, exp).
+* `GET /services/oauth2/userinfo` — bearer auth; `organization_id` (the Pub/Sub `tenantid`).
+* `GET /services/data/{version}/query?q=SELECT … FROM Account WHERE SystemModstamp >= …` —
+  the accounts changed since then, `SystemModstamp` order, `nextRecordsUrl` pages of
+  `query_page_size`.
 * Every write also records the Change Data Capture event Salesforce would publish for it, with
   the `changeOrigin` built from the call's `Sforce-Call-Options` (`GET /admin/changes`), so a
   test can feed our own write's echo back to the CDC adapter.
@@ -43,6 +48,8 @@ from connectors.sandbox import (
 )
 
 DEFAULT_TOKEN = "sandbox-crm-token"
+ORG_ID = "00DSANDBOX000001"
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 API_PREFIX = "/services/data"
 ACCOUNT_ROUTE = API_PREFIX + "/{version}/sobjects/Account/{account_id}"
 STANDARD_ACCOUNT_FIELDS = frozenset(
@@ -86,6 +93,15 @@ class CrmSandboxConfig(BaseModel):
     seed: int | None = None
     """Seed of the fault dice, so a test run is repeatable."""
     request_log_size: int = Field(default=2000, ge=1)
+    jwt_public_key: str | None = None
+    """PEM public key of the External Client App's certificate (None: no JWT grant)."""
+    jwt_users: tuple[str, ...] = ("integration@ledgerflow.example",)
+    """Pre-authorised users the JWT grant may name as `sub`."""
+    jwt_audiences: tuple[str, ...] = ("https://login.salesforce.com", "https://test.salesforce.com")
+    """Accepted `aud` values besides the stand-in's own URL."""
+    token_ttl_s: float | None = None
+    """Lifetime of issued tokens (None: until revoked)."""
+    query_page_size: int = Field(default=2000, ge=1)
 
 
 @dataclass
@@ -138,7 +154,14 @@ class CrmSandbox(SandboxState[CrmFaults]):
 
     def issue_token(self) -> str:
         # Salesforce access tokens look like "<org id>!<opaque>", and say nothing of expiry.
-        return self._accept(f"00DSANDBOX000001!{secrets.token_urlsafe(32)}")
+        return self._accept(f"{ORG_ID}!{secrets.token_urlsafe(32)}", self.config.token_ttl_s)
+
+    def token_valid(self, token: str) -> bool:
+        """Whether a bearer token is good now (the Pub/Sub stand-in asks)."""
+        if any(secrets.compare_digest(token, known) for known in self._tokens):
+            return True
+        expires = self._issued.get(token)
+        return expires is not None and self._clock() < expires
 
     def write(self, account_id: str, version: str, values: dict[str, Any], call_options: str | None) -> None:
         """Merge `values` into the account, count the write, and record its CDC event."""
@@ -290,28 +313,63 @@ async def _get_account(request: web.Request) -> web.StreamResponse:
     )
 
 
+def _jwt_user(sandbox: CrmSandbox, assertion: str, origin: str) -> str | None:
+    """The `sub` of a valid JWT bearer assertion, or None."""
+    import jwt
+
+    key = sandbox.config.jwt_public_key
+    if key is None:
+        return None
+    try:
+        claims = jwt.decode(
+            assertion,
+            key,
+            algorithms=["RS256"],
+            audience=[origin, *sandbox.config.jwt_audiences],
+            issuer=sandbox.config.client_id,
+            options={"require": ["exp", "iss", "sub", "aud"]},
+        )
+    except jwt.PyJWTError:
+        return None
+    sub = claims.get("sub")
+    return sub if isinstance(sub, str) and sub in sandbox.config.jwt_users else None
+
+
 async def _oauth_token(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
     form = {k: str(v) for k, v in (await request.post()).items()}
-    if form.get("grant_type") != "client_credentials":
+    origin = f"{request.scheme}://{request.host}"
+    grant = form.get("grant_type")
+    if grant == JWT_GRANT:
+        if _jwt_user(sandbox, form.get("assertion", ""), origin) is None:
+            return json_response({"error": "invalid_grant", "error_description": "invalid assertion"}, 400)
+    elif grant != "client_credentials":
         return json_response(
             {"error": "unsupported_grant_type", "error_description": "grant type not supported"}, 400
         )
-    if not client_authenticated(request, form, sandbox.config.client_id, sandbox.config.client_secret):
+    elif not client_authenticated(request, form, sandbox.config.client_id, sandbox.config.client_secret):
         refusal = {"error": "invalid_client", "error_description": "invalid client credentials"}
         return json_response(refusal, 400)
-    origin = f"{request.scheme}://{request.host}"
     return json_response(
         {
             "access_token": sandbox.issue_token(),
             "instance_url": origin,
-            "id": f"{origin}/id/00DSANDBOX000001/005SANDBOX0000001",
+            "id": f"{origin}/id/{ORG_ID}/005SANDBOX0000001",
             "token_type": "Bearer",
             "issued_at": str(int(time.time() * 1000)),
             "signature": base64.b64encode(secrets.token_bytes(32)).decode(),
         },
         200,
         {"Cache-Control": "no-store"},
+    )
+
+
+async def _userinfo(request: web.Request) -> web.StreamResponse:
+    sandbox = request.app[SANDBOX]
+    if not sandbox.authorized(request):
+        return json_response({"error": "invalid_token"}, 401)
+    return json_response(
+        {"organization_id": ORG_ID, "user_id": "005SANDBOX0000001", "preferred_username": "integration"}
     )
 
 
@@ -360,6 +418,7 @@ def build_app(config: CrmSandboxConfig | None = None) -> web.Application:
     app.router.add_patch(ACCOUNT_ROUTE, _patch_account)
     app.router.add_get(ACCOUNT_ROUTE, _get_account)
     app.router.add_post("/services/oauth2/token", _oauth_token)
+    app.router.add_get("/services/oauth2/userinfo", _userinfo)
     app.router.add_get("/admin/accounts", _admin_accounts)
     app.router.add_put("/admin/accounts/{account_id}", _admin_put_account)
     app.router.add_delete("/admin/accounts/{account_id}", _admin_delete_account)
