@@ -24,10 +24,12 @@
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -147,6 +149,7 @@ class CrmSandbox(SandboxState[CrmFaults]):
         self.accounts: dict[str, StoredAccount] = {}
         self.deleted: set[str] = set()
         self.changes: list[dict[str, Any]] = []
+        self.cursors: dict[str, list[dict[str, Any]]] = {}
 
     @property
     def writes(self) -> int:
@@ -335,6 +338,79 @@ def _jwt_user(sandbox: CrmSandbox, assertion: str, origin: str) -> str | None:
     return sub if isinstance(sub, str) and sub in sandbox.config.jwt_users else None
 
 
+_QUERY = re.compile(
+    r"^SELECT\s+(?P<fields>[\w\s,.]+?)\s+FROM\s+Account\s+WHERE\s+SystemModstamp\s*>=\s*(?P<since>\S+)"
+    r"(?:\s+ORDER\s+BY\s+SystemModstamp)?\s*$",
+    re.IGNORECASE,
+)
+
+
+def _query_records(sandbox: CrmSandbox, version: str, soql: str) -> list[dict[str, Any]]:
+    """The one SOQL shape the fake answers: Accounts changed since a time (resync)."""
+    match = _QUERY.match(soql.strip())
+    if match is None:
+        raise Refused(_error(400, "MALFORMED_QUERY", "only SELECT … FROM Account WHERE SystemModstamp >= …"))
+    fields = [f.strip() for f in match["fields"].split(",") if f.strip()]
+    for name in fields:
+        if name not in sandbox.config.fields and name not in READ_ONLY_FIELDS:
+            raise Refused(_error(400, "INVALID_FIELD", f"No such column '{name}' on entity 'Account'."))
+    try:
+        since = datetime.fromisoformat(match["since"])
+    except ValueError:
+        raise Refused(_error(400, "MALFORMED_QUERY", "value of filter criterion is not a datetime")) from None
+    rows = []
+    for account in sorted(sandbox.accounts.values(), key=lambda a: a.last_modified):
+        if datetime.fromisoformat(account.last_modified) < since:
+            continue
+        stamp = account.last_modified
+        values = {
+            "Id": account.account_id,
+            "SystemModstamp": stamp,
+            "LastModifiedDate": stamp,
+            "CreatedDate": stamp,
+        }
+        row: dict[str, Any] = {
+            "attributes": {
+                "type": "Account",
+                "url": f"{API_PREFIX}/{version}/sobjects/Account/{account.account_id}",
+            }
+        }
+        for name in fields:
+            row[name] = values[name] if name in values else account.fields.get(name)
+        rows.append(row)
+    return rows
+
+
+def _query_page(
+    sandbox: CrmSandbox, version: str, cursor: str, rows: list[dict[str, Any]], start: int
+) -> dict[str, Any]:
+    size = sandbox.config.query_page_size
+    page = rows[start : start + size]
+    done = start + size >= len(rows)
+    answer: dict[str, Any] = {"totalSize": len(rows), "done": done, "records": page}
+    if not done:
+        answer["nextRecordsUrl"] = f"{API_PREFIX}/{version}/query/{cursor}-{start + size}"
+    return answer
+
+
+async def _query(request: web.Request) -> web.StreamResponse:
+    sandbox = request.app[SANDBOX]
+    version = request.match_info["version"]
+    rows = _query_records(sandbox, version, request.query.get("q", ""))
+    cursor = f"01gSANDBOX{secrets.token_hex(4)}"
+    sandbox.cursors[cursor] = rows
+    return json_response(_query_page(sandbox, version, cursor, rows, 0))
+
+
+async def _query_more(request: web.Request) -> web.StreamResponse:
+    sandbox = request.app[SANDBOX]
+    cursor, _, start = request.match_info["locator"].rpartition("-")
+    rows = sandbox.cursors.get(cursor)
+    if rows is None or not start.isdigit():
+        return _error(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
+    return json_response(_query_page(sandbox, request.match_info["version"], cursor, rows, int(start)))
+
+
 async def _oauth_token(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
     form = {k: str(v) for k, v in (await request.post()).items()}
@@ -419,6 +495,8 @@ def build_app(config: CrmSandboxConfig | None = None) -> web.Application:
     app.router.add_get(ACCOUNT_ROUTE, _get_account)
     app.router.add_post("/services/oauth2/token", _oauth_token)
     app.router.add_get("/services/oauth2/userinfo", _userinfo)
+    app.router.add_get(API_PREFIX + "/{version}/query", _query)
+    app.router.add_get(API_PREFIX + "/{version}/query/{locator}", _query_more)
     app.router.add_get("/admin/accounts", _admin_accounts)
     app.router.add_put("/admin/accounts/{account_id}", _admin_put_account)
     app.router.add_delete("/admin/accounts/{account_id}", _admin_delete_account)

@@ -16,6 +16,7 @@ from streams.cli.erp_check import erp_group
 from streams.cli.local_kafka import LocalKafka, LocalKafkaError, cache_root
 from streams.cli.reconcile import reconcile_command
 from streams.cli.replay import replay_command
+from streams.cli.salesforce import resync_group, salesforce_sandbox_command, salesforce_subscribe_command
 
 
 @click.command("kafka")
@@ -160,6 +161,9 @@ for command in (
     erp_sandbox_command,
     erp_group,
     bench_command,
+    salesforce_subscribe_command,
+    resync_group,
+    salesforce_sandbox_command,
 ):
     cli.add_command(command)
 
@@ -176,6 +180,9 @@ Start here:
   ledgerflow erp-sandbox  a sandbox ERP (NetSuite REST and Business Central stand-ins, faults)
   ledgerflow erp check check the mappings' NetSuite internal ids against the ERP (exit 1 on problems)
   ledgerflow bench     events/s, latency and RSS next to a bare Faust agent and a Quix Streams peer
+  ledgerflow salesforce-subscribe  Salesforce CDC (Pub/Sub API) into crm.changes, exactly once
+  ledgerflow resync salesforce --since T  re-read Accounts changed since T into crm.changes
+  ledgerflow salesforce-sandbox  Salesforce REST and Pub/Sub API stand-ins (loopback)
   ledgerflow kafka     a local Apache Kafka (KRaft) in the foreground
   ledgerflow schemas   the JSON Schemas of the canonical model
 
