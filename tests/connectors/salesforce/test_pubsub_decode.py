@@ -35,11 +35,14 @@ _DOC_FIELDS = [
         for n in ("Street", "City", "State", "PostalCode", "Country")]}], "default": None},
     *({"name": f"F{i}", "type": ["null", "string"], "default": None} for i in (5, 6)),
     {"name": "Name", "type": ["null", {"type": "record", "name": "PersonName", "fields": [
-        {"name": n, "type": ["null", "string"], "default": None} for n in ("Salutation", "FirstName", "LastName")]}],
+        {"name": n, "type": ["null", "string"], "default": None}
+        for n in ("Salutation", "FirstName", "LastName")]}],
      "default": None},
     *({"name": f"F{i}", "type": ["null", "string"], "default": None} for i in range(8, 31)),
 ]  # fmt: skip
-DOC_SCHEMA = decode.parse_schema("doc", orjson.dumps({"type": "record", "name": "E", "fields": _DOC_FIELDS}).decode())
+DOC_SCHEMA = decode.parse_schema(
+    "doc", orjson.dumps({"type": "record", "name": "E", "fields": _DOC_FIELDS}).decode()
+)
 
 
 def test_the_documented_example_decodes_to_the_documented_bits() -> None:
@@ -89,8 +92,12 @@ def test_avro_round_trip_gives_the_cometd_envelope() -> None:
     payload = message["payload"]
     header = payload["ChangeEventHeader"]
     assert message["schema"] == ACCOUNT_SCHEMA_ID and message["event"] == {"replayId": "00000000000004d2"}
-    assert header["changeType"] == "CREATE" and header["recordIds"] == record["ChangeEventHeader"]["recordIds"]
-    assert "BillingAddress.City" not in header["changedFields"] and "BillingAddress" in header["changedFields"]
+    assert (
+        header["changeType"] == "CREATE" and header["recordIds"] == record["ChangeEventHeader"]["recordIds"]
+    )
+    assert (
+        "BillingAddress.City" not in header["changedFields"] and "BillingAddress" in header["changedFields"]
+    )
     assert payload["LastModifiedDate"] == "2023-10-04T18:35:13.000Z"  # epoch ms → CometD's UTC string
     assert payload["BillingAddress"]["CountryCode"] in {"DE", "FR", "US", "GB"}
     assert "Latitude" not in payload["BillingAddress"] and "Fax" not in payload  # nulls left out
@@ -144,7 +151,12 @@ def test_garbage_is_a_typed_error_not_a_crash(payload: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["not json", '{"type": "string"}', '{"type": "record", "name": "X", "fields": [{"name": "a", "type": "int"}]}']
+    "text",
+    [
+        "not json",
+        '{"type": "string"}',
+        '{"type": "record", "name": "X", "fields": [{"name": "a", "type": "int"}]}',
+    ],
 )
 def test_a_schema_that_is_no_change_event_is_refused(text: str) -> None:
     with pytest.raises(decode.UndecodableEvent) as raised:
