@@ -258,6 +258,15 @@ salesforce_events = _Family(
         registry=registry,
     )
 )
+salesforce_resyncs = _Family(
+    Counter(
+        "ledgerflow_salesforce_resyncs_required",
+        "Times a stored replay id was refused (past retention or corrupted): the changes since it "
+        "was last seen are lost on the bus and need `ledgerflow resync salesforce`, by channel.",
+        ["channel"],
+        registry=registry,
+    )
+)
 SALESFORCE_UNDECODABLE_REASONS = ("unreadable_schema", "undecodable_avro", "bad_bitmap")
 
 # Every series of a code-defined label set exists from the start: a rate over a series that

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,7 +130,7 @@ class KafkaSink:
 
     settings: Settings
     producer: AIOKafkaProducer
-    resyncs: list[ResyncRequired]
+    on_resync: Callable[[ResyncRequired], Awaitable[None]] | None = None
 
     async def deliver(self, channel: str, events: list[Received], latest_replay_id: bytes) -> None:
         s = self.settings
@@ -174,7 +175,9 @@ class KafkaSink:
             metrics.salesforce_events(channel).inc(decoded)
 
     async def resync_required(self, exc: ResyncRequired) -> None:
-        self.resyncs.append(exc)
+        metrics.salesforce_resyncs(exc.channel).inc()
+        if self.on_resync is not None:
+            await self.on_resync(exc)
 
 
 def _headers(correlation: str, causation: str, extra: dict[str, str]) -> list[tuple[str, bytes]]:
@@ -220,9 +223,13 @@ class Sessions:
 
 
 async def run_subscriber(
-    s: Settings, stop: asyncio.Event | None = None, sessions: Sessions | None = None
+    s: Settings,
+    stop: asyncio.Event | None = None,
+    sessions: Sessions | None = None,
+    on_resync: Callable[[ResyncRequired], Awaitable[None]] | None = None,
 ) -> None:
-    """Subscribe every configured channel until `stop` is set (or one fails for good)."""
+    """Subscribe every configured channel until `stop` is set (or one fails for good);
+    `on_resync` hears of each lost window (it is logged at ERROR and counted either way)."""
     await ensure_topics(s)
     checkpoints = await read_checkpoints(s)
     sessions = sessions or Sessions(login_config(s))
@@ -257,7 +264,7 @@ async def run_subscriber(
                 tls=not s.salesforce_pubsub_insecure,
                 max_retries=s.salesforce_pubsub_max_retries,
             )
-            subscribers.append(ChannelSubscriber(config, sessions, KafkaSink(s, producer, []), start))
+            subscribers.append(ChannelSubscriber(config, sessions, KafkaSink(s, producer, on_resync), start))
         tasks = [
             asyncio.create_task(sub.run(), name=f"subscribe {sub.config.channel}") for sub in subscribers
         ]

@@ -161,6 +161,8 @@ class PubSubSandbox:
     subscribes: list[dict[str, Any]] = field(default_factory=list)
     """Each Subscribe call: topic, preset, replay id (hex), when."""
     sent: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    """Events in each FetchResponse sent (keepalives: 0)."""
     _next_replay: int = 1000
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -198,6 +200,11 @@ class PubSubSandbox:
     def publish_gap(self, record_id: str, change_type: str = "GAP_UPDATE") -> bytes:
         header = event_header("Account", [record_id], change_type, self.clock(), 1)
         return self.publish([{"ChangeEventHeader": header}])[0]
+
+    def advance(self, n: int) -> None:
+        """Move the bus past `n` replay ids of other orgs' events (the keepalive's latest id
+        then runs ahead of the last event, as on the shared bus)."""
+        self._next_replay += n
 
     def retained(self, topic: str) -> list[StoredEvent]:
         horizon = self.clock() - self.retention_s
@@ -351,6 +358,7 @@ class _Servicer(pb_grpc.PubSubServicer):
                     position = batch[-1].replay
                     sent_here += len(batch)
                     sandbox.sent += len(batch)
+                    sandbox.batch_sizes.append(len(batch))
                     yield pb.FetchResponse(
                         events=[
                             pb.ConsumerEvent(
@@ -371,15 +379,19 @@ class _Servicer(pb_grpc.PubSubServicer):
                 sandbox._changed.clear()
                 more.clear()
                 waiters = [asyncio.ensure_future(sandbox._changed.wait()), asyncio.ensure_future(more.wait())]
-                done, rest = await asyncio.wait(
-                    waiters, timeout=sandbox.keepalive_s, return_when=asyncio.FIRST_COMPLETED
-                )
-                for waiter in rest:
-                    waiter.cancel()
+                try:
+                    done, _ = await asyncio.wait(
+                        waiters, timeout=sandbox.keepalive_s, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for waiter in waiters:
+                        waiter.cancel()
                 if reader.done() and not more.is_set():
                     return
                 if not done:  # keepalive: nothing new, here is the tip
-                    position = max(position, sandbox.tip(topic)) if not events else position
+                    if not [e for e in sandbox.retained(topic) if e.replay > position]:
+                        position = sandbox.tip(topic)
+                    sandbox.batch_sizes.append(0)
                     yield pb.FetchResponse(
                         latest_replay_id=replay_bytes(position),
                         rpc_id=str(uuid.uuid4()),
