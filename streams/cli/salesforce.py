@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from datetime import datetime
@@ -15,6 +16,8 @@ from aiokafka import AIOKafkaProducer
 
 from streams.cli.replay import IsoTime
 from streams.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def _settings() -> Settings:
@@ -27,8 +30,13 @@ def _settings() -> Settings:
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
+
+    def stopping(sig: signal.Signals) -> None:
+        log.info("stopping", extra={"signal": sig.name})
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping, sig)
 
 
 @click.command("salesforce-subscribe")
@@ -44,6 +52,7 @@ def salesforce_subscribe_command() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
         await run_subscriber(s, stop)
+        log.info("salesforce-subscribe stopped")
 
     try:
         asyncio.run(main())
