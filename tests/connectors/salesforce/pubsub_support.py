@@ -47,7 +47,7 @@ async def stand_ins(keepalive_s: float = 1.0) -> AsyncIterator[StandIns]:
 def subscriber_env(org: StandIns, kafka_bootstrap: str) -> dict[str, str]:
     run = uuid.uuid4().hex[:8]
     return {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("LEDGERFLOW_")},
         "LEDGERFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "LEDGERFLOW_TOPIC_PREFIX": f"sfchaos-{run}-",
         "LEDGERFLOW_APP_ID": f"sfchaos-{run}",
