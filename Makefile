@@ -65,8 +65,8 @@ test: $(STAMP) kafka-jars tools kustomize lint ## lint, then the whole suite (st
 test-unit: $(STAMP) ## only the tests that need no broker
 	$(BIN)/pytest -m "not integration and not chaos and not bench" $(PYTEST_ARGS)
 
-demo: $(STAMP) kafka-jars ## local Kafka + worker + a scenario + a summary (Ctrl-C stops it)
-	$(BIN)/ledgerflow dev
+demo: $(STAMP) kafka-jars ## local Kafka + worker + a scenario + a summary (Ctrl-C stops it); DEMO_ARGS="--salesforce-events 500" adds CDC via the Pub/Sub stand-in
+	$(BIN)/ledgerflow dev $(DEMO_ARGS)
 
 schemas: $(STAMP) ## regenerate canonical/schemas/*.schema.json
 	$(BIN)/ledgerflow schemas

@@ -436,15 +436,22 @@ class PubSubServer:
 
 # -- realistic account change events -------------------------------------------------------------
 
-_CITIES = [("Berlin", "BE", "DE"), ("Paris", "IDF", "FR"), ("Austin", "TX", "US"), ("Leeds", "ENG", "GB")]
+_CITIES = {
+    "DE": [("Berlin", "BE"), ("Hamburg", "HH")],
+    "FR": [("Paris", "IDF"), ("Lyon", "ARA")],
+    "US": [("Austin", "TX"), ("Boston", "MA")],
+    "GB": [("Leeds", "ENG"), ("Glasgow", "SCT")],
+}
+_CURRENCY = {"DE": "EUR", "FR": "EUR", "US": "USD", "GB": "GBP"}
+"""An account bills in its country's currency, so the demo's ERP mappings book it."""
 
 
 def account_id(rng: random.Random) -> str:
     return "001" + "".join(rng.choices(string.ascii_letters + string.digits, k=15))
 
 
-def _address(rng: random.Random) -> dict[str, Any]:
-    city, state, country = rng.choice(_CITIES)
+def _address(rng: random.Random, country: str) -> dict[str, Any]:
+    city, state = rng.choice(_CITIES[country])
     return {
         "Street": f"{rng.randint(1, 200)} Main St", "City": city, "State": state,
         "PostalCode": f"{rng.randint(10000, 99999)}", "Country": None, "StateCode": state,
@@ -465,19 +472,19 @@ def account_changes(
     schema = decode.parse_schema(ACCOUNT_SCHEMA_ID, ACCOUNT_SCHEMA_JSON)
     count = records if records is not None else max(1, n // 5)
     ids = [account_id(rng) for _ in range(count)]
-    created: set[str] = set()
+    country_of: dict[str, str] = {}
     moment = start_ms if start_ms is not None else int(time.time() * 1000) - n
     for i in range(n):
         record_id = ids[i % count] if i < count else rng.choice(ids)
         moment += 1
         record = _empty_record()
         record["LastModifiedDate"] = moment
-        if record_id not in created:
-            created.add(record_id)
+        if record_id not in country_of:
+            country = country_of[record_id] = rng.choice(sorted(_CITIES))
             record.update(
-                Name=f"Account {record_id[-6:]}", Type="Customer", BillingAddress=_address(rng),
+                Name=f"Account {record_id[-6:]}", Type="Customer", BillingAddress=_address(rng, country),
                 Phone=f"+49 30 {rng.randint(1000000, 9999999)}",
-                CurrencyIsoCode=rng.choice(["EUR", "USD", "GBP"]),
+                CurrencyIsoCode=_CURRENCY[country],
                 CreatedDate=moment, OwnerId="005SANDBOX0000001", NumberOfEmployees=rng.randint(5, 5000),
             )  # fmt: skip
             header = event_header("Account", [record_id], "CREATE", moment / 1000, 1)
@@ -492,11 +499,13 @@ def account_changes(
                 record["Name"] = f"Account {record_id[-6:]} {rng.choice(['GmbH', 'SA', 'Inc', 'Ltd'])} {i}"
                 changed.append("Name")
             elif kind < 0.7:
-                address: dict[str, Any] = dict.fromkeys(_address(rng))
-                city, state, country = rng.choice(_CITIES)
-                address.update(City=city, StateCode=state, CountryCode=country)
+                # a move within the country: the account keeps its subsidiary and currency
+                moved = _address(rng, country_of[record_id])
+                address: dict[str, Any] = dict.fromkeys(moved)
+                parts = ("Street", "City", "PostalCode", "StateCode", "CountryCode")
+                address.update({part: moved[part] for part in parts})
                 record["BillingAddress"] = address
-                changed += ["BillingAddress.City", "BillingAddress.StateCode", "BillingAddress.CountryCode"]
+                changed += [f"BillingAddress.{part}" for part in parts]
             elif kind < 0.85:
                 record["Phone"] = f"+33 1 {rng.randint(10000000, 99999999)}"
                 changed.append("Phone")

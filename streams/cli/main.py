@@ -76,11 +76,19 @@ def schemas_command(out: Path) -> None:
     show_default=True,
     help="Keep the stack up after the scenario (Ctrl-C stops it).",
 )
-def dev_command(events: int, keep_running: bool) -> None:
+@click.option(
+    "--salesforce-events",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Also run the Salesforce stand-ins and `salesforce-subscribe`: this many CDC events "
+    "arrive on crm.changes through the Pub/Sub API (0: off).",
+)
+def dev_command(events: int, keep_running: bool, salesforce_events: int) -> None:
     """The whole stack on one machine: local Kafka, a worker, a scenario, a summary."""
     from streams.cli.dev import run_dev
 
-    run_dev(events=events, keep_running=keep_running)
+    run_dev(events=events, keep_running=keep_running, salesforce_events=salesforce_events)
 
 
 @click.command("simulate")
