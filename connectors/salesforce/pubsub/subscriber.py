@@ -235,7 +235,7 @@ class ChannelSubscriber:
                 response = read.result()
                 if response is grpc.aio.EOF:
                     # the server closed the stream cleanly (idle): subscribe again from where we are
-                    raise _closed_cleanly(call)
+                    raise _closed_cleanly()
                 if response.pending_num_requested == 0:
                     await requests.put(pb.FetchRequest(num_requested=self.config.batch_size))
                 await self._handle(stub, session, response)
@@ -265,7 +265,7 @@ class ChannelSubscriber:
         self.stored = Checkpoint(latest, datetime.now(UTC))
 
 
-def _closed_cleanly(call: Any) -> grpc.aio.AioRpcError:
+def _closed_cleanly() -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "stream closed by the server"
     )
