@@ -138,6 +138,9 @@ class PubSubFaults:
     """End the stream UNAVAILABLE "RST_STREAM closed stream" after this many events."""
     expire_token_after: int | None = None
     """Revoke the tokens and end the stream with service.auth.error after this many events."""
+    refuse_subscribes: list[tuple[str, str]] = field(default_factory=list)
+    """The next Subscribe calls refused, each with a gRPC status name and an `error-code`
+    trailer (`("INVALID_ARGUMENT", "…fetch.replayid.validation.failed")`), one per call."""
 
 
 @dataclass
@@ -301,6 +304,10 @@ class _Servicer(pb_grpc.PubSubServicer):
         if topic not in sandbox.topics:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown topic {topic}")
         retained = sandbox.retained(topic)
+        if sandbox.faults.refuse_subscribes:
+            status, error_code = sandbox.faults.refuse_subscribes.pop(0)
+            sandbox.subscribes.append({"topic": topic, "refused": error_code})
+            await _abort(context, grpc.StatusCode[status], error_code, "refused on request")
         sandbox.subscribes.append(
             {
                 "topic": topic,

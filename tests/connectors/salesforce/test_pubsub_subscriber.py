@@ -326,3 +326,48 @@ async def test_a_bad_token_is_refused_with_the_auth_trailer(org: Org) -> None:
             await stub.GetTopic(pb.TopicRequest(topic_name=ps.ACCOUNT_TOPIC), metadata=metadata)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert ("error-code", ps.AUTH_ERROR) in tuple(refused.value.trailing_metadata() or ())
+
+
+async def test_refusals_follow_the_java_samples_rules(org: Org, kafka_bootstrap: str) -> None:
+    s = settings_for(org, kafka_bootstrap)
+    published = list(ps.account_changes(40, seed=9, records=5))
+    org.bus.publish(published[:20])
+    running = Running(s)
+    await changes(s, 20)
+    await running.stop()
+    org.bus.publish(published[20:])
+    org.bus.faults.refuse_subscribes = [
+        ("RESOURCE_EXHAUSTED", "sfdc.platform.eventbus.grpc.concurrent.client.limit.exceeded"),
+        ("INVALID_ARGUMENT", "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.validation.failed"),
+    ]
+    resyncs: list[ResyncRequired] = []
+
+    async def heard(exc: ResyncRequired) -> None:
+        resyncs.append(exc)
+
+    running = Running(s, on_resync=heard)
+    records = await changes(s, 40 + 20)  # EARLIEST replays the retained 20 it had already written
+    await running.stop()
+    after_restart = org.bus.subscribes[1:]
+    assert [c.get("preset") or c["refused"].rsplit(".", 2)[-2] for c in after_restart] == [
+        "limit",  # a refusal with no replay meaning: CUSTOM again after a backoff
+        "validation",  # the stored id refused: resync_required, then EARLIEST
+        "EARLIEST",
+    ]
+    [resync] = resyncs
+    assert resync.replay_id == ps.replay_bytes(1020)
+    assert len(records) == 60 and len({h["sf-replay-id"] for _, _, h in records}) == 40
+
+
+async def test_a_subscription_that_keeps_failing_ends_the_command(org: Org, kafka_bootstrap: str) -> None:
+    from connectors.salesforce.pubsub.subscriber import PubSubUnavailable
+
+    s = settings_for(org, kafka_bootstrap, salesforce_pubsub_max_retries=2)
+    org.bus.faults.refuse_subscribes = [
+        ("UNAVAILABLE", "sfdc.platform.eventbus.grpc.service.unavailable")
+    ] * 3
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(PubSubUnavailable):
+        await asyncio.wait_for(run_subscriber(s, asyncio.Event()), 30)
+    assert asyncio.get_running_loop().time() - started >= 3  # backoff 1 s, then 2 s
+    assert len(org.bus.subscribes) == 3
