@@ -13,7 +13,7 @@ STRIPE_MOCK_VERSION := v0.203.0
 STRIPE_MOCK := $(or $(LEDGERFLOW_CACHE_DIR),$(HOME)/.cache/ledgerflow)/stripe-mock-$(STRIPE_MOCK_VERSION)/stripe-mock
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars tools kustomize stripe-mock lint format test test-unit demo schemas clean
+.PHONY: help install kafka-jars tools kustomize stripe-mock lint format test test-unit demo schemas protos clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,10 @@ stripe-mock: ## stripe-mock from the Go module proxy into the cache (its tests s
 	  go install github.com/stripe/stripe-mock@$(STRIPE_MOCK_VERSION) \
 	  || echo "make stripe-mock: could not install stripe-mock; the stripe-mock tests will be skipped"
 
+protos: $(STAMP) ## regenerate the Salesforce Pub/Sub API stubs from the vendored pubsub_api.proto
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
+	  connectors/salesforce/pubsub/pubsub_api.proto
+
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -70,8 +74,8 @@ test: $(STAMP) kafka-jars tools kustomize stripe-mock lint ## lint, then the who
 test-unit: $(STAMP) ## only the tests that need no broker
 	$(BIN)/pytest -m "not integration and not chaos and not bench" $(PYTEST_ARGS)
 
-demo: $(STAMP) kafka-jars ## local Kafka + worker + a scenario + a summary (Ctrl-C stops it)
-	$(BIN)/ledgerflow dev
+demo: $(STAMP) kafka-jars ## local Kafka + worker + a scenario + a summary (Ctrl-C stops it); DEMO_ARGS="--salesforce-events 500" adds CDC via the Pub/Sub stand-in
+	$(BIN)/ledgerflow dev $(DEMO_ARGS)
 
 schemas: $(STAMP) ## regenerate canonical/schemas/*.schema.json
 	$(BIN)/ledgerflow schemas

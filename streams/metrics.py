@@ -252,6 +252,32 @@ batch_duration = _Family(
         registry=registry,
     )
 )
+salesforce_undecodable = _Family(
+    Counter(
+        "ledgerflow_salesforce_undecodable_events",
+        "Salesforce Pub/Sub events the subscriber could not decode (sent to the DLQ), by reason.",
+        ["reason"],
+        registry=registry,
+    )
+)
+salesforce_events = _Family(
+    Counter(
+        "ledgerflow_salesforce_events",
+        "Salesforce Pub/Sub events the subscriber wrote to crm.changes, by channel.",
+        ["channel"],
+        registry=registry,
+    )
+)
+salesforce_resyncs = _Family(
+    Counter(
+        "ledgerflow_salesforce_resyncs_required",
+        "Times a stored replay id was refused (past retention or corrupted): the changes since it "
+        "was last seen are lost on the bus and need `ledgerflow resync salesforce`, by channel.",
+        ["channel"],
+        registry=registry,
+    )
+)
+SALESFORCE_UNDECODABLE_REASONS = ("unreadable_schema", "undecodable_avro", "bad_bitmap")
 
 # Every series of a code-defined label set exists from the start: a rate over a series that
 # appears only on the first event misses that event, and alerts on absent series stay silent.
@@ -266,6 +292,8 @@ for _reason in EXCEPTION_REASONS:
     validation_failures(_reason)
 for _code in DLQ_REASON_CODES:
     dlq_entries(_code)
+for _code in SALESFORCE_UNDECODABLE_REASONS:
+    salesforce_undecodable(_code)
 
 
 def design_topic(topic: str) -> str:

@@ -234,6 +234,43 @@ class Settings(BaseSettings):
     """LEDGERFLOW_CRM_CONCURRENCY: parallel CRM calls (Salesforce counts concurrent requests
     per org, shared with every other integration)."""
 
+    salesforce_pubsub_endpoint: str = "api.pubsub.salesforce.com:7443"
+    """LEDGERFLOW_SALESFORCE_PUBSUB_ENDPOINT: the Pub/Sub API's `host:port` that
+    `ledgerflow salesforce-subscribe` reads Change Data Capture from (EU orgs:
+    `api.deu.pubsub.salesforce.com:7443`)."""
+    salesforce_pubsub_insecure: bool = False
+    """LEDGERFLOW_SALESFORCE_PUBSUB_INSECURE: plaintext gRPC, for a stand-in on loopback only
+    (TLS, with the system's CA bundle, otherwise)."""
+    salesforce_pubsub_channels: str = Field(
+        default="/data/AccountChangeEvent", pattern=r"^/[^,\s]+(,/[^,\s]+)*$"
+    )
+    """LEDGERFLOW_SALESFORCE_PUBSUB_CHANNELS: comma-separated CDC channels, one subscription
+    (and one transactional producer) each: `/data/AccountChangeEvent,/data/ContactChangeEvent`,
+    or `/data/ChangeEvents` for every selected entity."""
+    salesforce_pubsub_batch_size: int = Field(default=100, ge=1, le=100)
+    """LEDGERFLOW_SALESFORCE_PUBSUB_BATCH_SIZE: `num_requested` of each FetchRequest (at most
+    100, the API's cap)."""
+    salesforce_pubsub_replay_preset: Literal["EARLIEST", "LATEST"] = "LATEST"
+    """LEDGERFLOW_SALESFORCE_PUBSUB_REPLAY_PRESET: where a channel with no checkpoint on
+    `ledgerflow.salesforce-replay` starts: EARLIEST (everything retained, 72 h) or LATEST."""
+    salesforce_pubsub_max_retries: int = Field(default=5, ge=0)
+    """LEDGERFLOW_SALESFORCE_PUBSUB_MAX_RETRIES: consecutive failed subscriptions (backoff 1 s,
+    2 s, 4 s … ≤ 30 s) before the command exits non-zero for its supervisor to restart."""
+    salesforce_login_url: str | None = None
+    """LEDGERFLOW_SALESFORCE_LOGIN_URL: where the subscriber gets its token and org id: the My
+    Domain URL (`https://<domain>.my.salesforce.com`; client credentials need it) or the login
+    host for the JWT grant. Unset: LEDGERFLOW_CRM_BASE_URL. The app's key and secret are
+    LEDGERFLOW_CRM_CLIENT_ID and LEDGERFLOW_CRM_CLIENT_SECRET."""
+    salesforce_jwt_username: str | None = None
+    """LEDGERFLOW_SALESFORCE_JWT_USERNAME: with a private key, use the JWT bearer grant as this
+    (pre-authorised) user instead of client credentials."""
+    salesforce_jwt_private_key_file: Path | None = None
+    """LEDGERFLOW_SALESFORCE_JWT_PRIVATE_KEY_FILE: PEM RSA key of the JWT grant (RS256); its
+    certificate is uploaded to the External Client App."""
+    salesforce_jwt_audience: str | None = None
+    """LEDGERFLOW_SALESFORCE_JWT_AUDIENCE: the assertion's `aud` (default: the login URL;
+    `https://login.salesforce.com`, `https://test.salesforce.com` or the My Domain URL)."""
+
     mappings: Path | None = None
     """LEDGERFLOW_MAPPINGS: path of the mappings TOML; unset uses the bundled example."""
     crm_account_metadata_key: str = "crm_account_id"
@@ -356,6 +393,10 @@ class Settings(BaseSettings):
         if sorted(stages) == sorted(ALL_STAGES):
             return self.app_id
         return "-".join([self.app_id, *[st for st in ALL_STAGES if st in stages]])
+
+    @property
+    def salesforce_channels(self) -> tuple[str, ...]:
+        return tuple(self.salesforce_pubsub_channels.split(","))
 
     def topic(self, name: str) -> str:
         """The broker-side name of a design topic."""

@@ -19,6 +19,9 @@ CUSTOMER_FINGERPRINTS = "ledgerflow.customer-fingerprints"
 # Internal: a Stripe invoice → its billing customer, keyed by invoice id like
 # billing.invoice-payments, so stage 1 can re-key an invoice_payment to payments.changes.
 INVOICE_OWNERS = "ledgerflow.invoice-owners"
+# Internal, compacted: the Salesforce Pub/Sub subscriber's replay id per channel, written in the
+# same transaction as the events it covers on crm.changes.
+SALESFORCE_REPLAY = "ledgerflow.salesforce-replay"
 
 STRIPE_TOPICS = (BILLING_CHANGES, PAYMENTS_CHANGES, INVOICE_PAYMENTS)
 SOURCE_TOPICS = (CRM_CHANGES, CLM_CHANGES, *STRIPE_TOPICS)

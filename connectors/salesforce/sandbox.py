@@ -6,7 +6,12 @@
   "INVALID_FIELD"}]`), and so are ids that are not Salesforce ids and deleted accounts.
 * `GET` of the same (`?fields=A,B` to select), as Salesforce answers it (`attributes`, `Id`).
 * `POST /services/oauth2/token` — the client-credentials grant (no `expires_in`, like
-  Salesforce's own answer).
+  Salesforce's own answer), and the JWT bearer grant (an RS256 assertion checked against
+  `jwt_public_key`: iss = client id, sub = a known user, aud, exp).
+* `GET /services/oauth2/userinfo` — bearer auth; `organization_id` (the Pub/Sub `tenantid`).
+* `GET /services/data/{version}/query?q=SELECT … FROM Account WHERE SystemModstamp >= …` —
+  the accounts changed since then, `SystemModstamp` order, `nextRecordsUrl` pages of
+  `query_page_size`.
 * Every write also records the Change Data Capture event Salesforce would publish for it, with
   the `changeOrigin` built from the call's `Sforce-Call-Options` (`GET /admin/changes`), so a
   test can feed our own write's echo back to the CDC adapter.
@@ -19,10 +24,12 @@
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -43,6 +50,8 @@ from connectors.sandbox import (
 )
 
 DEFAULT_TOKEN = "sandbox-crm-token"
+ORG_ID = "00DSANDBOX000001"
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 API_PREFIX = "/services/data"
 ACCOUNT_ROUTE = API_PREFIX + "/{version}/sobjects/Account/{account_id}"
 STANDARD_ACCOUNT_FIELDS = frozenset(
@@ -86,6 +95,15 @@ class CrmSandboxConfig(BaseModel):
     seed: int | None = None
     """Seed of the fault dice, so a test run is repeatable."""
     request_log_size: int = Field(default=2000, ge=1)
+    jwt_public_key: str | None = None
+    """PEM public key of the External Client App's certificate (None: no JWT grant)."""
+    jwt_users: tuple[str, ...] = ("integration@ledgerflow.example",)
+    """Pre-authorised users the JWT grant may name as `sub`."""
+    jwt_audiences: tuple[str, ...] = ("https://login.salesforce.com", "https://test.salesforce.com")
+    """Accepted `aud` values besides the stand-in's own URL."""
+    token_ttl_s: float | None = None
+    """Lifetime of issued tokens (None: until revoked)."""
+    query_page_size: int = Field(default=2000, ge=1)
 
 
 @dataclass
@@ -131,6 +149,7 @@ class CrmSandbox(SandboxState[CrmFaults]):
         self.accounts: dict[str, StoredAccount] = {}
         self.deleted: set[str] = set()
         self.changes: list[dict[str, Any]] = []
+        self.cursors: dict[str, list[dict[str, Any]]] = {}
 
     @property
     def writes(self) -> int:
@@ -138,7 +157,14 @@ class CrmSandbox(SandboxState[CrmFaults]):
 
     def issue_token(self) -> str:
         # Salesforce access tokens look like "<org id>!<opaque>", and say nothing of expiry.
-        return self._accept(f"00DSANDBOX000001!{secrets.token_urlsafe(32)}")
+        return self._accept(f"{ORG_ID}!{secrets.token_urlsafe(32)}", self.config.token_ttl_s)
+
+    def token_valid(self, token: str) -> bool:
+        """Whether a bearer token is good now (the Pub/Sub stand-in asks)."""
+        if any(secrets.compare_digest(token, known) for known in self._tokens):
+            return True
+        expires = self._issued.get(token)
+        return expires is not None and self._clock() < expires
 
     def write(self, account_id: str, version: str, values: dict[str, Any], call_options: str | None) -> None:
         """Merge `values` into the account, count the write, and record its CDC event."""
@@ -290,28 +316,136 @@ async def _get_account(request: web.Request) -> web.StreamResponse:
     )
 
 
+def _jwt_user(sandbox: CrmSandbox, assertion: str, origin: str) -> str | None:
+    """The `sub` of a valid JWT bearer assertion, or None."""
+    import jwt
+
+    key = sandbox.config.jwt_public_key
+    if key is None:
+        return None
+    try:
+        claims = jwt.decode(
+            assertion,
+            key,
+            algorithms=["RS256"],
+            audience=[origin, *sandbox.config.jwt_audiences],
+            issuer=sandbox.config.client_id,
+            options={"require": ["exp", "iss", "sub", "aud"]},
+        )
+    except jwt.PyJWTError:
+        return None
+    sub = claims.get("sub")
+    return sub if isinstance(sub, str) and sub in sandbox.config.jwt_users else None
+
+
+_QUERY = re.compile(
+    r"^SELECT\s+(?P<fields>[\w\s,.]+?)\s+FROM\s+Account\s+WHERE\s+SystemModstamp\s*>=\s*(?P<since>\S+)"
+    r"(?:\s+ORDER\s+BY\s+SystemModstamp)?\s*$",
+    re.IGNORECASE,
+)
+
+
+def _query_records(sandbox: CrmSandbox, version: str, soql: str) -> list[dict[str, Any]]:
+    """The one SOQL shape the fake answers: Accounts changed since a time (resync)."""
+    match = _QUERY.match(soql.strip())
+    if match is None:
+        raise Refused(_error(400, "MALFORMED_QUERY", "only SELECT … FROM Account WHERE SystemModstamp >= …"))
+    fields = [f.strip() for f in match["fields"].split(",") if f.strip()]
+    for name in fields:
+        if name not in sandbox.config.fields and name not in READ_ONLY_FIELDS:
+            raise Refused(_error(400, "INVALID_FIELD", f"No such column '{name}' on entity 'Account'."))
+    try:
+        since = datetime.fromisoformat(match["since"])
+    except ValueError:
+        raise Refused(_error(400, "MALFORMED_QUERY", "value of filter criterion is not a datetime")) from None
+    rows = []
+    for account in sorted(sandbox.accounts.values(), key=lambda a: a.last_modified):
+        if datetime.fromisoformat(account.last_modified) < since:
+            continue
+        stamp = account.last_modified
+        values = {
+            "Id": account.account_id,
+            "SystemModstamp": stamp,
+            "LastModifiedDate": stamp,
+            "CreatedDate": stamp,
+        }
+        row: dict[str, Any] = {
+            "attributes": {
+                "type": "Account",
+                "url": f"{API_PREFIX}/{version}/sobjects/Account/{account.account_id}",
+            }
+        }
+        for name in fields:
+            row[name] = values[name] if name in values else account.fields.get(name)
+        rows.append(row)
+    return rows
+
+
+def _query_page(
+    sandbox: CrmSandbox, version: str, cursor: str, rows: list[dict[str, Any]], start: int
+) -> dict[str, Any]:
+    size = sandbox.config.query_page_size
+    page = rows[start : start + size]
+    done = start + size >= len(rows)
+    answer: dict[str, Any] = {"totalSize": len(rows), "done": done, "records": page}
+    if not done:
+        answer["nextRecordsUrl"] = f"{API_PREFIX}/{version}/query/{cursor}-{start + size}"
+    return answer
+
+
+async def _query(request: web.Request) -> web.StreamResponse:
+    sandbox = request.app[SANDBOX]
+    version = request.match_info["version"]
+    rows = _query_records(sandbox, version, request.query.get("q", ""))
+    cursor = f"01gSANDBOX{secrets.token_hex(4)}"
+    sandbox.cursors[cursor] = rows
+    return json_response(_query_page(sandbox, version, cursor, rows, 0))
+
+
+async def _query_more(request: web.Request) -> web.StreamResponse:
+    sandbox = request.app[SANDBOX]
+    cursor, _, start = request.match_info["locator"].rpartition("-")
+    rows = sandbox.cursors.get(cursor)
+    if rows is None or not start.isdigit():
+        return _error(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
+    return json_response(_query_page(sandbox, request.match_info["version"], cursor, rows, int(start)))
+
+
 async def _oauth_token(request: web.Request) -> web.StreamResponse:
     sandbox = request.app[SANDBOX]
     form = {k: str(v) for k, v in (await request.post()).items()}
-    if form.get("grant_type") != "client_credentials":
+    origin = f"{request.scheme}://{request.host}"
+    grant = form.get("grant_type")
+    if grant == JWT_GRANT:
+        if _jwt_user(sandbox, form.get("assertion", ""), origin) is None:
+            return json_response({"error": "invalid_grant", "error_description": "invalid assertion"}, 400)
+    elif grant != "client_credentials":
         return json_response(
             {"error": "unsupported_grant_type", "error_description": "grant type not supported"}, 400
         )
-    if not client_authenticated(request, form, sandbox.config.client_id, sandbox.config.client_secret):
+    elif not client_authenticated(request, form, sandbox.config.client_id, sandbox.config.client_secret):
         refusal = {"error": "invalid_client", "error_description": "invalid client credentials"}
         return json_response(refusal, 400)
-    origin = f"{request.scheme}://{request.host}"
     return json_response(
         {
             "access_token": sandbox.issue_token(),
             "instance_url": origin,
-            "id": f"{origin}/id/00DSANDBOX000001/005SANDBOX0000001",
+            "id": f"{origin}/id/{ORG_ID}/005SANDBOX0000001",
             "token_type": "Bearer",
             "issued_at": str(int(time.time() * 1000)),
             "signature": base64.b64encode(secrets.token_bytes(32)).decode(),
         },
         200,
         {"Cache-Control": "no-store"},
+    )
+
+
+async def _userinfo(request: web.Request) -> web.StreamResponse:
+    sandbox = request.app[SANDBOX]
+    if not sandbox.authorized(request):
+        return json_response({"error": "invalid_token"}, 401)
+    return json_response(
+        {"organization_id": ORG_ID, "user_id": "005SANDBOX0000001", "preferred_username": "integration"}
     )
 
 
@@ -360,6 +494,9 @@ def build_app(config: CrmSandboxConfig | None = None) -> web.Application:
     app.router.add_patch(ACCOUNT_ROUTE, _patch_account)
     app.router.add_get(ACCOUNT_ROUTE, _get_account)
     app.router.add_post("/services/oauth2/token", _oauth_token)
+    app.router.add_get("/services/oauth2/userinfo", _userinfo)
+    app.router.add_get(API_PREFIX + "/{version}/query", _query)
+    app.router.add_get(API_PREFIX + "/{version}/query/{locator}", _query_more)
     app.router.add_get("/admin/accounts", _admin_accounts)
     app.router.add_put("/admin/accounts/{account_id}", _admin_put_account)
     app.router.add_delete("/admin/accounts/{account_id}", _admin_delete_account)

@@ -212,15 +212,56 @@ def _summary(found: dict[str, list[Record]]) -> list[str]:
     return lines
 
 
-def run_dev(events: int, keep_running: bool) -> None:
+def _start_salesforce(events: int, bootstrap: str) -> tuple[list[subprocess.Popen[bytes]], dict[str, str]]:
+    """The Salesforce REST and Pub/Sub stand-ins streaming `events` account changes, and
+    `ledgerflow salesforce-subscribe` reading them into crm.changes (CDC the real way)."""
+    rest_port, pubsub_port = free_port(), free_port()
+    sandbox_log = (DEV_ROOT / "salesforce-sandbox.log").resolve()
+    args = ["--port", str(rest_port), "--pubsub-port", str(pubsub_port), "--events", str(events)]
+    sandbox = subprocess.Popen(
+        [sys.executable, "-m", "streams", "salesforce-sandbox", *args],
+        stdout=sandbox_log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    wait_for_log(sandbox_log, "salesforce sandbox:", sandbox, timeout=30)
+    env = {
+        **os.environ,
+        "LEDGERFLOW_KAFKA_BOOTSTRAP": bootstrap,
+        "LEDGERFLOW_SALESFORCE_PUBSUB_ENDPOINT": f"127.0.0.1:{pubsub_port}",
+        "LEDGERFLOW_SALESFORCE_PUBSUB_INSECURE": "true",
+        "LEDGERFLOW_SALESFORCE_PUBSUB_REPLAY_PRESET": "EARLIEST",
+        "LEDGERFLOW_SALESFORCE_LOGIN_URL": f"http://127.0.0.1:{rest_port}",
+        "LEDGERFLOW_CRM_CLIENT_ID": "ledgerflow",
+        "LEDGERFLOW_CRM_CLIENT_SECRET": "sandbox-crm-secret",
+    }
+    subscriber_log = (DEV_ROOT / "salesforce-subscribe.log").resolve()
+    subscriber = subprocess.Popen(
+        [sys.executable, "-m", "streams", "salesforce-subscribe"],
+        env=env,
+        stdout=subscriber_log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    wait_for_log(subscriber_log, "pubsub subscribing", subscriber, timeout=60)
+    print(
+        f"Salesforce stand-ins (REST :{rest_port}, Pub/Sub :{pubsub_port}) streaming {events} account "
+        f"changes; salesforce-subscribe reads them into crm.changes (log {subscriber_log})"
+    )
+    return [subscriber, sandbox], env
+
+
+def run_dev(events: int, keep_running: bool, salesforce_events: int = 0) -> None:
     """Start Kafka (unless LEDGERFLOW_KAFKA_BOOTSTRAP names one) and a worker, run the demo
-    scenario, print what happened and where to look, and stop everything on Ctrl-C."""
+    scenario, print what happened and where to look, and stop everything on Ctrl-C. With
+    `salesforce_events`, the Salesforce stand-ins and the Pub/Sub subscriber run too."""
     if DEV_ROOT.exists():
         shutil.rmtree(DEV_ROOT)
     DEV_ROOT.mkdir(parents=True)
     broker: LocalKafka | None = None
     worker: subprocess.Popen[bytes] | None = None
     erp: subprocess.Popen[bytes] | None = None
+    salesforce: list[subprocess.Popen[bytes]] = []
     try:
         if settings.kafka_bootstrap:
             bootstrap = settings.kafka_bootstrap
@@ -256,6 +297,9 @@ def run_dev(events: int, keep_running: bool) -> None:
         ready = wait_for_log(log, "Worker ready", worker, timeout=120)
         print(f"Worker ready in {ready:.1f}s (web http://127.0.0.1:{web_port}/, log {log})")
 
+        if salesforce_events:
+            salesforce, _ = _start_salesforce(salesforce_events, bootstrap)
+
         scenario = demo_scenario(events)
         prefix = settings.topic_prefix
         t = time.monotonic()
@@ -287,6 +331,15 @@ def run_dev(events: int, keep_running: bool) -> None:
             f"{scenario.expected_parked} invoice parked until its customer arrives "
             "(raised as unknown_customer after LEDGERFLOW_PARK_TIMEOUT_S)."
         )
+        if salesforce_events:
+            crm_topic = prefix + "crm.changes"
+            crm = asyncio.run(
+                read_topics(bootstrap, [crm_topic], lambda f: len(f[crm_topic]) >= salesforce_events, 120)
+            )
+            print(
+                f"{len(crm[crm_topic])} of {salesforce_events} Salesforce CDC events on {crm_topic}, "
+                "decoded from the Pub/Sub API (read_committed)"
+            )
         print(f"Look at: the worker log {log}; topics on {bootstrap}; state in {DEV_ROOT}/worker.")
         posted = sum(d["record_type"] == "invoice" for d in view["documents"])
         if not done({prefix + k: v for k, v in by_name.items()}) or posted < scenario.expected_commands:
@@ -302,6 +355,8 @@ def run_dev(events: int, keep_running: bool) -> None:
     except ProcessFailed as exc:
         raise SystemExit(f"the worker did not start: {exc}") from None
     finally:
+        for process in salesforce:
+            terminate(process)
         terminate(worker)
         terminate(erp)
         if broker is not None:

@@ -19,6 +19,7 @@ from streams.cli.local_kafka import LocalKafka, LocalKafkaError, cache_root
 from streams.cli.reconcile import reconcile_command
 from streams.cli.replay import replay_command
 from streams.cli.stripe import backfill_group, catch_up_group
+from streams.cli.salesforce import resync_group, salesforce_sandbox_command, salesforce_subscribe_command
 
 
 @click.command("kafka")
@@ -78,11 +79,19 @@ def schemas_command(out: Path) -> None:
     show_default=True,
     help="Keep the stack up after the scenario (Ctrl-C stops it).",
 )
-def dev_command(events: int, keep_running: bool) -> None:
+@click.option(
+    "--salesforce-events",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Also run the Salesforce stand-ins and `salesforce-subscribe`: this many CDC events "
+    "arrive on crm.changes through the Pub/Sub API (0: off).",
+)
+def dev_command(events: int, keep_running: bool, salesforce_events: int) -> None:
     """The whole stack on one machine: local Kafka, a worker, a scenario, a summary."""
     from streams.cli.dev import run_dev
 
-    run_dev(events=events, keep_running=keep_running)
+    run_dev(events=events, keep_running=keep_running, salesforce_events=salesforce_events)
 
 
 @click.command("simulate")
@@ -175,6 +184,9 @@ for command in (
     catch_up_group,
     erp_group,
     bench_command,
+    salesforce_subscribe_command,
+    resync_group,
+    salesforce_sandbox_command,
 ):
     cli.add_command(command)
 
@@ -194,6 +206,9 @@ Start here:
   ledgerflow stripe-sandbox   a Stripe stand-in (read API, events, cursors, rate limit)
   ledgerflow erp check check the mappings' NetSuite internal ids against the ERP (exit 1 on problems)
   ledgerflow bench     events/s, latency and RSS next to a bare Faust agent and a Quix Streams peer
+  ledgerflow salesforce-subscribe  Salesforce CDC (Pub/Sub API) into crm.changes, exactly once
+  ledgerflow resync salesforce --since T  re-read Accounts changed since T into crm.changes
+  ledgerflow salesforce-sandbox  Salesforce REST and Pub/Sub API stand-ins (loopback)
   ledgerflow kafka     a local Apache Kafka (KRaft) in the foreground
   ledgerflow schemas   the JSON Schemas of the canonical model
 
