@@ -18,8 +18,8 @@ from streams.cli.erp_check import erp_group
 from streams.cli.local_kafka import LocalKafka, LocalKafkaError, cache_root
 from streams.cli.reconcile import reconcile_command
 from streams.cli.replay import replay_command
-from streams.cli.stripe import backfill_group, catch_up_group
 from streams.cli.salesforce import resync_group, salesforce_sandbox_command, salesforce_subscribe_command
+from streams.cli.stripe import backfill_group, catch_up_group
 
 
 @click.command("kafka")

@@ -280,6 +280,7 @@ BOUNDED = {
     "target": {"erp", "crm"},
     "agent": None,
     "le": None,
+    "channel": re.compile(r"^/(data|event)/\w{1,80}$"),  # the channels the settings name
     "api_version": re.compile(r"^(\d{4}-\d{2}-\d{2}(\.[a-z]{1,20})?|other)$"),
 }
 
