@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from agents.batching import batches
 from agents.identity import IdentityDecision, overdue_parked, provisional_customer_id, resolve_billing_change
@@ -22,13 +25,16 @@ from canonical import (
 )
 from canonical.links import InvoiceOwner
 from connectors.clm import map_clm_event
-from connectors.errors import Rejection
+from connectors.errors import Rejection, RejectionReason
 from connectors.salesforce import ResyncRequired, map_cdc_event
 from connectors.stripe import map_stripe_event
+from connectors.stripe.client import StripeApiError
+from connectors.stripe.mapping import PaginatedInvoice
 from streams import headers as h
 from streams import metrics
 from streams.app import app
 from streams.settings import settings
+from streams.stripe import shared_stripe_api
 from streams.topics import (
     canonical_topic,
     clm_changes_topic,
@@ -37,6 +43,8 @@ from streams.topics import (
     stripe_changes_topic,
 )
 from tables.identity import BillingIdentity, ParkedChanges, billing_identity_table, parked_billing_table
+
+log = logging.getLogger(__name__)
 
 STAGE = "ingest"  # `ledgerflow worker --stages …` runs this module's agents and timers or not
 
@@ -131,6 +139,29 @@ async def announce_invoice_owners(outbox: Outbox, changes: list[ChangeEvent]) ->
             )
 
 
+async def read_invoice_whole(raw: bytes, paginated: PaginatedInvoice) -> bytes:
+    """The Event again with its invoice read whole from Stripe at the pinned API version (its
+    current state: a newer snapshot is ordered by its lifecycle like any other), or the
+    rejection again when there is no Stripe API key or Stripe cannot answer (dead-lettered:
+    replayable once it can)."""
+    api = shared_stripe_api(settings)
+    if api is None:
+        raise paginated
+    try:
+        invoice = await api.invoice_whole(paginated.invoice_id)
+    except StripeApiError as exc:
+        log.warning("could not read a paginated invoice whole", extra={"error": type(exc).__name__})
+        raise Rejection(
+            RejectionReason.INVALID_VALUE,
+            f"invoice lines are paginated (has_more) and Stripe could not be read ({type(exc).__name__})",
+            ("data.object.lines.has_more",),
+        ) from None
+    event = orjson.loads(raw)
+    event["data"]["object"] = invoice
+    event["api_version"] = api.api_version
+    return orjson.dumps(event)
+
+
 async def ingest_event(outbox: Outbox, event: EventT, adapter: Adapter, link_billing: bool = False) -> int:
     """Map one source message and send what it means; bad input goes to the DLQ, a GAP_* to
     the exceptions. Returns how many canonical events were sent."""
@@ -138,9 +169,14 @@ async def ingest_event(outbox: Outbox, event: EventT, adapter: Adapter, link_bil
     if not isinstance(raw, bytes | bytearray):
         await send_to_dlq(outbox, event, "not_json: empty message value")
         return 0
+    key = event.key if isinstance(event.key, str) else None
+    correlation = h.header(event.headers, h.CORRELATION_ID)
     try:
-        key = event.key if isinstance(event.key, str) else None
-        changes = adapter(bytes(raw), provisional_customer_id, h.header(event.headers, h.CORRELATION_ID), key)
+        try:
+            changes = adapter(bytes(raw), provisional_customer_id, correlation, key)
+        except PaginatedInvoice as paginated:
+            whole = await read_invoice_whole(bytes(raw), paginated)
+            changes = adapter(whole, provisional_customer_id, correlation, key)
     except ResyncRequired as resync:
         exc = resync_exception(resync, event, datetime.now(UTC))
         await send_exception(

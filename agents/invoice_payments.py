@@ -6,12 +6,17 @@ invoice id. The Stripe ingest agent writes each invoice's owner to `ledgerflow.i
 under the same key, so this agent learns locally whose invoice it is: a payment of a known
 invoice goes straight on to `payments.changes` (keyed by that customer, where the Stripe ingest
 agent maps it like any payment); one of an invoice not seen yet waits in the table, and goes on
-when the invoice's owner arrives. One still waiting after LEDGERFLOW_PARK_TIMEOUT_S is raised as
-an `unknown_invoice` exception (it stays parked: nothing is lost).
+when the invoice's owner arrives. With a Stripe API key, one that waited
+LEDGERFLOW_STRIPE_LOOKUP_AFTER_S has its invoice read from Stripe (`GET /v1/invoices/{id}`), and
+the invoice's customer goes to `ledgerflow.invoice-owners` as if the Stripe agent had announced
+it. One still waiting after LEDGERFLOW_PARK_TIMEOUT_S is raised as an `unknown_invoice` exception
+(it stays parked: nothing is lost).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -22,13 +27,15 @@ from agents.batching import batches
 from agents.outbox import Outbox, send_exception, send_to_dlq
 from canonical import BusinessException, ExceptionReason, FieldError, codec
 from canonical.links import InvoiceOwner
+from connectors.stripe.client import StripeApi, StripeApiError, StripeNotFound
 from connectors.stripe.routing import invoice_of
 from streams import headers as h
 from streams import metrics
 from streams.app import app
 from streams.schemas import Undecodable
 from streams.settings import settings
-from streams.topics import invoice_links_topic, payments_changes_topic
+from streams.stripe import shared_stripe_api
+from streams.topics import invoice_links_topic, invoice_owners_topic, payments_changes_topic
 from tables.invoice_owners import (
     InvoiceOwnerRow,
     ParkedInvoicePayment,
@@ -36,6 +43,8 @@ from tables.invoice_owners import (
     invoice_owners_table,
     parked_invoice_payments_table,
 )
+
+log = logging.getLogger(__name__)
 
 STAGE = "ingest"  # `ledgerflow worker --stages …` runs this module's agents and timers or not
 
@@ -99,7 +108,6 @@ def overdue_invoice_payments(
     oldest = row.parked[0]
     if (now - oldest.parked_at).total_seconds() < timeout_s:
         return None
-    correlation = oldest.headers.get(h.CORRELATION_ID) or h.stable_id("correlation", "stripe", row.invoice_id)
     return BusinessException(
         exception_id=h.stable_id("exception", "unknown_invoice", row.invoice_id),
         reason=ExceptionReason.UNKNOWN_INVOICE,
@@ -109,11 +117,17 @@ def overdue_invoice_payments(
         ),
         fields=(FieldError(field="invoice", problem="no invoice.* event seen for this invoice"),),
         entity_id=row.invoice_id,
-        correlation_id=correlation,
+        correlation_id=_correlation(row),
         first_seen=oldest.parked_at,
         last_seen=now,
         attempts=len(row.parked),
     )
+
+
+def _correlation(row: ParkedInvoicePayments) -> str:
+    """The correlation id of an invoice's first waiting payment."""
+    first = row.parked[0].headers.get(h.CORRELATION_ID) if row.parked else None
+    return first or h.stable_id("correlation", "stripe", row.invoice_id)
 
 
 def _text_headers(headers: Any) -> dict[str, str]:
@@ -216,3 +230,65 @@ async def raise_overdue_invoice_payments() -> None:
     await outbox.commit()
     _raised_overdue.update(raised)
     metrics.set_parked("invoice_payments", waiting)
+
+
+LOOKUPS_PER_TICK = 50
+LOOKUP_RETRY_S = 300.0
+_looked_up: dict[str, float] = {}
+"""Invoice id → when this process last asked Stripe for it (a missing one is asked again later)."""
+
+
+async def owner_from_stripe(api: StripeApi, invoice_id: str, correlation_id: str) -> InvoiceOwner | None:
+    """Whose invoice Stripe says it is, or None when Stripe has no such invoice or cannot say."""
+    try:
+        invoice = await api.retrieve("invoices", invoice_id)
+    except StripeNotFound:
+        log.warning("invoice payment names an invoice Stripe does not have", extra={"invoice_id": invoice_id})
+        return None
+    except StripeApiError as exc:
+        log.warning("could not read an invoice from Stripe", extra={"error": type(exc).__name__})
+        return None
+    customer = invoice.get("customer")
+    customer = customer.get("id") if isinstance(customer, dict) else customer
+    if not isinstance(customer, str) or not customer:
+        return None
+    return InvoiceOwner(invoice_id=invoice_id, billing_customer_id=customer, correlation_id=correlation_id)
+
+
+@app.timer(interval=15.0)
+async def look_up_unknown_invoices() -> None:
+    """Invoice payments waiting LEDGERFLOW_STRIPE_LOOKUP_AFTER_S for their invoice: read the
+    invoices from Stripe (with LEDGERFLOW_STRIPE_API_KEY), and announce their owners."""
+    await announce_owners_from_stripe()
+
+
+async def announce_owners_from_stripe() -> None:
+    """One round of `look_up_unknown_invoices`."""
+    api = shared_stripe_api(settings)
+    if api is None:
+        return
+    now, clock = datetime.now(UTC), time.monotonic()
+    due = []
+    for _key, raw in list(parked_invoice_payments_table.items()):
+        row = codec.loads(ParkedInvoicePayments, raw)
+        waited = (now - row.parked[0].parked_at).total_seconds() if row.parked else 0.0
+        asked = _looked_up.get(row.invoice_id)
+        if (
+            row.parked
+            and waited >= settings.stripe_lookup_after_s
+            and (asked is None or clock - asked > LOOKUP_RETRY_S)
+        ):
+            due.append(row)
+    outbox = Outbox()
+    for row in due[:LOOKUPS_PER_TICK]:
+        _looked_up[row.invoice_id] = clock
+        correlation = row.parked[0].headers.get(h.CORRELATION_ID) or h.stable_id(
+            "correlation", "stripe", row.invoice_id
+        )
+        owner = await owner_from_stripe(api, row.invoice_id, correlation)
+        if owner is not None:
+            causation = f"stripe:GET /v1/invoices/{row.invoice_id}"
+            await outbox.send(
+                invoice_owners_topic, owner.invoice_id, owner, h.outgoing(correlation, causation)
+            )
+    await outbox.commit()

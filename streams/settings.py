@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     """LEDGERFLOW_STRIPE_REQUESTS_PER_S: the client's pace per endpoint, under Stripe's limit
     (25/s per endpoint in test mode, the default endpoint limit in live mode too); a 429 is
     still waited out with backoff."""
+    stripe_lookup_after_s: float = Field(default=60.0, ge=0)
+    """LEDGERFLOW_STRIPE_LOOKUP_AFTER_S: with an API key, how long an invoice payment waits for
+    its invoice's Event before stage 1 reads the invoice from Stripe to learn its customer."""
     relay_secret: SecretStr | None = None
     """LEDGERFLOW_RELAY_SECRET: HMAC secret of the Salesforce and CLM relays."""
 

@@ -136,6 +136,18 @@ def _line(item: StripeLineItem, shapes: Shapes) -> InvoiceLine:
     )
 
 
+class PaginatedInvoice(Rejection):
+    """An invoice whose `lines` hold only their first page: it must be read whole first."""
+
+    def __init__(self, invoice_id: str) -> None:
+        super().__init__(
+            RejectionReason.INVALID_VALUE,
+            "invoice lines are paginated (has_more): read the invoice whole (LEDGERFLOW_STRIPE_API_KEY)",
+            ("data.object.lines.has_more",),
+        )
+        self.invoice_id = invoice_id
+
+
 def map_invoice(obj: dict[str, Any], shapes: Shapes = Shapes.CURRENT) -> Invoice:
     """A Stripe invoice object → canonical `Invoice` (arithmetic is checked later, in stage 2)."""
     try:
@@ -159,12 +171,8 @@ def map_invoice(obj: dict[str, Any], shapes: Shapes = Shapes.CURRENT) -> Invoice
         ) from None
     if inv.lines.has_more:
         # A webhook snapshot holds the first page only; posting a partial invoice is worse
-        # than stopping: the adapter must fetch the rest (issue #3's client) first.
-        raise Rejection(
-            RejectionReason.INVALID_VALUE,
-            "invoice lines are paginated (has_more)",
-            ("data.object.lines.has_more",),
-        )
+        # than stopping: stage 1 reads the invoice whole from Stripe, or dead-letters it.
+        raise PaginatedInvoice(inv.id)
     transitions = inv.status_transitions
     issued = (transitions.finalized_at if transitions else None) or inv.effective_at or inv.created
     if shapes is Shapes.ACACIA:

@@ -28,6 +28,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+import streams.stripe
 from connectors.stripe.client import RETRIEVABLE, StripeApi, StripeApiError, StripeNotFound
 from connectors.stripe.routing import StripeStream, route
 from connectors.stripe.snapshots import caught_up_event, snapshot_event
@@ -51,14 +52,10 @@ EVENT_RETENTION_S = 30 * 86400
 
 
 def stripe_api(s: Settings) -> StripeApi:
-    # The SDK and httpx log every request (its URL, query included) at INFO: our own lines
-    # say what the run did; theirs only at DEBUG.
-    if s.log_level.lower() != "debug":
-        for name in ("stripe", "httpx"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    if s.stripe_api_key is None:
+    api = streams.stripe.stripe_api(s)
+    if api is None:
         raise click.ClickException("set LEDGERFLOW_STRIPE_API_KEY (a secret or restricted read key)")
-    return StripeApi(s.stripe_api_key, s.stripe_api_version, s.stripe_api_base, s.stripe_requests_per_s)
+    return api
 
 
 def _producer(s: Settings) -> AIOKafkaProducer:

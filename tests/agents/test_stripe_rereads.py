@@ -1,0 +1,108 @@
+"""Stage 1 reads Stripe (the stand-in, over loopback HTTP) when an Event cannot be taken as it
+came: an invoice whose lines are paginated is read whole instead of dead-lettered, and an
+invoice payment whose invoice has not been seen learns its customer from the invoice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from unittest import mock
+
+import orjson
+import pytest
+
+from agents.outbox import Outbox
+from canonical import Invoice, codec
+from canonical.links import InvoiceOwner
+from connectors.stripe.client import StripeApi
+from connectors.stripe.samples import event_envelope, invoice_payment_object
+from connectors.stripe.sandbox import StripeFaults, StripeSandbox, stripe_sandbox_server
+from tables.identity import ParkedChanges
+from tables.invoice_owners import ParkedInvoicePayment, ParkedInvoicePayments
+from tests.agents.test_agents_in_context import until
+from tests.connectors.stripe.stand_in import KEY, VERSION, customer_events, long_invoice_event
+
+T = 1_767_225_600
+
+
+@pytest.fixture
+def sent() -> Iterator[list[tuple[str, Any, Any]]]:
+    out: list[tuple[str, Any, Any]] = []
+
+    async def record(self: Outbox, topic: Any, key: Any, value: Any, headers: Any) -> None:
+        out.append((topic.get_topic_name(), key, value))
+
+    with mock.patch.object(Outbox, "send", record):
+        yield out
+
+
+async def test_a_paginated_invoice_is_read_whole_not_dead_lettered(sent: list[tuple[str, Any, Any]]) -> None:
+    from agents import ingest
+
+    long = long_invoice_event("in_LONG1", 40, T, "cus_T00000")
+    sandbox = StripeSandbox(
+        [*customer_events(1, T - 60), long],
+        paginate_long_invoices=True,
+        faults=StripeFaults(rate_limit_per_s=0),
+    )
+    async with stripe_sandbox_server(sandbox) as server, StripeApi(KEY, VERSION, server.url, 1000) as api:
+        webhook = dict(long)
+        webhook["data"] = {"object": {**long["data"]["object"]}}
+        obj = webhook["data"]["object"]
+        obj["lines"] = {**obj["lines"], "data": obj["lines"]["data"][:10], "has_more": True}
+        waiting: dict[bytes, bytes] = {}  # the customer is not known: the invoice waits for it
+        with (
+            mock.patch.object(ingest, "billing_identity_table", {}),
+            mock.patch.object(ingest, "parked_billing_table", waiting),
+            mock.patch.object(ingest, "shared_stripe_api", lambda _s: api),
+        ):
+            async with ingest.ingest_stripe_changes.test_context() as agent:
+                await agent.put(orjson.dumps(webhook), key="cus_T00000", wait=False)
+                await until(lambda: bool(waiting))
+            with mock.patch.object(ingest, "shared_stripe_api", lambda _s: None):
+                async with ingest.ingest_stripe_changes.test_context() as agent:  # no API key: DLQ
+                    await agent.put(orjson.dumps(webhook), key="cus_T00000", wait=False)
+                    await until(lambda: any(t.endswith("ledgerflow.dlq") for t, _, _ in sent))
+    [change] = codec.loads(ParkedChanges, waiting[b"cus_T00000"]).changes
+    invoice = change.change.payload
+    assert isinstance(invoice, Invoice) and len(invoice.lines) == 40  # read whole, all 40 lines
+    assert change.change.event_id == long["id"]
+    assert [t.rsplit(".", 1)[-1] for t, _, _ in sent].count("dlq") == 1  # without a key: dead-lettered
+    owners = [v for t, _, v in sent if t.endswith("invoice-owners")]
+    assert [o.invoice_id for o in owners] == ["in_LONG1"]
+    assert sandbox.requests and any(r["path"] == "/v1/invoices/in_LONG1/lines" for r in sandbox.requests)
+
+
+async def test_an_unknown_invoice_is_read_from_stripe_for_its_customer(
+    sent: list[tuple[str, Any, Any]],
+) -> None:
+    from agents import invoice_payments as ip
+
+    invoice = long_invoice_event("in_ORPHAN", 3, T, "cus_T00000")
+    sandbox = StripeSandbox([*customer_events(1, T - 60), invoice], faults=StripeFaults(rate_limit_per_s=0))
+    payment = event_envelope(
+        "evt_inpay_o", "invoice_payment.paid", invoice_payment_object("in_ORPHAN", "pi_O", "usd", 1, T, T), T
+    )
+    waited = datetime.now(UTC) - timedelta(seconds=120)
+
+    def parked(invoice_id: str) -> bytes:
+        entry = ParkedInvoicePayment(
+            value=orjson.dumps(payment).decode(), headers={}, parked_at=waited, source="ip/0/1"
+        )
+        return codec.dumps(ParkedInvoicePayments(invoice_id=invoice_id, parked=(entry,)))
+
+    table = {b"in_ORPHAN": parked("in_ORPHAN"), b"in_MISSING": parked("in_MISSING")}
+    async with stripe_sandbox_server(sandbox) as server, StripeApi(KEY, VERSION, server.url, 1000) as api:
+        with (
+            mock.patch.object(ip, "parked_invoice_payments_table", table),
+            mock.patch.object(ip, "shared_stripe_api", lambda _s: api),
+        ):
+            ip._looked_up.clear()
+            await ip.announce_owners_from_stripe()
+            await ip.announce_owners_from_stripe()  # asked once each, not every tick
+    [(topic, key, owner)] = sent
+    assert topic.endswith("ledgerflow.invoice-owners") and key == "in_ORPHAN"
+    assert isinstance(owner, InvoiceOwner) and owner.billing_customer_id == "cus_T00000"
+    asked = [r["path"] for r in sandbox.requests if r["path"].startswith("/v1/invoices/")]
+    assert sorted(asked) == ["/v1/invoices/in_MISSING", "/v1/invoices/in_ORPHAN"]
