@@ -121,7 +121,7 @@ def link_billing_identities(
     return out
 
 
-async def announce_invoice_owners(outbox: Outbox, changes: list[ChangeEvent]) -> None:
+async def announce_invoice_owners(outbox: Outbox, changes: list[ChangeEvent], stamp: dict[str, str]) -> None:
     """Each Stripe invoice's owner, keyed by the invoice id, for the invoice payments that name
     the invoice but not its customer (`agents.invoice_payments`)."""
     for change in changes:
@@ -135,7 +135,7 @@ async def announce_invoice_owners(outbox: Outbox, changes: list[ChangeEvent]) ->
                 invoice_owners_topic,
                 change.entity_id,
                 owner,
-                h.outgoing(change.correlation_id, change.event_id),
+                h.outgoing(change.correlation_id, change.event_id, **stamp),
             )
 
 
@@ -187,7 +187,7 @@ async def ingest_event(outbox: Outbox, event: EventT, adapter: Adapter, link_bil
         await send_to_dlq(outbox, event, rejection.header_value)
         return 0
     if link_billing:
-        await announce_invoice_owners(outbox, changes)
+        await announce_invoice_owners(outbox, changes, metrics.stamp(metrics.source_ms(event)))
         linked = link_billing_identities(outbox, event, changes, datetime.now(UTC))
         changes = linked.send
         for exc in linked.exceptions:

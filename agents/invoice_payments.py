@@ -187,6 +187,8 @@ async def route_event(outbox: Outbox, event: EventT, now: datetime) -> None:
         reason = value.reason if isinstance(value, Undecodable) else "empty message value"
         await send_to_dlq(outbox, event, f"undecodable_invoice_owner: {reason}")
         return
+    # A payment released by its invoice's owner was ready when the invoice arrived.
+    ready = metrics.source_ms(event) if isinstance(value, InvoiceOwner) else None
     if routed.owner is not None:
         outbox.put(invoice_owners_table, invoice_id, routed.owner, event)
     if routed.parked is not None or routed.unpark:
@@ -194,6 +196,8 @@ async def route_event(outbox: Outbox, event: EventT, now: datetime) -> None:
     for customer, raw, headers, cause in routed.forward:
         correlation = headers.get(h.CORRELATION_ID) or h.stable_id("correlation", "stripe", invoice_id)
         extra = {k: v for k, v in headers.items() if k not in (h.CORRELATION_ID, h.CAUSATION_ID)}
+        if ready is not None:
+            extra |= metrics.stamp(metrics.header_ms(headers), ready)
         await outbox.send(payments_changes_topic, customer, raw, h.outgoing(correlation, cause, **extra))
 
 

@@ -133,7 +133,7 @@ def must_dead_letter(topic: str, key: str | None, value: bytes | None) -> bool:
         if value is None:
             return True
         try:
-            ADAPTERS[topic](value, provisional_customer_id, None)
+            ADAPTERS[topic](value, provisional_customer_id, None, None)
         except Rejection:
             return True
         except ResyncRequired:
@@ -173,7 +173,7 @@ def _fuzz_ingress(
                     signing.sign(secret, body, int(time.time())),
                     signing.sign(secret, body, int(time.time()) - 3600),
                     signing.sign("wrong", body, int(time.time())),
-                    "".join(chr(rng.randrange(32, 127)) for _ in range(rng.randrange(80))),
+                    "".join(chr(rng.randrange(33, 127)) for _ in range(rng.randrange(80))),
                     "t=,v1=",
                 ]
             )

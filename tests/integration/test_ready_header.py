@@ -52,7 +52,7 @@ def test_a_payment_sent_before_its_invoice_is_ready_when_the_invoice_arrived(
         raise AssertionError(f"no {event_type} of {object_id} in the scenario")
 
     invoice = at("invoice.finalized", "in_SIM000000M01")
-    payment = at("payment_intent.succeeded", "pi_SIM000000M01")
+    payment = at("invoice_payment.paid", "inpay_SIM000000M01")  # what links it to its invoice
     assert invoice < payment
     send(stack, messages[:invoice])  # the customer and the first month, in order
     in_order = command_for(stack, "pi_SIM000000M00")
