@@ -28,7 +28,7 @@ from agents.outbox import Outbox, send_exception, send_to_dlq
 from canonical import BusinessException, ExceptionReason, FieldError, codec
 from canonical.links import InvoiceOwner
 from connectors.stripe.client import StripeApi, StripeApiError, StripeNotFound
-from connectors.stripe.routing import invoice_of
+from connectors.stripe.routing import invoice_of, object_id
 from streams import headers as h
 from streams import metrics
 from streams.app import app
@@ -252,9 +252,8 @@ async def owner_from_stripe(api: StripeApi, invoice_id: str, correlation_id: str
     except StripeApiError as exc:
         log.warning("could not read an invoice from Stripe", extra={"error": type(exc).__name__})
         return None
-    customer = invoice.get("customer")
-    customer = customer.get("id") if isinstance(customer, dict) else customer
-    if not isinstance(customer, str) or not customer:
+    customer = object_id(invoice.get("customer"))
+    if customer is None:
         return None
     return InvoiceOwner(invoice_id=invoice_id, billing_customer_id=customer, correlation_id=correlation_id)
 

@@ -37,6 +37,7 @@ from canonical import (
 from canonical.events import Entity
 from canonical.money import UnknownCurrencyError, currency_exponent
 from connectors.errors import Rejection, RejectionReason, rejection_from
+from connectors.stripe.routing import object_id
 from connectors.stripe.schemas import (
     StripeCharge,
     StripeCreditNote,
@@ -112,8 +113,8 @@ def _line(item: StripeLineItem, shapes: Shapes) -> InvoiceLine:
     discount = sum(d.amount for d in item.discount_amounts or ())
     if shapes is Shapes.ACACIA:
         taxes = item.tax_amounts or []
-        price_id = _ref(item.price)
-        product_id = _ref(item.price.get("product")) if item.price else None
+        price_id = object_id(item.price)
+        product_id = object_id(item.price.get("product")) if item.price else None
     else:
         taxes = item.taxes or []
         details = item.pricing.price_details if item.pricing else None
@@ -209,15 +210,8 @@ def map_invoice(obj: dict[str, Any], shapes: Shapes = Shapes.CURRENT) -> Invoice
         raise _schema_rejection(exc, "data.object") from None
 
 
-def _ref(value: str | dict[str, Any] | None) -> str | None:
-    """An id, whether Stripe sent it as a string or an expanded object."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    return value if isinstance(value, str) and value else None
-
-
 def _require_customer(value: str | dict[str, Any] | None, kind: str) -> str:
-    ref = _ref(value)
+    ref = object_id(value)
     if ref is None:
         raise Rejection(RejectionReason.MISSING_FIELD, f"{kind} has no customer", ("data.object.customer",))
     return ref
@@ -279,7 +273,7 @@ def map_subscription(obj: dict[str, Any]) -> Subscription:
             items=tuple(
                 SubscriptionItem(
                     price_id=item.price.id,
-                    product_id=_ref(item.price.product),
+                    product_id=object_id(item.price.product),
                     quantity=item.quantity if item.quantity is not None else 1,
                     unit_amount=item.price.unit_amount,
                 )
@@ -295,7 +289,7 @@ def map_subscription(obj: dict[str, Any]) -> Subscription:
 def map_credit_note(obj: dict[str, Any], shapes: Shapes = Shapes.CURRENT) -> CreditMemo:
     note = _validated(StripeCreditNote, obj)
     customer = _require_customer(note.customer, "credit note")
-    invoice = _ref(note.invoice)
+    invoice = object_id(note.invoice)
     if invoice is None:
         raise Rejection(
             RejectionReason.MISSING_FIELD, "credit note names no invoice", ("data.object.invoice",)
@@ -335,7 +329,7 @@ def map_payment_intent(obj: dict[str, Any], event_type: str, shapes: Shapes = Sh
         lambda: Payment(
             payment_id=intent.id,
             customer_ref=customer,
-            invoice_id=_ref(intent.invoice) if shapes is Shapes.ACACIA else None,
+            invoice_id=object_id(intent.invoice) if shapes is Shapes.ACACIA else None,
             amount=intent.amount_received if succeeded else intent.amount,
             currency=_currency(intent.currency),
             status=PaymentStatus.SUCCEEDED if succeeded else PaymentStatus.FAILED,
@@ -360,7 +354,7 @@ def map_invoice_payment(obj: dict[str, Any], billing_customer: str | None) -> Pa
             ("data.object.invoice",),
         )
     ref = paid.payment
-    payment_id = _ref(ref.payment_intent) or _ref(ref.charge) or _ref(ref.payment_record)
+    payment_id = object_id(ref.payment_intent) or object_id(ref.charge) or object_id(ref.payment_record)
     if payment_id is None:
         raise Rejection(
             RejectionReason.MISSING_FIELD,
@@ -379,7 +373,7 @@ def map_invoice_payment(obj: dict[str, Any], billing_customer: str | None) -> Pa
         lambda: Payment(
             payment_id=payment_id,
             customer_ref=billing_customer,
-            invoice_id=_ref(paid.invoice),
+            invoice_id=object_id(paid.invoice),
             amount=amount,
             currency=_currency(paid.currency),
             status=PaymentStatus.SUCCEEDED,
@@ -454,7 +448,7 @@ def map_dispute(obj: dict[str, Any]) -> Refund:
     """A chargeback reverses a payment like a refund does: carried as a `Refund` whose reason
     starts with "dispute:" and whose status is the dispute's (won, lost, under_review …)."""
     charge = obj.get("charge")
-    customer = _ref(charge.get("customer")) if isinstance(charge, dict) else None
+    customer = object_id(charge.get("customer")) if isinstance(charge, dict) else None
     if customer is None:
         raise Rejection(
             RejectionReason.MISSING_FIELD,
@@ -462,7 +456,8 @@ def map_dispute(obj: dict[str, Any]) -> Refund:
             ("data.object.charge",),
         )
     r = _validated(
-        StripeRefund, {**obj, "charge": _ref(charge), "payment_intent": _ref(obj.get("payment_intent"))}
+        StripeRefund,
+        {**obj, "charge": object_id(charge), "payment_intent": object_id(obj.get("payment_intent"))},
     )
     return _canonical(
         lambda: Refund(

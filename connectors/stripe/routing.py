@@ -35,7 +35,12 @@ def _object(event: dict[str, Any]) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _id(value: Any) -> str | None:
+class UnroutableEvent(ValueError):
+    """An `invoice_payment` Event that names no invoice: stage 1 could never re-key it."""
+
+
+def object_id(value: Any) -> str | None:
+    """An id, whether Stripe sent it as a string or an expanded object."""
     if isinstance(value, dict):
         value = value.get("id")
     return value if isinstance(value, str) and value else None
@@ -47,23 +52,28 @@ def billing_customer_of(event: dict[str, Any]) -> str | None:
     if obj is None:
         return None
     if obj.get("object") == "customer":
-        return _id(obj.get("id"))
-    ref = _id(obj.get("customer"))
+        return object_id(obj.get("id"))
+    ref = object_id(obj.get("customer"))
     charge = obj.get("charge")
     if ref is None and isinstance(charge, dict):  # a dispute, with its charge expanded
-        ref = _id(charge.get("customer"))
+        ref = object_id(charge.get("customer"))
     return ref
 
 
 def invoice_of(event: dict[str, Any]) -> str | None:
     """The invoice an `invoice_payment` Event names (a string, or the expanded invoice)."""
     obj = _object(event)
-    return _id(obj.get("invoice")) if obj is not None else None
+    return object_id(obj.get("invoice")) if obj is not None else None
 
 
 def route(event: dict[str, Any]) -> tuple[StripeStream, str | None]:
-    """The topic of a Stripe Event and its message key (None: the Event names no key)."""
+    """The topic of a Stripe Event and its message key (None: the Event names no key; an
+    invoice payment without its invoice is `UnroutableEvent`)."""
     event_type = event.get("type")
     stream = stream_for(event_type if isinstance(event_type, str) else "")
-    key = invoice_of(event) if stream is StripeStream.INVOICE_PAYMENTS else billing_customer_of(event)
-    return stream, key
+    if stream is StripeStream.INVOICE_PAYMENTS:
+        key = invoice_of(event)
+        if key is None:
+            raise UnroutableEvent("an invoice_payment Event must name its invoice")
+        return stream, key
+    return stream, billing_customer_of(event)

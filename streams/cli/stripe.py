@@ -30,7 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 import streams.stripe
 from connectors.stripe.client import RETRIEVABLE, StripeApi, StripeApiError, StripeNotFound
-from connectors.stripe.routing import StripeStream, route
+from connectors.stripe.routing import UnroutableEvent, route
 from connectors.stripe.snapshots import caught_up_event, snapshot_event
 from streams.headers import outgoing, stable_id
 from streams.kafka_io import kafka_security
@@ -66,10 +66,7 @@ def _producer(s: Settings) -> AIOKafkaProducer:
 
 async def _send(producer: AIOKafkaProducer, s: Settings, event: dict[str, Any], causation: str) -> Any:
     """Queue one Stripe Event for its topic and key; the future of its acknowledgement."""
-    stream, key = route(event)
-    if key is None and stream is StripeStream.INVOICE_PAYMENTS:
-        # As the ingress refuses it: stage 1 could never re-key it to its customer.
-        raise UnroutableEvent(f"Stripe event {event['id']} ({event['type']}) names no invoice")
+    stream, key = route(event)  # UnroutableEvent, as the ingress refuses it
     headers = outgoing(stable_id("correlation", "stripe", event["id"]), causation)
     return await producer.send(
         s.topic(stream.value),
@@ -77,10 +74,6 @@ async def _send(producer: AIOKafkaProducer, s: Settings, event: dict[str, Any], 
         key=key.encode() if key is not None else None,  # as the ingress sends a keyless one
         headers=list(headers.items()),
     )
-
-
-class UnroutableEvent(ValueError):
-    """An `invoice_payment` Event that names no invoice (the ingress refuses those too)."""
 
 
 # --- backfill -------------------------------------------------------------------------------
