@@ -12,7 +12,7 @@ import orjson
 
 from agents.batching import batches
 from agents.identity import IdentityDecision, overdue_parked, provisional_customer_id, resolve_billing_change
-from agents.outbox import Outbox, send_exception, send_to_dlq
+from agents.outbox import Outbox, raise_overdue, send_exception, send_to_dlq
 from canonical import (
     BusinessException,
     ChangeEvent,
@@ -21,7 +21,6 @@ from canonical import (
     FieldError,
     MessageRef,
     Severity,
-    codec,
 )
 from canonical.links import InvoiceOwner
 from connectors.clm import map_clm_event
@@ -239,17 +238,12 @@ _raised_overdue: set[str] = set()
 async def raise_overdue_parked_events() -> None:
     """Billing events still waiting for their customer after LEDGERFLOW_PARK_TIMEOUT_S become
     an `unknown_customer` exception (once per worker process; they stay parked)."""
-    now = datetime.now(UTC)
-    outbox = Outbox()
-    raised = []
-    parked_events = 0
-    for _key, raw in list(parked_billing_table.items()):
-        parked = codec.loads(ParkedChanges, raw)
-        parked_events += len(parked.changes)
-        exc = overdue_parked(parked, now, settings.park_timeout_s)
-        if exc is not None and exc.exception_id not in _raised_overdue:
-            await send_exception(outbox, exc, "timer:parked-billing")
-            raised.append(exc.exception_id)
-    await outbox.commit()
-    _raised_overdue.update(raised)
-    metrics.set_parked("ingest", parked_events)
+    await raise_overdue(
+        parked_billing_table,
+        ParkedChanges,
+        lambda parked: len(parked.changes),
+        overdue_parked,
+        _raised_overdue,
+        "timer:parked-billing",
+        "ingest",
+    )

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from agents.batching import batches
-from agents.outbox import Outbox, send_exception, send_to_dlq
+from agents.outbox import Outbox, raise_overdue, send_to_dlq
 from canonical import BusinessException, ExceptionReason, FieldError, codec
 from canonical.links import InvoiceOwner
 from connectors.stripe.client import StripeApi, StripeApiError, StripeNotFound
@@ -220,20 +220,15 @@ _raised_overdue: set[str] = set()
 async def raise_overdue_invoice_payments() -> None:
     """Invoice payments still waiting for their invoice after LEDGERFLOW_PARK_TIMEOUT_S become an
     `unknown_invoice` exception (once per worker process; they stay parked)."""
-    now = datetime.now(UTC)
-    outbox = Outbox()
-    raised = []
-    waiting = 0
-    for _key, raw in list(parked_invoice_payments_table.items()):
-        row = codec.loads(ParkedInvoicePayments, raw)
-        waiting += len(row.parked)
-        exc = overdue_invoice_payments(row, now, settings.park_timeout_s)
-        if exc is not None and exc.exception_id not in _raised_overdue:
-            await send_exception(outbox, exc, "timer:parked-invoice-payments")
-            raised.append(exc.exception_id)
-    await outbox.commit()
-    _raised_overdue.update(raised)
-    metrics.set_parked("invoice_payments", waiting)
+    await raise_overdue(
+        parked_invoice_payments_table,
+        ParkedInvoicePayments,
+        lambda row: len(row.parked),
+        overdue_invoice_payments,
+        _raised_overdue,
+        "timer:parked-invoice-payments",
+        "invoice_payments",
+    )
 
 
 LOOKUPS_PER_TICK = 50

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, OrderedDict
+from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -26,6 +28,7 @@ from streams import metrics
 from streams.app import app
 from streams.kafka_consumer import aiokafka_producer
 from streams.publishing import Outgoing, Record, count_table_writes, publish, submit
+from streams.settings import settings
 from streams.topics import dlq_topic, exceptions_topic
 
 if TYPE_CHECKING:
@@ -218,3 +221,31 @@ async def send_exception(outbox: Outbox, exc: BusinessException, causation_id: s
     await outbox.send(
         exceptions_topic, exc.customer_id or exc.entity_id, exc, h.outgoing(exc.correlation_id, causation_id)
     )
+
+
+async def raise_overdue(
+    table: Rows,
+    row_type: type[R],
+    waiting: Callable[[R], int],
+    overdue: Callable[[R, datetime, float], BusinessException | None],
+    raised: set[str],
+    causation_id: str,
+    stage: str,
+) -> None:
+    """A parking table's timer: every row waiting past LEDGERFLOW_PARK_TIMEOUT_S becomes its
+    exception, once per worker process (`raised` remembers them; the rows stay parked), and
+    `ledgerflow_events_parked{stage}` counts what waits."""
+    now = datetime.now(UTC)
+    outbox = Outbox()
+    new = []
+    count = 0
+    for _key, raw in list(table.items()):
+        row = codec.loads(row_type, raw)
+        count += waiting(row)
+        exc = overdue(row, now, settings.park_timeout_s)
+        if exc is not None and exc.exception_id not in raised:
+            await send_exception(outbox, exc, causation_id)
+            new.append(exc.exception_id)
+    await outbox.commit()
+    raised.update(new)
+    metrics.set_parked(stage, count)

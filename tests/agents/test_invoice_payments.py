@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from agents.invoice_payments import overdue_invoice_payments, owner_known, payment_arrived
 from canonical import ExceptionReason
 from canonical.links import InvoiceOwner
-from tables.invoice_owners import InvoiceOwnerRow
+from tables.invoice_owners import InvoiceOwnerRow, ParkedInvoicePayments
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 OWNER = InvoiceOwner(invoice_id="in_1", billing_customer_id="cus_1", correlation_id="c-1")
@@ -52,3 +52,35 @@ def test_a_payment_waiting_too_long_is_an_unknown_invoice_exception() -> None:
     exc = overdue_invoice_payments(parked, NOW + timedelta(seconds=600), 600)
     assert exc is not None and exc.reason is ExceptionReason.UNKNOWN_INVOICE
     assert (exc.entity_id, exc.correlation_id, exc.attempts) == ("in_1", "c-pay", 1)
+
+
+async def test_the_parking_timer_raises_each_overdue_row_once_and_counts_what_waits() -> None:
+    from unittest import mock
+
+    from agents.outbox import Outbox, raise_overdue
+    from canonical import codec
+    from streams import metrics
+
+    old = payment_arrived(None, None, "in_1", '{"id":"evt_1"}', HEADERS, NOW - timedelta(days=2), "ip/0/7")
+    young = payment_arrived(None, None, "in_2", '{"id":"evt_2"}', HEADERS, datetime.now(UTC), "ip/0/8")
+    assert old.parked is not None and young.parked is not None
+    table = {b"in_1": codec.dumps(old.parked), b"in_2": codec.dumps(young.parked)}
+    sent: list[object] = []
+
+    async def record(self: Outbox, topic: object, key: object, value: object, headers: object) -> None:
+        sent.append(value)
+
+    raised: set[str] = set()
+    with mock.patch.object(Outbox, "send", record):
+        for _ in range(2):
+            await raise_overdue(
+                table,
+                ParkedInvoicePayments,
+                lambda row: len(row.parked),
+                overdue_invoice_payments,
+                raised,
+                "timer:test",
+                "invoice_payments",
+            )
+    assert [getattr(e, "entity_id", None) for e in sent] == ["in_1"]  # once, and only the overdue one
+    assert metrics.events_parked("invoice_payments")._value.get() == 2
