@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
 import orjson
-import pytest
 
 from agents.outbox import Outbox
 from canonical import InvoiceStatus, PostInvoice, UpsertCustomer, codec
@@ -24,18 +22,6 @@ from tests.agents.test_customers import CID, account_change
 from tests.factories import invoice, invoice_event, posted
 
 T = 1_767_225_600
-
-
-@pytest.fixture
-def sent() -> Iterator[list[tuple[str, Any, Any]]]:
-    """(topic name, key, value) of everything the agents send, instead of a broker."""
-    out: list[tuple[str, Any, Any]] = []
-
-    async def record(self: Outbox, topic: Any, key: Any, value: Any, headers: Any) -> None:
-        out.append((topic.get_topic_name(), key, value))
-
-    with mock.patch.object(Outbox, "send", record):
-        yield out
 
 
 async def until(condition: Any, tries: int = 300) -> None:

@@ -4,15 +4,12 @@ invoice payment whose invoice has not been seen learns its customer from the inv
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
 
 import orjson
-import pytest
 
-from agents.outbox import Outbox
 from canonical import Invoice, codec
 from canonical.links import InvoiceOwner
 from connectors.stripe.client import StripeApi
@@ -24,17 +21,6 @@ from tests.agents.test_agents_in_context import until
 from tests.connectors.stripe.stand_in import KEY, VERSION, customer_events, long_invoice_event
 
 T = 1_767_225_600
-
-
-@pytest.fixture
-def sent() -> Iterator[list[tuple[str, Any, Any]]]:
-    out: list[tuple[str, Any, Any]] = []
-
-    async def record(self: Outbox, topic: Any, key: Any, value: Any, headers: Any) -> None:
-        out.append((topic.get_topic_name(), key, value))
-
-    with mock.patch.object(Outbox, "send", record):
-        yield out
 
 
 async def test_a_paginated_invoice_is_read_whole_not_dead_lettered(sent: list[tuple[str, Any, Any]]) -> None:
