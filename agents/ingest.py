@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -20,6 +21,7 @@ from canonical import (
     ExceptionReason,
     FieldError,
     MessageRef,
+    Payment,
     Severity,
 )
 from canonical.links import InvoiceOwner
@@ -29,6 +31,9 @@ from connectors.salesforce import ResyncRequired, map_cdc_event
 from connectors.stripe import map_stripe_event
 from connectors.stripe.client import StripeApiError
 from connectors.stripe.mapping import PaginatedInvoice
+from connectors.stripe.routing import object_id
+from connectors.stripe.snapshots import snapshot_event
+from connectors.stripe.versions import api_version
 from streams import headers as h
 from streams import metrics
 from streams.app import app
@@ -39,11 +44,13 @@ from streams.topics import (
     clm_changes_topic,
     crm_changes_topic,
     invoice_owners_topic,
+    invoice_payments_topic,
     stripe_changes_topic,
 )
 from tables.identity import BillingIdentity, ParkedChanges, billing_identity_table, parked_billing_table
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STAGE = "ingest"  # `ledgerflow worker --stages …` runs this module's agents and timers or not
 
@@ -138,27 +145,88 @@ async def announce_invoice_owners(outbox: Outbox, changes: list[ChangeEvent], st
             )
 
 
+async def read_stripe(read: Awaitable[T], what: str, fields: tuple[str, ...]) -> T:
+    """A Stripe read stage 1 makes while taking an Event in, bounded by
+    LEDGERFLOW_STRIPE_READ_TIMEOUT_S: when Stripe fails or is slow, a `Rejection` (the Event is
+    dead-lettered, replayable once Stripe answers) rather than a stalled partition."""
+    try:
+        return await asyncio.wait_for(read, settings.stripe_read_timeout_s)
+    except (StripeApiError, TimeoutError) as exc:
+        log.warning("could not read Stripe", extra={"read": what, "error": type(exc).__name__})
+        raise Rejection(
+            RejectionReason.INVALID_VALUE,
+            f"{what} and Stripe could not be read ({type(exc).__name__})",
+            fields,
+        ) from None
+
+
 async def read_invoice_whole(raw: bytes, paginated: PaginatedInvoice) -> bytes:
     """The Event again with its invoice read whole from Stripe at the pinned API version (its
     current state: a newer snapshot is ordered by its lifecycle like any other), or the
-    rejection again when there is no Stripe API key or Stripe cannot answer (dead-lettered:
-    replayable once it can)."""
+    rejection again when there is no Stripe API key."""
     api = shared_stripe_api(settings)
     if api is None:
         raise paginated
-    try:
-        invoice = await api.invoice_whole(paginated.invoice_id)
-    except StripeApiError as exc:
-        log.warning("could not read a paginated invoice whole", extra={"error": type(exc).__name__})
-        raise Rejection(
-            RejectionReason.INVALID_VALUE,
-            f"invoice lines are paginated (has_more) and Stripe could not be read ({type(exc).__name__})",
-            ("data.object.lines.has_more",),
-        ) from None
+    invoice = await read_stripe(
+        api.invoice_whole(paginated.invoice_id),
+        "invoice lines are paginated (has_more)",
+        ("data.object.lines.has_more",),
+    )
     event = orjson.loads(raw)
     event["data"]["object"] = invoice
     event["api_version"] = api.api_version
     return orjson.dumps(event)
+
+
+def unlinked_intents(raw: bytes, changes: list[ChangeEvent]) -> list[str]:
+    """The PaymentIntents of a 2025-03-31/04-30.basil Event: they name no invoice, and Stripe sends
+    no `invoice_payment.paid` at those versions, so stage 1 must ask which invoice each paid."""
+    intents = [
+        c.entity_id
+        for c in changes
+        if c.source_type == "payment_intent.succeeded"
+        and isinstance(c.payload, Payment)
+        and c.payload.invoice_id is None
+    ]
+    if not intents or api_version(orjson.loads(raw).get("api_version")).invoice_payment_events:
+        return []
+    return intents
+
+
+async def link_payment_intents(
+    outbox: Outbox, intents: list[str], correlation: str, headers: dict[str, str]
+) -> None:
+    """Each paid `invoice_payment` of these PaymentIntents, read from Stripe, onto
+    `billing.invoice-payments` as the `invoice_payment.paid` Event a later version would have sent
+    (a snapshot id: a second read or a backfill of it is a duplicate). Without an API key the
+    Event is dead-lettered: its payment could never be applied."""
+    api = shared_stripe_api(settings)
+    if api is None:
+        raise Rejection(
+            RejectionReason.MISSING_FIELD,
+            "a PaymentIntent of API 2025-03-31/04-30.basil names no invoice and Stripe sends no "
+            "invoice_payment.paid at that version: set LEDGERFLOW_STRIPE_API_KEY to read it",
+            ("data.object.invoice",),
+        )
+    for intent in intents:
+        page = await read_stripe(
+            api.list_page(
+                "invoice_payments", {"payment": {"type": "payment_intent", "payment_intent": intent}}
+            ),
+            "a basil PaymentIntent names no invoice",
+            ("data.object.invoice",),
+        )
+        for link in page.get("data") or ():
+            event = snapshot_event(link, api.api_version)
+            invoice = object_id(link.get("invoice"))
+            if event is not None and invoice is not None:
+                causation = f"stripe:GET /v1/invoice_payments?payment[payment_intent]={intent}"
+                await outbox.send(
+                    invoice_payments_topic,
+                    invoice,
+                    orjson.dumps(event),
+                    h.outgoing(correlation, causation, **headers),
+                )
 
 
 async def ingest_event(outbox: Outbox, event: EventT, adapter: Adapter, link_billing: bool = False) -> int:
@@ -176,6 +244,10 @@ async def ingest_event(outbox: Outbox, event: EventT, adapter: Adapter, link_bil
         except PaginatedInvoice as paginated:
             whole = await read_invoice_whole(bytes(raw), paginated)
             changes = adapter(whole, provisional_customer_id, correlation, key)
+        if link_billing and (intents := unlinked_intents(bytes(raw), changes)):
+            await link_payment_intents(
+                outbox, intents, changes[0].correlation_id, metrics.stamp(metrics.source_ms(event))
+            )
     except ResyncRequired as resync:
         exc = resync_exception(resync, event, datetime.now(UTC))
         await send_exception(

@@ -68,12 +68,15 @@ def owner_known(
     owner_row: InvoiceOwnerRow | None, parked: ParkedInvoicePayments | None, owner: InvoiceOwner
 ) -> Routed:
     """An invoice's owner: remember it and release what waited for it. An invoice never changes
-    customer in Stripe; the first owner seen stays."""
-    if owner_row is not None:
-        return Routed()
-    customer = owner.billing_customer_id
+    customer in Stripe; the first owner seen stays (and what waited goes to it)."""
+    new_row = None
+    if owner_row is None:
+        owner_row = new_row = InvoiceOwnerRow(
+            invoice_id=owner.invoice_id, billing_customer_id=owner.billing_customer_id
+        )
+    customer = owner_row.billing_customer_id
     return Routed(
-        owner=InvoiceOwnerRow(invoice_id=owner.invoice_id, billing_customer_id=customer),
+        owner=new_row,
         unpark=parked is not None,
         forward=[(customer, p.value.encode(), p.headers, p.source) for p in parked.parked] if parked else [],
     )
@@ -82,18 +85,21 @@ def owner_known(
 def payment_arrived(
     owner_row: InvoiceOwnerRow | None,
     parked: ParkedInvoicePayments | None,
-    invoice_id: str,
-    value: str,
+    body: PaymentBody,
     headers: dict[str, str],
     now: datetime,
     source: str,
 ) -> Routed:
-    """An invoice payment: on to its customer, or parked until the invoice's owner is known
-    (a redelivery of one already parked is not parked twice)."""
+    """An invoice payment: on to its customer, or parked until the invoice's owner is known (a
+    redelivery of one already parked is not parked twice; an Event other than
+    `invoice_payment.paid`, which books nothing, is not parked at all)."""
+    invoice_id, value = body.invoice_id, body.text
     if owner_row is not None:
         return Routed(forward=[(owner_row.billing_customer_id, value.encode(), headers, source)])
+    if body.event_type != PAID:
+        return Routed()
     waiting = parked.parked if parked is not None else ()
-    if any(p.value == value for p in waiting):
+    if any(_event_id(p.value) == body.event_id for p in waiting):
         return Routed()
     entry = ParkedInvoicePayment(value=value, headers=headers, parked_at=now, source=source)
     return Routed(parked=ParkedInvoicePayments(invoice_id=invoice_id, parked=(*waiting, entry)))
@@ -135,8 +141,26 @@ def _text_headers(headers: Any) -> dict[str, str]:
     return {name: value for name in keep if (value := h.header(headers, name)) is not None}
 
 
-def _payment_body(raw: bytes, key: Any) -> tuple[str, str] | str:
-    """(invoice id, JSON text) of an invoice_payment message, or why it cannot be routed."""
+PAID = "invoice_payment.paid"
+
+
+@dataclass(frozen=True)
+class PaymentBody:
+    """What routing needs of an invoice_payment message: its invoice, its Event, its JSON text."""
+
+    invoice_id: str
+    event_id: str | None
+    event_type: str | None
+    text: str
+
+
+def _event_id(text: str) -> str | None:
+    event_id = orjson.loads(text).get("id")
+    return event_id if isinstance(event_id, str) else None
+
+
+def _payment_body(raw: bytes, key: Any) -> PaymentBody | str:
+    """An invoice_payment message's routing facts, or why it cannot be routed."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -149,7 +173,13 @@ def _payment_body(raw: bytes, key: Any) -> tuple[str, str] | str:
             f"invalid_key: an invoice_payment must be keyed by its invoice id on "
             f"billing.invoice-payments (key {key!r}, invoice {invoice!r})"
         )
-    return invoice, raw.decode("utf-8")
+    event_id, event_type = data.get("id"), data.get("type")
+    return PaymentBody(
+        invoice,
+        event_id if isinstance(event_id, str) else None,
+        event_type if isinstance(event_type, str) else None,
+        raw.decode("utf-8"),
+    )
 
 
 async def route_event(outbox: Outbox, event: EventT, now: datetime) -> None:
@@ -170,15 +200,14 @@ async def route_event(outbox: Outbox, event: EventT, now: datetime) -> None:
         if isinstance(body, str):
             await send_to_dlq(outbox, event, body)
             return
-        invoice_id, text = body
+        invoice_id = body.invoice_id
         headers = _text_headers(event.headers)
         headers.setdefault(h.CORRELATION_ID, h.correlation_of(event.headers, msg.topic, source))
         headers.update(metrics.stamp(metrics.source_ms(event)))
         routed = payment_arrived(
             outbox.get(invoice_owners_table, invoice_id, InvoiceOwnerRow, event),
             outbox.get(parked_invoice_payments_table, invoice_id, ParkedInvoicePayments, event),
-            invoice_id,
-            text,
+            body,
             headers,
             now,
             source,
@@ -267,8 +296,10 @@ async def announce_owners_from_stripe() -> None:
         return
     now, clock = datetime.now(UTC), time.monotonic()
     due = []
+    waiting: set[str] = set()
     for _key, raw in list(parked_invoice_payments_table.items()):
         row = codec.loads(ParkedInvoicePayments, raw)
+        waiting.add(row.invoice_id)
         waited = (now - row.parked[0].parked_at).total_seconds() if row.parked else 0.0
         asked = _looked_up.get(row.invoice_id)
         if (
@@ -277,6 +308,8 @@ async def announce_owners_from_stripe() -> None:
             and (asked is None or clock - asked > LOOKUP_RETRY_S)
         ):
             due.append(row)
+    for gone in _looked_up.keys() - waiting:  # released since, or on another worker now
+        del _looked_up[gone]
     outbox = Outbox()
     for row in due[:LOOKUPS_PER_TICK]:
         _looked_up[row.invoice_id] = clock

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     stripe_lookup_after_s: float = Field(default=60.0, ge=0)
     """LEDGERFLOW_STRIPE_LOOKUP_AFTER_S: with an API key, how long an invoice payment waits for
     its invoice's Event before stage 1 reads the invoice from Stripe to learn its customer."""
+    stripe_read_timeout_s: float = Field(default=10.0, gt=0)
+    """LEDGERFLOW_STRIPE_READ_TIMEOUT_S: how long stage 1 waits for a Stripe read it makes while
+    taking an Event in (a paginated invoice read whole, the invoice of a 2025-03-31/04-30.basil
+    payment); past it the Event is dead-lettered, replayable, so a slow Stripe never stalls ingest."""
     relay_secret: SecretStr | None = None
     """LEDGERFLOW_RELAY_SECRET: HMAC secret of the Salesforce and CLM relays."""
 

@@ -378,7 +378,7 @@ def map_invoice_payment(obj: dict[str, Any], billing_customer: str | None) -> Pa
             currency=_currency(paid.currency),
             status=PaymentStatus.SUCCEEDED,
             received_at=_ts(at or paid.created),
-            method=ref.type,
+            method=None,  # "payment_intent" is no method; the intent's own Event names it (card …)
         )
     )
 

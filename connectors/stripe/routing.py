@@ -35,10 +35,6 @@ def _object(event: dict[str, Any]) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-class UnroutableEvent(ValueError):
-    """An `invoice_payment` Event that names no invoice: stage 1 could never re-key it."""
-
-
 def object_id(value: Any) -> str | None:
     """An id, whether Stripe sent it as a string or an expanded object."""
     if isinstance(value, dict):
@@ -67,13 +63,10 @@ def invoice_of(event: dict[str, Any]) -> str | None:
 
 
 def route(event: dict[str, Any]) -> tuple[StripeStream, str | None]:
-    """The topic of a Stripe Event and its message key (None: the Event names no key; an
-    invoice payment without its invoice is `UnroutableEvent`)."""
+    """The topic of a Stripe Event and its message key (None: the Event names none; stage 1
+    dead-letters an invoice payment without its invoice, with the reason)."""
     event_type = event.get("type")
     stream = stream_for(event_type if isinstance(event_type, str) else "")
     if stream is StripeStream.INVOICE_PAYMENTS:
-        key = invoice_of(event)
-        if key is None:
-            raise UnroutableEvent("an invoice_payment Event must name its invoice")
-        return stream, key
+        return stream, invoice_of(event)
     return stream, billing_customer_of(event)

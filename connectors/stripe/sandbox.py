@@ -153,16 +153,20 @@ class StripeSandbox(SandboxState[StripeFaults]):
             self._event_index[event["id"]] = event
             added += 1
             obj = (event.get("data") or {}).get("object")
-            plural = PLURAL.get(obj.get("object", "")) if isinstance(obj, dict) else None
-            if plural is None or not isinstance(obj, dict):
-                continue
-            snapshot = dict(obj)
-            if event.get("type") == "customer.deleted":
-                snapshot["deleted"] = True
-            self._order.setdefault((plural, obj["id"]), len(self._order))
-            self.objects[plural][obj["id"]] = snapshot
+            if isinstance(obj, dict):
+                self.hold(obj, deleted=event.get("type") == "customer.deleted")
         self.failed_deliveries.update(failed)
         return added
+
+    def hold(self, obj: dict[str, Any], deleted: bool = False) -> None:
+        """Keep `obj` as the latest snapshot of its object (one no Event announced, too: the
+        invoice payments of a version before `invoice_payment.paid`); unknown kinds are not kept."""
+        plural = PLURAL.get(obj.get("object", ""))
+        if plural is None:
+            return
+        snapshot = {**obj, "deleted": True} if deleted else dict(obj)
+        self._order.setdefault((plural, obj["id"]), len(self._order))
+        self.objects[plural][obj["id"]] = snapshot
 
     def throttled(self, endpoint: str) -> bool:
         """Whether one more call to `endpoint` passes its per-second limit (counted if not)."""

@@ -54,6 +54,9 @@ CURRENT_VERSION = "2026-08-26.dahlia"
 """The newest version whose changes were read (and what stripe-mock v0.203.0 speaks)."""
 OLDEST_VERSION = "2024-09-30.acacia"
 BASIL = date(2025, 3, 31)
+INVOICE_PAYMENT_EVENTS = date(2025, 5, 28)
+"""The first version with `invoice_payment.paid` Events: before it (2025-03-31 and 2025-04-30.basil)
+a payment's invoice is only found by asking Stripe (`GET /v1/invoice_payments`)."""
 _DATED = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:\.[a-z]+)?$")
 
 
@@ -64,20 +67,26 @@ class ApiVersion:
     name: str | None
     shapes: Shapes
     known: bool
+    invoice_payment_events: bool
+    """Whether Stripe sends `invoice_payment.paid` at this version (else a basil PaymentIntent's
+    invoice must be looked up; an acacia one names it)."""
 
 
 def api_version(name: str | None) -> ApiVersion:
     """The shapes an Event of this version has: known versions by the table; an unknown one
     by its date (before basil: acacia's; otherwise, or undated, the newest)."""
-    if name in KNOWN_VERSIONS:
-        return ApiVersion(name, KNOWN_VERSIONS[name], True)
     m = _DATED.match(name or "")
     try:
         dated = date(int(m[1]), int(m[2]), int(m[3])) if m else None
     except ValueError:
         dated = None
-    shapes = Shapes.ACACIA if dated is not None and dated < BASIL else Shapes.CURRENT
-    return ApiVersion(name, shapes, False)
+    known = name in KNOWN_VERSIONS
+    if known:
+        shapes = KNOWN_VERSIONS[name or ""]
+    else:
+        shapes = Shapes.ACACIA if dated is not None and dated < BASIL else Shapes.CURRENT
+    events = shapes is Shapes.CURRENT and (dated is None or dated >= INVOICE_PAYMENT_EVENTS)
+    return ApiVersion(name, shapes, known, events)
 
 
 # --- rendering our (current-shape) sample objects as an older version delivers them ---------

@@ -30,7 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 import streams.stripe
 from connectors.stripe.client import RETRIEVABLE, StripeApi, StripeApiError, StripeNotFound
-from connectors.stripe.routing import UnroutableEvent, route
+from connectors.stripe.routing import route
 from connectors.stripe.snapshots import caught_up_event, snapshot_event
 from streams.headers import outgoing, stable_id
 from streams.kafka_io import kafka_security
@@ -66,7 +66,7 @@ def _producer(s: Settings) -> AIOKafkaProducer:
 
 async def _send(producer: AIOKafkaProducer, s: Settings, event: dict[str, Any], causation: str) -> Any:
     """Queue one Stripe Event for its topic and key; the future of its acknowledgement."""
-    stream, key = route(event)  # UnroutableEvent, as the ingress refuses it
+    stream, key = route(event)
     headers = outgoing(stable_id("correlation", "stripe", event["id"]), causation)
     return await producer.send(
         s.topic(stream.value),
@@ -145,10 +145,7 @@ async def backfill(
                     if event is None:
                         report.skipped[resource] = report.skipped.get(resource, 0) + 1
                         continue
-                    try:
-                        pending.append(await _send(producer, s, event, f"backfill:stripe:{event['id']}"))
-                    except UnroutableEvent:
-                        report.skipped[resource] = report.skipped.get(resource, 0) + 1
+                    pending.append(await _send(producer, s, event, f"backfill:stripe:{event['id']}"))
                 await asyncio.gather(*pending)  # acknowledged (acks=all) before the cursor moves
                 state["after"] = page[-1]["id"]
                 state["produced"] += len(pending)
@@ -310,8 +307,6 @@ class CatchUpReport:
     produced: list[str]
     kept_own_object: list[str]
     """Missed events whose object could not be re-read (deleted, or a kind not re-read)."""
-    unroutable: list[str] = field(default_factory=list)
-    """Missed `invoice_payment` events naming no invoice: not produced (the ingress refuses them)."""
 
 
 async def catch_up(
@@ -327,7 +322,6 @@ async def catch_up(
     missed = [e for e in events if e["id"] not in seen.ids]
     produced: list[str] = []
     kept: list[str] = []
-    refused: list[str] = []
     producer = _producer(s)
     await producer.start()
     try:
@@ -337,16 +331,12 @@ async def catch_up(
             if fresh is None:
                 kept.append(event["id"])
             out = caught_up_event(event, fresh, api.api_version)
-            try:
-                pending.append(await _send(producer, s, out, f"catch-up:stripe:{event['id']}"))
-            except UnroutableEvent:
-                refused.append(event["id"])
-                continue
+            pending.append(await _send(producer, s, out, f"catch-up:stripe:{event['id']}"))
             produced.append(event["id"])
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
-    return CatchUpReport(len(seen.ids), seen.newest, len(events), produced, kept, refused)
+    return CatchUpReport(len(seen.ids), seen.newest, len(events), produced, kept)
 
 
 async def _reread(api: StripeApi, event: dict[str, Any]) -> dict[str, Any] | None:
@@ -418,5 +408,3 @@ def catch_up_stripe_command(overlap: int) -> None:
     )
     for event_id in report.produced:
         click.echo(f"  {event_id}")
-    for event_id in report.unroutable:
-        click.echo(f"  not produced (an invoice payment naming no invoice): {event_id}")

@@ -23,7 +23,7 @@ from faust import web
 from mode import Service
 
 from connectors import signing
-from connectors.stripe.routing import UnroutableEvent, route
+from connectors.stripe.routing import route
 from streams import headers as h
 from streams.app import app
 from streams.kafka_io import kafka_security
@@ -107,10 +107,7 @@ class WebhookIngress:
         event_id, event_type = data.get("id"), data.get("type")
         if not isinstance(event_id, str) or not event_id or not isinstance(event_type, str) or not event_type:
             return _refuse(400, "malformed_body", "a Stripe Event needs string id and type")
-        try:
-            stream, key = route(data)
-        except UnroutableEvent as exc:
-            return _refuse(400, "malformed_body", str(exc))
+        stream, key = route(data)
         correlation = h.stable_id("correlation", "stripe", event_id)
         return await self._produce(
             stream.value, key, body, h.outgoing(correlation, f"webhook:stripe:{event_id}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from agents.invoice_payments import overdue_invoice_payments, owner_known, payment_arrived
+from agents.invoice_payments import PAID, PaymentBody, overdue_invoice_payments, owner_known, payment_arrived
 from canonical import ExceptionReason
 from canonical.links import InvoiceOwner
 from tables.invoice_owners import InvoiceOwnerRow, ParkedInvoicePayments
@@ -16,37 +16,62 @@ OWNER = InvoiceOwner(invoice_id="in_1", billing_customer_id="cus_1", correlation
 HEADERS = {"x-correlation-id": "c-pay"}
 
 
+def body(invoice_id: str, event_id: str, event_type: str = PAID, extra: str = "") -> PaymentBody:
+    text = f'{{"id":"{event_id}","type":"{event_type}"{extra}}}'
+    return PaymentBody(invoice_id, event_id, event_type, text)
+
+
+def text(event_id: str) -> bytes:
+    return body("", event_id).text.encode()
+
+
 def test_a_payment_of_a_known_invoice_goes_straight_on() -> None:
     row = InvoiceOwnerRow(invoice_id="in_1", billing_customer_id="cus_1")
-    routed = payment_arrived(row, None, "in_1", '{"id":"evt_1"}', HEADERS, NOW, "ip/0/7")
-    assert routed.forward == [("cus_1", b'{"id":"evt_1"}', HEADERS, "ip/0/7")]
+    routed = payment_arrived(row, None, body("in_1", "evt_1"), HEADERS, NOW, "ip/0/7")
+    assert routed.forward == [("cus_1", text("evt_1"), HEADERS, "ip/0/7")]
     assert routed.owner is None and routed.parked is None and not routed.unpark
 
 
 def test_a_payment_of_an_unknown_invoice_waits_once_then_goes_on_with_its_own_cause() -> None:
-    first = payment_arrived(None, None, "in_1", '{"id":"evt_1"}', HEADERS, NOW, "ip/0/7")
+    first = payment_arrived(None, None, body("in_1", "evt_1"), HEADERS, NOW, "ip/0/7")
     assert first.forward == [] and first.parked is not None and len(first.parked.parked) == 1
-    again = payment_arrived(None, first.parked, "in_1", '{"id":"evt_1"}', HEADERS, NOW, "ip/0/9")
-    assert again.parked is None and again.forward == []  # a redelivery is not parked twice
-    other = payment_arrived(None, first.parked, "in_1", '{"id":"evt_2"}', {}, NOW, "ip/0/10")
+    # A redelivery (Stripe's count of pending webhooks differs: the text does) is not parked twice.
+    redelivered = body("in_1", "evt_1", extra=',"pending_webhooks":2')
+    again = payment_arrived(None, first.parked, redelivered, HEADERS, NOW, "ip/0/9")
+    assert again.parked is None and again.forward == []
+    other = payment_arrived(None, first.parked, body("in_1", "evt_2"), {}, NOW, "ip/0/10")
     assert other.parked is not None and len(other.parked.parked) == 2
     released = owner_known(None, other.parked, OWNER)
     assert released.owner == InvoiceOwnerRow(invoice_id="in_1", billing_customer_id="cus_1")
     assert released.unpark
     assert [(c, v, cause) for c, v, _, cause in released.forward] == [
-        ("cus_1", b'{"id":"evt_1"}', "ip/0/7"),
-        ("cus_1", b'{"id":"evt_2"}', "ip/0/10"),
+        ("cus_1", text("evt_1"), "ip/0/7"),
+        ("cus_1", text("evt_2"), "ip/0/10"),
     ]
 
 
-def test_the_first_owner_stays() -> None:
+def test_the_first_owner_stays_and_gets_what_waited() -> None:
     row = InvoiceOwnerRow(invoice_id="in_1", billing_customer_id="cus_1")
     other = InvoiceOwner(invoice_id="in_1", billing_customer_id="cus_2", correlation_id="c-2")
     assert owner_known(row, None, other).owner is None
+    # The owner known, yet something waits (it was parked before this worker learnt the owner):
+    # the next owner message releases it, to the first owner.
+    parked = payment_arrived(None, None, body("in_1", "evt_1"), HEADERS, NOW, "ip/0/7").parked
+    released = owner_known(row, parked, other)
+    assert released.owner is None and released.unpark
+    assert [(c, cause) for c, _, _, cause in released.forward] == [("cus_1", "ip/0/7")]
+
+
+def test_only_a_paid_invoice_payment_waits() -> None:
+    other = payment_arrived(None, None, body("in_1", "evt_9", "invoice_payment.canceled"), {}, NOW, "ip/0/1")
+    assert other.parked is None and other.forward == []  # it books nothing: not parked
+    row = InvoiceOwnerRow(invoice_id="in_1", billing_customer_id="cus_1")
+    known = payment_arrived(row, None, body("in_1", "evt_9", "invoice_payment.canceled"), {}, NOW, "ip/0/1")
+    assert [c for c, _, _, _ in known.forward] == ["cus_1"]  # with its customer known: on, as it came
 
 
 def test_a_payment_waiting_too_long_is_an_unknown_invoice_exception() -> None:
-    parked = payment_arrived(None, None, "in_1", '{"id":"evt_1"}', HEADERS, NOW, "ip/0/7").parked
+    parked = payment_arrived(None, None, body("in_1", "evt_1"), HEADERS, NOW, "ip/0/7").parked
     assert parked is not None
     assert overdue_invoice_payments(parked, NOW + timedelta(seconds=599), 600) is None
     exc = overdue_invoice_payments(parked, NOW + timedelta(seconds=600), 600)
@@ -61,8 +86,8 @@ async def test_the_parking_timer_raises_each_overdue_row_once_and_counts_what_wa
     from canonical import codec
     from streams import metrics
 
-    old = payment_arrived(None, None, "in_1", '{"id":"evt_1"}', HEADERS, NOW - timedelta(days=2), "ip/0/7")
-    young = payment_arrived(None, None, "in_2", '{"id":"evt_2"}', HEADERS, datetime.now(UTC), "ip/0/8")
+    old = payment_arrived(None, None, body("in_1", "evt_1"), HEADERS, NOW - timedelta(days=2), "ip/0/7")
+    young = payment_arrived(None, None, body("in_2", "evt_2"), HEADERS, datetime.now(UTC), "ip/0/8")
     assert old.parked is not None and young.parked is not None
     table = {b"in_1": codec.dumps(old.parked), b"in_2": codec.dumps(young.parked)}
     sent: list[object] = []

@@ -134,6 +134,45 @@ def test_an_acacia_history_applies_every_payment_too(new_stack: NewStack, tmp_pa
     assert all(len(d["books"]["applied_to"]) == 1 for d in payments)
 
 
+def test_a_2025_04_30_basil_history_links_its_payments_through_the_stripe_api(
+    new_stack: NewStack, tmp_path: Path
+) -> None:
+    """At 2025-03-31/04-30.basil a PaymentIntent names no invoice and no invoice_payment Event
+    exists: stage 1 reads each payment's invoice_payment from Stripe (the stand-in, over HTTP,
+    holding the account's objects), and every payment ends in the ERP once, applied."""
+    from connectors.simulation import generate
+    from connectors.stripe.sandbox import StripeFaults, StripeSandbox
+    from streams.topic_names import STRIPE_TOPICS
+    from tests.connectors.stripe.stand_in import KEY, serving
+
+    version = "2025-04-30.basil"
+    args = (12, 3, 11, 0)  # customers, months, seed, first customer: the simulation below
+    scenario = generate(*args[:3], first_customer=args[3], stripe_api_version=version)
+    events = [orjson.loads(m.value) for m in scenario.messages if m.topic in STRIPE_TOPICS]
+    assert not any(e["type"].startswith("invoice_payment.") for e in events) and scenario.stripe_objects
+    sandbox = StripeSandbox(events, faults=StripeFaults(rate_limit_per_s=0))
+    for obj in scenario.stripe_objects:
+        sandbox.hold(obj)
+    with serving(sandbox) as url:
+        env = {**FAST_RETRIES, "LEDGERFLOW_STRIPE_API_KEY": KEY, "LEDGERFLOW_STRIPE_API_BASE": url}
+        stack = new_stack(extra_env=env)
+        stack.start_worker()
+        truth = finish_simulation(
+            simulated(stack, tmp_path / "t.json", *args, "--stripe-api-version", version), tmp_path / "t.json"
+        )
+        assert truth["stripe_api_version"] == version and truth["payments"]
+        expected = erp_documents_of(truth)
+        assert stack.erp is not None
+        view = stack.erp.wait_for(expected, timeout=180)
+    assert_erp_holds_exactly(view, expected)
+    assert_books_balance(view)
+    payments = [d for d in view["documents"] if d["record_type"] == "customerPayment"]
+    assert len(payments) == len(truth["payments"])
+    assert all(len(d["books"]["applied_to"]) == 1 for d in payments)
+    asked = [r for r in sandbox.requests if r["path"] == "/v1/invoice_payments"]
+    assert len(asked) >= len(truth["payments"])  # one read per payment (redeliveries read again)
+
+
 def test_retry_after_breaker_and_one_failing_customer(new_stack: NewStack, tmp_path: Path) -> None:
     env = {**FAST_RETRIES, "LEDGERFLOW_ERP_BREAKER_FAILURES": "3", "LEDGERFLOW_ERP_BREAKER_OPEN_S": "1"}
     env["LEDGERFLOW_ERP_RETRY_MAX_S"] = "4"

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
 
 from connectors.simulation import generate
 from connectors.stripe.samples import customer_object, event_envelope, invoice_object
+from connectors.stripe.sandbox import StripeSandbox, stripe_sandbox_server
 from connectors.stripe.versions import CURRENT_VERSION
 from streams.topic_names import STRIPE_TOPICS
 
@@ -50,3 +56,31 @@ def long_invoice_event(
         prorations=prorations,
     )
     return event_envelope(f"evt_{invoice_id}_fin", "invoice.finalized", obj, created)
+
+
+@contextmanager
+def serving(sandbox: StripeSandbox) -> Iterator[str]:
+    """The stand-in served from a thread of its own (for a worker process to read) → its URL."""
+    started: queue.Queue[str | BaseException] = queue.Queue()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        try:
+            async with stripe_sandbox_server(sandbox) as server:
+                started.put(server.url)
+                await stop.wait()
+        except BaseException as exc:  # reported to the test, not lost in the thread
+            started.put(exc)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), daemon=True)
+    thread.start()
+    url = started.get(timeout=30)
+    if isinstance(url, BaseException):
+        raise url
+    try:
+        yield url
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=30)
+        loop.close()
