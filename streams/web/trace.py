@@ -59,10 +59,7 @@ CUSTOMER_KEYED = (CANONICAL, ERP_COMMANDS, ERP_RESULTS, EXCEPTIONS)
 """Topics keyed by canonical customer id: with the customer known, one partition each is read."""
 
 STAGE = {
-    CRM_CHANGES: "source",
-    CLM_CHANGES: "source",
-    BILLING_CHANGES: "source",
-    PAYMENTS_CHANGES: "source",
+    **dict.fromkeys(SOURCE_TOPICS, "source"),
     CANONICAL: "ingest",
     ERP_COMMANDS: "core",
     ERP_RESULTS: "sink (ERP call)",

@@ -51,17 +51,14 @@ from streams.operations.replay import (
     execute_replay,
 )
 from streams.settings import settings
+from streams.topic_names import INVOICE_OWNERS, SOURCE_TOPICS
 from streams.topics import (
-    BILLING_CHANGES,
     CANONICAL,
-    CLM_CHANGES,
-    CRM_CHANGES,
     CRM_WRITEBACK,
     CUSTOMER_FINGERPRINTS,
     ERP_COMMANDS,
     ERP_RESULTS,
     EXCEPTIONS,
-    PAYMENTS_CHANGES,
     exceptions_topic,
 )
 from streams.web import ops_page
@@ -570,7 +567,7 @@ def customer_360(
 # --- pipeline health -------------------------------------------------------------------------
 
 STAGES: dict[str, tuple[str, ...]] = {
-    "ingest": (CRM_CHANGES, CLM_CHANGES, BILLING_CHANGES, PAYMENTS_CHANGES),
+    "ingest": (*SOURCE_TOPICS, INVOICE_OWNERS),
     "core": (CANONICAL, ERP_RESULTS),
     "sink": (ERP_COMMANDS,),
     "crm write-back": (CRM_WRITEBACK,),

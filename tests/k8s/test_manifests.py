@@ -341,7 +341,7 @@ def test_autoscaling_never_exceeds_the_partitions(rendered: Rendered) -> None:
 
 
 def test_network_policy_lets_peers_and_scrapers_in(rendered: Rendered) -> None:
-    policy = rendered.one("NetworkPolicy")
+    policy = rendered.one("NetworkPolicy", "ledgerflow")
     assert selects(policy["spec"]["podSelector"]["matchLabels"], rendered.pod_labels)
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     peers_in = [
@@ -391,8 +391,25 @@ def test_dev_posts_to_the_sandbox_erp_it_deploys() -> None:
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"] == dev.worker["image"]
     # The workers may call it through their network policy.
-    egress = dev.one("NetworkPolicy")["spec"]["egress"]
+    egress = dev.one("NetworkPolicy", "ledgerflow")["spec"]["egress"]
     assert any({"port": port, "protocol": "TCP"} in rule["ports"] for rule in egress)
+
+
+def test_one_salesforce_subscriber_per_org_replaced_not_rolled(rendered: Rendered) -> None:
+    subscriber = rendered.one("Deployment", "ledgerflow-salesforce-subscriber")
+    spec = subscriber["spec"]
+    assert spec["replicas"] in (0, 1) and spec["strategy"]["type"] == "Recreate"
+    [container] = spec["template"]["spec"]["containers"]
+    assert container["args"] == ["salesforce-subscribe"] and container["image"] == rendered.worker["image"]
+    names = setting_names()
+    assert {e["name"] for e in container["env"] if e["name"].startswith("LEDGERFLOW_")} <= set(names)
+    assert all("secretKeyRef" in e["valueFrom"] for e in container["env"] if "SECRET" in e["name"])
+    labels = spec["template"]["metadata"]["labels"]
+    assert not selects(rendered.statefulset["spec"]["selector"]["matchLabels"], labels)  # not a worker
+    policy = rendered.one("NetworkPolicy", "ledgerflow-salesforce-subscriber")
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], labels)
+    egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert {53, 443, 7443, 9092} <= egress_ports and not policy["spec"].get("ingress")
 
 
 def test_worker_runs_the_images_worker_command(rendered: Rendered) -> None:
