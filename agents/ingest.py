@@ -152,7 +152,11 @@ async def read_stripe(read: Awaitable[T], what: str, fields: tuple[str, ...]) ->
     try:
         return await asyncio.wait_for(read, settings.stripe_read_timeout_s)
     except (StripeApiError, TimeoutError) as exc:
-        log.warning("could not read Stripe", extra={"read": what, "error": type(exc).__name__})
+        status, code = getattr(exc, "status", None), getattr(exc, "code", None)
+        log.warning(
+            "could not read Stripe",
+            extra={"read": what, "error": type(exc).__name__, "status": status, "code": code},
+        )
         raise Rejection(
             RejectionReason.INVALID_VALUE,
             f"{what} and Stripe could not be read ({type(exc).__name__})",

@@ -136,7 +136,8 @@ async def write_rows(rows: list[tuple[Rows, bytes, EventT, bytes | None]]) -> No
     producer before it commits offsets. When a batch is acknowledged, the store remembers the
     changelog offset it holds, as Faust's `_on_changelog_sent` does, so a restart recovers only
     the changelog's tail. Inside transactions, or for a table without RocksDB partitions (a
-    dict in tests), the table's own path."""
+    dict in tests), the table's own path. Either way a table is checked co-partitioned with the
+    topic its rows come from (billing.invoice-payments and ledgerflow.invoice-owners share tables)."""
     producer = aiokafka_producer(app)
     records: list[Record] = []
     stores: dict[tuple[str, int], Any] = {}
@@ -151,6 +152,9 @@ async def write_rows(rows: list[tuple[Rows, bytes, EventT, bytes | None]]) -> No
                 else:
                     table[key] = raw
             continue
+        # As Faust's path does: a source topic with another partition count than the table
+        # would put one key's rows on two partitions; PartitionsMismatch names both topics.
+        table._verify_source_topic_partitions(event.message.topic)  # type: ignore[attr-defined]
         partition = event.message.partition
         db = db_for_partition(partition)
         if raw is None:

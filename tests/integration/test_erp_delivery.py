@@ -143,14 +143,15 @@ def test_a_2025_04_30_basil_history_links_its_payments_through_the_stripe_api(
     from connectors.simulation import generate
     from connectors.stripe.sandbox import StripeFaults, StripeSandbox
     from streams.topic_names import STRIPE_TOPICS
-    from tests.connectors.stripe.stand_in import KEY, serving
+    from tests.connectors.stripe.stand_in import KEY, VERSION, serving
 
     version = "2025-04-30.basil"
     args = (12, 3, 11, 0)  # customers, months, seed, first customer: the simulation below
     scenario = generate(*args[:3], first_customer=args[3], stripe_api_version=version)
     events = [orjson.loads(m.value) for m in scenario.messages if m.topic in STRIPE_TOPICS]
     assert not any(e["type"].startswith("invoice_payment.") for e in events) and scenario.stripe_objects
-    sandbox = StripeSandbox(events, faults=StripeFaults(rate_limit_per_s=0))
+    # Stripe answers at the version the client pins (the current one), whatever the Events' own.
+    sandbox = StripeSandbox(events, api_version=VERSION, faults=StripeFaults(rate_limit_per_s=0))
     for obj in scenario.stripe_objects:
         sandbox.hold(obj)
     with serving(sandbox) as url:
