@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,7 +22,6 @@ from canonical import (
     ExceptionReason,
     FieldError,
     MessageRef,
-    Payment,
     Severity,
 )
 from canonical.links import InvoiceOwner
@@ -29,9 +29,8 @@ from connectors.clm import map_clm_event
 from connectors.errors import Rejection, RejectionReason
 from connectors.salesforce import ResyncRequired, map_cdc_event
 from connectors.stripe import map_stripe_event
-from connectors.stripe.client import StripeApiError
+from connectors.stripe.client import StripeApi, StripeApiError
 from connectors.stripe.mapping import PaginatedInvoice
-from connectors.stripe.routing import object_id
 from connectors.stripe.snapshots import snapshot_event
 from connectors.stripe.versions import api_version
 from streams import headers as h
@@ -145,10 +144,31 @@ async def announce_invoice_owners(outbox: Outbox, changes: list[ChangeEvent], st
             )
 
 
-async def read_stripe(read: Awaitable[T], what: str, fields: tuple[str, ...]) -> T:
+STRIPE_PAUSE_S = 30.0
+"""After a Stripe read timed out or Stripe failed, how long stage 1 dead-letters what would need
+one without asking (a batch of such Events would otherwise wait one timeout each)."""
+_stripe_paused_until = 0.0
+
+
+def _stripe_unwell(exc: Exception) -> bool:
+    """A timeout, a 429 or a 5xx, or no answer: not a refusal of this one request."""
+    status = getattr(exc, "status", None)
+    return isinstance(exc, TimeoutError) or status is None or status == 429 or status >= 500
+
+
+async def read_stripe(read: Coroutine[Any, Any, T], what: str, fields: tuple[str, ...]) -> T:
     """A Stripe read stage 1 makes while taking an Event in, bounded by
     LEDGERFLOW_STRIPE_READ_TIMEOUT_S: when Stripe fails or is slow, a `Rejection` (the Event is
-    dead-lettered, replayable once Stripe answers) rather than a stalled partition."""
+    dead-lettered, replayable once Stripe answers) rather than a stalled partition; for
+    STRIPE_PAUSE_S after that, the next reads are not even tried."""
+    global _stripe_paused_until
+    if time.monotonic() < _stripe_paused_until:
+        read.close()
+        raise Rejection(
+            RejectionReason.INVALID_VALUE,
+            f"{what} and Stripe did not answer a moment ago (not asked again for {STRIPE_PAUSE_S:.0f} s)",
+            fields,
+        )
     try:
         return await asyncio.wait_for(read, settings.stripe_read_timeout_s)
     except (StripeApiError, TimeoutError) as exc:
@@ -157,6 +177,8 @@ async def read_stripe(read: Awaitable[T], what: str, fields: tuple[str, ...]) ->
             "could not read Stripe",
             extra={"read": what, "error": type(exc).__name__, "status": status, "code": code},
         )
+        if _stripe_unwell(exc):
+            _stripe_paused_until = time.monotonic() + STRIPE_PAUSE_S
         raise Rejection(
             RejectionReason.INVALID_VALUE,
             f"{what} and Stripe could not be read ({type(exc).__name__})",
@@ -182,55 +204,58 @@ async def read_invoice_whole(raw: bytes, paginated: PaginatedInvoice) -> bytes:
     return orjson.dumps(event)
 
 
-def unlinked_intents(raw: bytes, changes: list[ChangeEvent]) -> list[str]:
-    """The PaymentIntents of a 2025-03-31/04-30.basil Event: they name no invoice, and Stripe sends
-    no `invoice_payment.paid` at those versions, so stage 1 must ask which invoice each paid."""
-    intents = [
-        c.entity_id
-        for c in changes
-        if c.source_type == "payment_intent.succeeded"
-        and isinstance(c.payload, Payment)
-        and c.payload.invoice_id is None
-    ]
-    if not intents or api_version(orjson.loads(raw).get("api_version")).invoice_payment_events:
+LINKED_BY_LOOKUP_HINT = b"2025-0"
+"""In the body of every Event of a version whose invoice payments stage 1 must read (2025-03-31
+and 2025-04-30.basil): a cheap test before the body is parsed again for its `api_version`."""
+PAID_INVOICE_TYPES = ("invoice.paid", "invoice.payment_succeeded")
+
+
+def invoices_to_link(raw: bytes, changes: list[ChangeEvent]) -> list[str]:
+    """The invoices a 2025-03-31/04-30.basil Event says are paid. At those versions a
+    PaymentIntent names no invoice and Stripe sends no `invoice_payment.paid`, so stage 1 asks
+    Stripe which payments paid each one."""
+    paid = [c.entity_id for c in changes if c.source_type in PAID_INVOICE_TYPES]
+    if not paid or LINKED_BY_LOOKUP_HINT not in raw:
         return []
-    return intents
+    return paid if api_version(orjson.loads(raw).get("api_version")).looks_up_invoice_payments else []
 
 
-async def link_payment_intents(
-    outbox: Outbox, intents: list[str], correlation: str, headers: dict[str, str]
+async def _paid_invoice_payments(api: StripeApi, invoice_id: str) -> list[dict[str, Any]]:
+    query = {"invoice": invoice_id, "status": "paid"}
+    return [link async for link in api.list_all("invoice_payments", query)]
+
+
+async def link_invoice_payments(
+    outbox: Outbox, invoices: list[str], correlation: str, headers: dict[str, str]
 ) -> None:
-    """Each paid `invoice_payment` of these PaymentIntents, read from Stripe, onto
+    """Each paid `invoice_payment` of these invoices, read from Stripe, onto
     `billing.invoice-payments` as the `invoice_payment.paid` Event a later version would have sent
-    (a snapshot id: a second read or a backfill of it is a duplicate). Without an API key the
-    Event is dead-lettered: its payment could never be applied."""
+    (a snapshot id: a second read, a redelivery or a backfill of it is a duplicate). Without an
+    API key the Event is dead-lettered: its payments could never be applied."""
     api = shared_stripe_api(settings)
     if api is None:
         raise Rejection(
             RejectionReason.MISSING_FIELD,
-            "a PaymentIntent of API 2025-03-31/04-30.basil names no invoice and Stripe sends no "
-            "invoice_payment.paid at that version: set LEDGERFLOW_STRIPE_API_KEY to read it",
-            ("data.object.invoice",),
+            "an invoice paid at API 2025-03-31/04-30.basil: Stripe sends no invoice_payment.paid at "
+            "that version, so its payments are read from Stripe: set LEDGERFLOW_STRIPE_API_KEY",
+            ("data.object.payments",),
         )
-    for intent in intents:
-        page = await read_stripe(
-            api.list_page(
-                "invoice_payments", {"payment": {"type": "payment_intent", "payment_intent": intent}}
-            ),
-            "a basil PaymentIntent names no invoice",
-            ("data.object.invoice",),
+    links = []
+    for invoice in invoices:
+        found = await read_stripe(
+            _paid_invoice_payments(api, invoice),
+            "the payments of a 2025-03-31/04-30.basil invoice are read from Stripe",
+            ("data.object.payments",),
         )
-        for link in page.get("data") or ():
-            event = snapshot_event(link, api.api_version)
-            invoice = object_id(link.get("invoice"))
-            if event is not None and invoice is not None:
-                causation = f"stripe:GET /v1/invoice_payments?payment[payment_intent]={intent}"
-                await outbox.send(
-                    invoice_payments_topic,
-                    invoice,
-                    orjson.dumps(event),
-                    h.outgoing(correlation, causation, **headers),
-                )
+        if not found:  # paid out of band, or nothing to pay: no Stripe payment to apply
+            log.info("a paid invoice has no paid invoice payment in Stripe", extra={"invoice_id": invoice})
+        links += [(invoice, link) for link in found]
+    for invoice, link in links:  # sent once every read succeeded
+        event = snapshot_event(link, api.api_version)
+        if event is not None:
+            causation = f"stripe:GET /v1/invoice_payments?invoice={invoice}"
+            outgoing = h.outgoing(correlation, causation, **headers)
+            await outbox.send(invoice_payments_topic, invoice, orjson.dumps(event), outgoing)
 
 
 async def ingest_event(outbox: Outbox, event: EventT, adapter: Adapter, link_billing: bool = False) -> int:
@@ -248,9 +273,9 @@ async def ingest_event(outbox: Outbox, event: EventT, adapter: Adapter, link_bil
         except PaginatedInvoice as paginated:
             whole = await read_invoice_whole(bytes(raw), paginated)
             changes = adapter(whole, provisional_customer_id, correlation, key)
-        if link_billing and (intents := unlinked_intents(bytes(raw), changes)):
-            await link_payment_intents(
-                outbox, intents, changes[0].correlation_id, metrics.stamp(metrics.source_ms(event))
+        if link_billing and (invoices := invoices_to_link(bytes(raw), changes)):
+            await link_invoice_payments(
+                outbox, invoices, changes[0].correlation_id, metrics.stamp(metrics.source_ms(event))
             )
     except ResyncRequired as resync:
         exc = resync_exception(resync, event, datetime.now(UTC))

@@ -99,9 +99,11 @@ def payment_arrived(
     if body.event_type != PAID:
         return Routed()
     waiting = parked.parked if parked is not None else ()
-    if any(_event_id(p.value) == body.event_id for p in waiting):
+    if body.event_id is not None and any(p.event_id == body.event_id for p in waiting):
         return Routed()
-    entry = ParkedInvoicePayment(value=value, headers=headers, parked_at=now, source=source)
+    entry = ParkedInvoicePayment(
+        value=value, event_id=body.event_id, headers=headers, parked_at=now, source=source
+    )
     return Routed(parked=ParkedInvoicePayments(invoice_id=invoice_id, parked=(*waiting, entry)))
 
 
@@ -152,11 +154,6 @@ class PaymentBody:
     event_id: str | None
     event_type: str | None
     text: str
-
-
-def _event_id(text: str) -> str | None:
-    event_id = orjson.loads(text).get("id")
-    return event_id if isinstance(event_id, str) else None
 
 
 def _payment_body(raw: bytes, key: Any) -> PaymentBody | str:

@@ -139,6 +139,13 @@ async def write_rows(rows: list[tuple[Rows, bytes, EventT, bytes | None]]) -> No
     dict in tests), the table's own path. Either way a table is checked co-partitioned with the
     topic its rows come from (billing.invoice-payments and ledgerflow.invoice-owners share tables)."""
     producer = aiokafka_producer(app)
+    # As Faust's own path does, before anything is written: a source topic with another partition
+    # count than the table would put one key's rows on two partitions (PartitionsMismatch names
+    # both topics; once per table and topic, then a set lookup).
+    for table, _key, event, _raw in rows:
+        verify = getattr(table, "_verify_source_topic_partitions", None)
+        if verify is not None:
+            verify(event.message.topic)
     records: list[Record] = []
     stores: dict[tuple[str, int], Any] = {}
     updated: Counter[str] = Counter()
@@ -152,9 +159,6 @@ async def write_rows(rows: list[tuple[Rows, bytes, EventT, bytes | None]]) -> No
                 else:
                     table[key] = raw
             continue
-        # As Faust's path does: a source topic with another partition count than the table
-        # would put one key's rows on two partitions; PartitionsMismatch names both topics.
-        table._verify_source_topic_partitions(event.message.topic)  # type: ignore[attr-defined]
         partition = event.message.partition
         db = db_for_partition(partition)
         if raw is None:

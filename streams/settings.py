@@ -87,8 +87,9 @@ class Settings(BaseSettings):
     its invoice's Event before stage 1 reads the invoice from Stripe to learn its customer."""
     stripe_read_timeout_s: float = Field(default=10.0, gt=0)
     """LEDGERFLOW_STRIPE_READ_TIMEOUT_S: how long stage 1 waits for a Stripe read it makes while
-    taking an Event in (a paginated invoice read whole, the invoice of a 2025-03-31/04-30.basil
-    payment); past it the Event is dead-lettered, replayable, so a slow Stripe never stalls ingest."""
+    taking an Event in (a paginated invoice read whole, the invoice payments of a
+    2025-03-31/04-30.basil paid invoice); past it the Event is dead-lettered, replayable, and for
+    30 s the next such reads are not tried: a slow Stripe costs a batch one timeout."""
     relay_secret: SecretStr | None = None
     """LEDGERFLOW_RELAY_SECRET: HMAC secret of the Salesforce and CLM relays."""
 

@@ -21,6 +21,7 @@ class ParkedInvoicePayment(LedgerModel):
     """An invoice_payment Event exactly as it came (its JSON text), with its headers."""
 
     value: str
+    event_id: str | None = None  # the Event's own id: a redelivery of it is not parked twice
     headers: dict[str, str]
     parked_at: UtcDatetime
     source: NonEmptyStr  # topic/partition/offset of the message it came from

@@ -68,8 +68,13 @@ class ApiVersion:
     shapes: Shapes
     known: bool
     invoice_payment_events: bool
-    """Whether Stripe sends `invoice_payment.paid` at this version (else a basil PaymentIntent's
-    invoice must be looked up; an acacia one names it)."""
+    """Whether Stripe sends `invoice_payment.paid` at this version."""
+
+    @property
+    def looks_up_invoice_payments(self) -> bool:
+        """2025-03-31 and 2025-04-30.basil: a PaymentIntent names no invoice (as since), and no
+        Event announces the invoice payment that links them: it is read from Stripe."""
+        return self.shapes is Shapes.CURRENT and not self.invoice_payment_events
 
 
 def api_version(name: str | None) -> ApiVersion:

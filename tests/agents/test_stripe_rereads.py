@@ -94,26 +94,27 @@ async def test_an_unknown_invoice_is_read_from_stripe_for_its_customer(
     assert sorted(asked) == ["/v1/invoices/in_MISSING", "/v1/invoices/in_ORPHAN"]
 
 
-async def test_a_basil_payment_of_2025_04_30_is_linked_by_reading_its_invoice_payment(
+async def test_a_basil_invoice_of_2025_04_30_has_its_payments_read_from_stripe(
     sent: list[tuple[str, Any, Any]],
 ) -> None:
     """At 2025-03-31/04-30.basil a PaymentIntent names no invoice and Stripe sends no
-    invoice_payment.paid: stage 1 reads the link (`GET /v1/invoice_payments?payment[...]`) and
-    sends it on as the invoice_payment.paid Event a later version would have sent. Without an
-    API key, or when Stripe does not answer in time, the Event is dead-lettered (replayable)."""
+    invoice_payment.paid: when an invoice is paid, stage 1 reads its paid invoice payments
+    (`GET /v1/invoice_payments?invoice=…&status=paid`) and sends each on as the invoice_payment.paid
+    Event a later version would have sent. Without an API key, or when Stripe does not answer in
+    time, the Event is dead-lettered (replayable), and for a while Stripe is not asked again."""
     from agents import ingest
-    from connectors.stripe.samples import payment_intent_object
+    from connectors.stripe.samples import invoice_object
     from connectors.stripe.snapshots import BACKFILL_ID_PREFIX
     from streams.settings import settings
 
     version = "2025-04-30.basil"
-    link = invoice_payment_object("in_B1", "pi_B1", "usd", 1200, T, T + 60)
-    intent = payment_intent_object("pi_B1", "cus_T00000", "usd", 1200, True, T)
-    webhook = orjson.dumps(event_envelope("evt_pi_b1", "payment_intent.succeeded", intent, T + 60, version))
+    paid = invoice_object("in_B1", "cus_T00000", "US", [("prod_platform", 1)], status="paid", created=T)
+    webhook = orjson.dumps(event_envelope("evt_in_b1_paid", "invoice.paid", paid, T + 60, version))
     sandbox = StripeSandbox(customer_events(1, T - 60), faults=StripeFaults(rate_limit_per_s=0))
-    sandbox.hold(link)  # the account has it; no Event of this version announced it
-    sandbox.hold(invoice_payment_object("in_B2", "pi_B2", "usd", 900, T, T + 90))  # another's
-    waiting: dict[bytes, bytes] = {}  # the customer is not known: the payment waits for it
+    sandbox.hold(invoice_payment_object("in_B1", "pi_B1", "usd", 1200, T, T + 60))  # no Event announced it
+    sandbox.hold({**invoice_payment_object("in_B1", "pi_B0", "usd", 1200, T, T), "status": "canceled"})
+    sandbox.hold(invoice_payment_object("in_B2", "pi_B2", "usd", 900, T, T + 90))  # another invoice's
+    waiting: dict[bytes, bytes] = {}  # the customer is not known: the invoice waits for it
 
     async def take(api: StripeApi | None) -> None:
         with (
@@ -122,28 +123,33 @@ async def test_a_basil_payment_of_2025_04_30_is_linked_by_reading_its_invoice_pa
             mock.patch.object(ingest, "shared_stripe_api", lambda _s: api),
         ):
             async with ingest.ingest_stripe_changes.test_context() as agent:
-                before = len(sent)
                 await agent.put(webhook, key="cus_T00000", wait=False)
-                await until(lambda: len(sent) > before)
+                await until(lambda: any(t.endswith(("dlq", "invoice-owners")) for t, _, _ in sent))
 
     async with stripe_sandbox_server(sandbox) as server, StripeApi(KEY, VERSION, server.url, 1000) as api:
+        ingest._stripe_paused_until = 0.0
         await take(api)
         [(key, value)] = [(k, v) for t, k, v in sent if t.endswith("billing.invoice-payments")]
-        assert key == "in_B1"
         event = orjson.loads(value)
-        assert event["type"] == "invoice_payment.paid" and event["id"].startswith(BACKFILL_ID_PREFIX)
-        assert event["data"]["object"]["payment"]["payment_intent"] == "pi_B1"
-        [parked] = codec.loads(ParkedChanges, waiting[b"cus_T00000"]).changes  # the payment itself too
-        assert parked.change.entity_id == "pi_B1"
-        waiting.clear()
+        assert key == "in_B1" and event["type"] == "invoice_payment.paid"
+        assert event["id"].startswith(BACKFILL_ID_PREFIX)
+        assert event["data"]["object"]["payment"]["payment_intent"] == "pi_B1"  # the paid one only
+        [parked] = codec.loads(ParkedChanges, waiting[b"cus_T00000"]).changes  # the invoice itself too
+        assert parked.change.entity_id == "in_B1"
         assert [r["path"] for r in sandbox.requests].count("/v1/invoice_payments") == 1
         sent.clear()
         sandbox.faults = StripeFaults(rate_limit_per_s=0, burst_429=1000)  # Stripe keeps refusing
-        with mock.patch.object(
-            ingest, "settings", settings.model_copy(update={"stripe_read_timeout_s": 0.5})
-        ):
+        calls = len(sandbox.requests)
+        quick = settings.model_copy(update={"stripe_read_timeout_s": 0.5})
+        with mock.patch.object(ingest, "settings", quick):
             await take(api)
+            assert [t.rsplit(".", 1)[-1] for t, _, _ in sent] == ["dlq"]
+            asked = len(sandbox.requests) - calls
+            sent.clear()
+            await take(api)  # within the pause: dead-lettered without asking
         assert [t.rsplit(".", 1)[-1] for t, _, _ in sent] == ["dlq"]
+        assert asked > 0 and len(sandbox.requests) - calls == asked
+    ingest._stripe_paused_until = 0.0
     sent.clear()
     await take(None)  # no API key
     assert [t.rsplit(".", 1)[-1] for t, _, _ in sent] == ["dlq"]
