@@ -67,6 +67,5 @@ def route(event: dict[str, Any]) -> tuple[StripeStream, str | None]:
     dead-letters an invoice payment without its invoice, with the reason)."""
     event_type = event.get("type")
     stream = stream_for(event_type if isinstance(event_type, str) else "")
-    if stream is StripeStream.INVOICE_PAYMENTS:
-        return stream, invoice_of(event)
-    return stream, billing_customer_of(event)
+    key = invoice_of(event) if stream is StripeStream.INVOICE_PAYMENTS else billing_customer_of(event)
+    return stream, key
