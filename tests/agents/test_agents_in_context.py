@@ -171,6 +171,8 @@ async def test_stage_1_routes_an_invoice_payment_to_its_invoices_customer(
             T,
         )
     )
+    orphan_payment = {**invoice_payment_object("in_ctx2", "pi_3", "gbp", 10, T, T), "invoice": None}
+    orphan = orjson.dumps(event_envelope("evt_inpay_3", "invoice_payment.paid", orphan_payment, T))
     owner = InvoiceOwner(invoice_id="in_ctx2", billing_customer_id="cus_ctx2", correlation_id="c-1")
     with (
         mock.patch.object(ip, "invoice_owners_table", owners),
@@ -187,10 +189,12 @@ async def test_stage_1_routes_an_invoice_payment_to_its_invoices_customer(
             await until(lambda: len(sent) == 2)
             await agent.put(b"not json", key="in_ctx2", wait=False)
             await agent.put(second, key="in_other", wait=False)  # keyed by another invoice
-            await until(lambda: len(sent) == 4)
+            await agent.put(orphan, key=None, wait=False)  # names no invoice: the ingress sends it keyless
+            await until(lambda: len(sent) == 5)
     assert [(t.endswith("payments.changes"), k, v) for t, k, v in sent[:2]] == [
         (True, "cus_ctx2", first),
         (True, "cus_ctx2", second),
     ]
-    assert [t.endswith("ledgerflow.dlq") for t, _, _ in sent[2:]] == [True, True]
+    assert [t.endswith("ledgerflow.dlq") for t, _, _ in sent[2:]] == [True, True, True]
+    assert (sent[4][1], sent[4][2]) == (None, orphan)  # the message exactly as it came
     assert b"in_ctx2" in owners and b"in_ctx2" not in parked

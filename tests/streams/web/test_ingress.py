@@ -151,3 +151,13 @@ def test_any_request_gets_a_clear_answer_and_only_2xx_produces(
     assert answer.status in (200, 400)
     assert ("error" in answer.body) == (answer.status != 200)
     assert len(rec.sent) == (1 if answer.status == 200 else 0)
+
+
+async def test_an_invoice_payment_naming_no_invoice_is_taken_keyless_for_stage_1_to_dead_letter() -> None:
+    ingress, rec = _ingress()
+    orphan = {"id": "inpay_1", "object": "invoice_payment", "invoice": None, "status": "paid"}
+    body = orjson.dumps(stripe_event(orphan, "invoice_payment.paid", "evt_orphan"))
+    answer = await ingress.stripe(signing.sign("whsec_new", body, NOW), body)
+    assert answer.status == 200  # Stripe stops retrying; nothing is lost
+    [(topic, key, value, _)] = rec.sent
+    assert (topic, key, value) == ("p.billing.invoice-payments", None, body)
