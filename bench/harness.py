@@ -737,6 +737,10 @@ LOOP_RUNNERS = frozenset(
 ends there is in uvloop's C code, its wait for I/O and its own work, which py-spy cannot tell
 apart (under asyncio's loop the wait is the `select` frame)."""
 
+POOL_WAIT = "_worker (concurrent/futures/thread.py)"
+"""A thread-pool thread waiting on its queue (in C, GIL released): py-spy samples it as
+running, but /proc's per-thread CPU times of a backlog run show those threads at 0.0 s."""
+
 
 def summarize_profile(raw: str, title: str, top: int = 15) -> str:
     """py-spy's collapsed stacks → the frames with the most samples of their own (the leaf
@@ -756,8 +760,8 @@ def summarize_profile(raw: str, title: str, top: int = 15) -> str:
         if not frames:
             continue
         leaf, leaf_file = frames[-1]
-        if leaf.endswith(".select (selectors.py)") or leaf in LOOP_RUNNERS:
-            idle += count  # the event loop waiting for I/O: py-spy samples it as running
+        if leaf.endswith(".select (selectors.py)") or leaf in LOOP_RUNNERS or leaf == POOL_WAIT:
+            idle += count  # waiting (for I/O, for pool work): py-spy samples it as running
             continue
         total += count
         own[leaf] += count
@@ -774,9 +778,9 @@ def summarize_profile(raw: str, title: str, top: int = 15) -> str:
 
     lines = [
         title,
-        f"{total + idle} samples at 100 Hz; {idle} ({idle / (total + idle):.1%}) in the event loop's select "
-        f"(waiting for I/O; under uvloop, all of its C code), left out; shares below are of the {total} "
-        "busy samples",
+        f"{total + idle} samples at 100 Hz; {idle} ({idle / (total + idle):.1%}) waiting, left out: in the "
+        "event loop's select (under uvloop, all of its C code) or an idle thread pool's queue; shares "
+        f"below are of the {total} busy samples",
         "",
     ]
     lines += table(own, f"Top {top} frames by own time (where the CPU was):")
@@ -1487,6 +1491,8 @@ def write_results(results: dict[str, Any], directory: Path, started: datetime, h
             )
         )
         results["profile"] = profile.name
+        for name, raw in raws.items():  # py-spy's collapsed stacks, for a closer look (not kept in git)
+            (directory / f"{stem}.{name}.collapsed").write_text(raw)
     path = directory / f"{stem}.json"
     path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     return path
