@@ -12,8 +12,9 @@ from urllib.parse import quote
 
 import httpx
 import orjson
+from yarl import URL
 
-from connectors.http_transport import AiohttpTransport
+from connectors.http_transport import Answer, HttpSession, client_timeout
 from streams.headers import CORRELATION_ID
 
 if TYPE_CHECKING:
@@ -29,19 +30,25 @@ def header_value(text: str) -> str:
     return text if text.isascii() and text.isprintable() else quote(text, safe="")
 
 
+class Signature(Protocol):
+    def authorization(self, method: str, url: str) -> str:
+        """The `Authorization` header value for one request to `url` (its query included)."""
+        ...
+
+
 @runtime_checkable
 class RequestSigner(Protocol):
     """A credential that signs every request itself instead of lending a bearer token:
-    NetSuite TBA (OAuth 1.0a), whose signature covers method, URL and query and so cannot be
-    computed before httpx has built the request. A `TokenProvider` that is also a
-    `RequestSigner` gets its `httpx.Auth` passed as `auth=`, and no bearer header is sent.
+    NetSuite TBA (OAuth 1.0a), whose signature covers method, URL and query and so is made
+    per request, over the URL as it will be sent. A `TokenProvider` that is also a
+    `RequestSigner` signs each call, and no bearer header is sent.
 
     Defined here rather than beside the TokenProvider so this module needs no runtime import
     of `connectors.erp` (which imports this module)."""
 
-    async def request_auth(self) -> httpx.Auth:
-        """The auth that signs each request; raises the platform's auth error when the
-        credentials are not configured (refused per call, like a missing token)."""
+    async def request_auth(self) -> Signature:
+        """What signs each request; raises the platform's auth error when the credentials are
+        not configured (refused per call, like a missing token)."""
         ...
 
 
@@ -59,16 +66,17 @@ class BearerJsonClient(ABC):
         self,
         token_provider: TokenProvider,
         timeout: float | httpx.Timeout = 10.0,
-        http: httpx.AsyncClient | None = None,
+        http: HttpSession | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self._tokens = token_provider
         # Decided once: a protocol isinstance check costs more than the rest of a call's setup.
         self._signer = token_provider if isinstance(token_provider, RequestSigner) else None
         self._timeout = timeout
+        self._client_timeout = client_timeout(timeout)
         self._owns_http = http is None
-        # httpx's API and errors over aiohttp's connections (connectors/http_transport.py says why).
-        self._http = http or httpx.AsyncClient(timeout=timeout, transport=AiohttpTransport())
+        # aiohttp's connections, httpx's error types (connectors/http_transport.py says why).
+        self._http = http or HttpSession()
         self._headers = {"accept": "application/json", **(headers or {})}
         # Each connector logs under its own name (connectors.erp.client, …), not this module's.
         self._log = logging.getLogger(type(self).__module__)
@@ -86,7 +94,7 @@ class BearerJsonClient(ABC):
         await self.aclose()
 
     @abstractmethod
-    def _classify(self, response: httpx.Response) -> ErpError | None:
+    def _classify(self, response: Answer) -> ErpError | None:
         """The typed error this platform's answer stands for, or None for a success."""
 
     @abstractmethod
@@ -111,7 +119,7 @@ class BearerJsonClient(ABC):
         headers: Mapping[str, str] | None = None,
         allow_404: bool = False,
         timeout: float | httpx.Timeout | None = None,
-    ) -> httpx.Response:
+    ) -> Answer:
         """Send once, and once more with a fresh token after a 401; raise the typed error of a
         failed answer. `allow_404` returns a 404 answer instead: the caller reads it as "none".
         `timeout`: this call's, instead of the client's (a big batch takes longer)."""
@@ -121,28 +129,27 @@ class BearerJsonClient(ABC):
         content = self._encode(body) if body is not None else None
         if content is not None:
             headers["content-type"] = "application/json"
+        # Encoded once: what is signed is what is sent.
+        target = URL(url).update_query(params) if params else URL(url)
+        wait = self._client_timeout if timeout is None else client_timeout(timeout)
         # The URL names only the record; field values (and the token) are never logged.
         log_extra: dict[str, Any] = {"correlation_id": correlation_id, "method": method, "url": url}
         for attempt in (1, 2):
-            auth: httpx.Auth | None = None
             if self._signer is not None:
-                # Signed by httpx's auth flow over the final URL (query included); a retry
-                # after a 401 signs again with a fresh nonce and timestamp.
-                auth = await self._signer.request_auth()
-                call_headers = headers
+                # A retry after a 401 signs again with a fresh nonce and timestamp.
+                signature = await self._signer.request_auth()
+                authorization = signature.authorization(method, str(target))
             else:
-                call_headers = {**headers, "authorization": f"Bearer {await self._token()}"}
+                authorization = f"Bearer {await self._token()}"
             started = time.perf_counter()
             self.requests += 1
             try:
                 response = await self._http.request(
                     method,
-                    url,
+                    target,
+                    headers={**headers, "authorization": authorization},
                     content=content,
-                    params=params,
-                    headers=call_headers,
-                    auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
-                    timeout=self._timeout if timeout is None else timeout,
+                    timeout=wait,
                 )
             except httpx.TransportError as exc:
                 lost = self._no_answer(exc, request_sent=method != "GET")

@@ -62,6 +62,7 @@ from connectors.erp.odata_batch import BatchGatherer
 from connectors.erp.resilience import CallSlots
 from connectors.erp.schemas import ErpDocument, ErpReceipt, RecordType
 from connectors.http import header_value
+from connectors.http_transport import Answer, HttpSession
 from streams.headers import CORRELATION_ID
 from streams.mappings import BusinessCentralCompany, Mappings, load_mappings
 
@@ -102,7 +103,7 @@ class BusinessCentralClient(_HttpErpClient):
         base_url: str,
         token_provider: TokenProvider,
         timeout: float | httpx.Timeout = 10.0,
-        http: httpx.AsyncClient | None = None,
+        http: HttpSession | None = None,
         *,
         page_size: int = 1000,
         mappings: Mappings | None = None,
@@ -163,7 +164,7 @@ class BusinessCentralClient(_HttpErpClient):
         while len(self._entities) > self._cache_size:
             self._entities.popitem(last=False)
 
-    def _json(self, response: httpx.Response) -> Any:
+    def _json(self, response: Answer) -> Any:
         try:
             return netsuite.loads(response.content)
         except ValueError as exc:
@@ -799,7 +800,7 @@ def _operation_error(answer: dict[str, Any]) -> ErpError | None:
         return None
     headers = {str(k): str(v) for k, v in (answer.get("headers") or {}).items()}
     content = netsuite.dumps(answer["body"]) if answer.get("body") is not None else b""
-    return classify(httpx.Response(status, headers=headers, content=content))
+    return classify(Answer(status, headers, content))
 
 
 def _external_id(command: ErpCommand) -> str:

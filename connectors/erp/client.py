@@ -40,6 +40,7 @@ from connectors.erp.schemas import (
     RecordType,
 )
 from connectors.http import BearerJsonClient
+from connectors.http_transport import Answer, HttpAnswer, HttpSession
 from streams.mappings import Mappings, load_mappings
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class _HttpErpClient(BearerJsonClient):
         base_url: str,
         token_provider: TokenProvider,
         timeout: float | httpx.Timeout = 10.0,
-        http: httpx.AsyncClient | None = None,
+        http: HttpSession | None = None,
         *,
         page_size: int = 100,
     ) -> None:
@@ -112,14 +113,14 @@ class _HttpErpClient(BearerJsonClient):
         self.base_url = base_url.rstrip("/")
         self.page_size = page_size
 
-    def _classify(self, response: httpx.Response) -> ErpError | None:
+    def _classify(self, response: HttpAnswer) -> ErpError | None:
         return classify(response)
 
     def _no_answer(self, exc: httpx.TransportError, request_sent: bool) -> ErpError:
         return from_transport_error(exc, request_sent)
 
 
-def _json(response: httpx.Response) -> Any:
+def _json(response: Answer) -> Any:
     try:
         return orjson.loads(response.content)
     except orjson.JSONDecodeError as exc:
@@ -154,7 +155,7 @@ class NetSuiteClient(_HttpErpClient):
         base_url: str,
         token_provider: TokenProvider,
         timeout: float | httpx.Timeout = 10.0,
-        http: httpx.AsyncClient | None = None,
+        http: HttpSession | None = None,
         *,
         page_size: int = 100,
         mappings: Mappings | None = None,
@@ -456,7 +457,7 @@ def _is_void(memo: ErpDocument) -> bool:
     )
 
 
-def _netsuite_json(response: httpx.Response) -> Any:
+def _netsuite_json(response: Answer) -> Any:
     try:
         return netsuite.loads(response.content)
     except ValueError as exc:
@@ -465,9 +466,9 @@ def _netsuite_json(response: httpx.Response) -> Any:
         ) from exc
 
 
-def _log_warnings(response: httpx.Response, correlation_id: str | None) -> None:
+def _log_warnings(response: Answer, correlation_id: str | None) -> None:
     # NetSuite says what it ignored or changed in X-NetSuite-Warning headers on a 204.
-    warnings = response.headers.get_list(NETSUITE_WARNING)
+    warnings = response.headers.getall(NETSUITE_WARNING, [])
     if warnings:
         log.warning("erp warning", extra={"correlation_id": correlation_id, "warnings": warnings})
 

@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import orjson
 
+from connectors.http_transport import HttpAnswer
+
 REQUEST_LIMIT_EXCEEDED = "SSS_REQUEST_LIMIT_EXCEEDED"
 """NetSuite's code when a RESTlet call hits the account's shared concurrency limit."""
 CONCURRENCY_LIMIT_EXCEEDED = "CONCURRENCY_LIMIT_EXCEEDED"
@@ -132,13 +134,13 @@ def _str_or_none(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
-def classify(response: httpx.Response, now: datetime | None = None) -> ErpError | None:
+def classify(response: HttpAnswer, now: datetime | None = None) -> ErpError | None:
     """The typed error an ERP answer stands for, or None when it is a success (1xx-3xx)."""
     return classify_answer(response, error_details, TRANSIENT_CODES, now)
 
 
 def classify_answer(
-    response: httpx.Response,
+    response: HttpAnswer,
     details: Callable[[Any], tuple[str | None, str | None]],
     transient_codes: frozenset[str],
     now: datetime | None = None,

@@ -3,8 +3,9 @@
 * **TBA** (token-based authentication, OAuth 1.0a): every request carries
   `Authorization: OAuth realm="<ACCOUNT>", oauth_consumer_key, oauth_token, oauth_signature_method=
   "HMAC-SHA256", oauth_timestamp, oauth_nonce, oauth_version="1.0", oauth_signature`. The signature
-  covers method, URL and query, so it is made per request by an `httpx.Auth` (`TbaAuth`) once
-  httpx has built the final URL; `TbaToken` hands it to the client (`connectors.http.RequestSigner`).
+  covers method, URL and query, so `TbaAuth` makes it per request over the URL as it will be sent;
+  `TbaToken` hands it to the client (`connectors.http.RequestSigner`). `TbaAuth` is an `httpx.Auth`
+  too, for an httpx client (a script, a test).
 * **M2M** (OAuth 2.0 client credentials with a JWT client assertion, RFC 7523): the token request
   carries a PS256/ES256 JWT signed by the integration's private key, whose certificate was mapped
   in NetSuite; no client secret. `NetSuiteM2MToken` is `ClientCredentialsToken` with that grant.
@@ -81,10 +82,9 @@ class TbaAuth(httpx.Auth):
     """Signs each request the way NetSuite TBA wants: OAuth 1.0a, HMAC-SHA256, realm = account.
 
     oauthlib builds the signature base string from method, URL and query (`?replace=item`, a
-    SuiteQL `?limit=&offset=`: httpx has merged `params` into `request.url` before this runs).
-    The JSON body is left out, as RFC 5849 §3.4.1.3 says for anything not form-encoded; so is
-    `oauth_body_hash`, which NetSuite does not use. Runs in httpx's client layer, so it works the
-    same over any transport (the project's AiohttpTransport included)."""
+    SuiteQL `?limit=&offset=`: the caller has merged its params into the URL it signs). The JSON
+    body is left out, as RFC 5849 §3.4.1.3 says for anything not form-encoded; so is
+    `oauth_body_hash`, which NetSuite does not use."""
 
     def __init__(
         self, realm: str, consumer_key: str, consumer_secret: str, token_id: str, token_secret: str
@@ -100,10 +100,14 @@ class TbaAuth(httpx.Auth):
             realm=realm,
         )
 
+    def authorization(self, method: str, url: str) -> str:
+        """The header for one request to `url` as sent (query included); a fresh nonce and
+        timestamp per call (oauthlib makes them when none is fixed)."""
+        _, signed, _ = self._client.sign(url, method)
+        return str(signed["Authorization"])
+
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        # A fresh nonce and timestamp per call (oauthlib makes them when none is fixed).
-        _, signed, _ = self._client.sign(str(request.url), request.method)
-        request.headers["Authorization"] = signed["Authorization"]
+        request.headers["Authorization"] = self.authorization(request.method, str(request.url))
         yield request
 
     def __repr__(self) -> str:
@@ -140,7 +144,7 @@ class TbaToken:
             else None
         )
 
-    async def request_auth(self) -> httpx.Auth:
+    async def request_auth(self) -> TbaAuth:
         if self._auth is None:
             raise ErpAuthError(
                 "NO_TOKEN",

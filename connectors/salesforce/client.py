@@ -30,6 +30,7 @@ from connectors.erp.errors import (
     from_transport_error,
 )
 from connectors.http import BearerJsonClient
+from connectors.http_transport import HttpAnswer, HttpSession
 from connectors.salesforce.mapping import WRITEBACK_CLIENT
 
 CALL_OPTIONS_HEADER = "Sforce-Call-Options"
@@ -61,7 +62,7 @@ def error_details(body: Any) -> tuple[str | None, str | None]:
     return (codes[0] if codes else None), ("; ".join(texts) or None)
 
 
-def classify(response: httpx.Response) -> ErpError | None:
+def classify(response: HttpAnswer) -> ErpError | None:
     """The typed error a Salesforce REST answer stands for, or None for a success."""
     return classify_answer(response, error_details, TRANSIENT_CODES)
 
@@ -77,7 +78,7 @@ class SalesforceClient(BearerJsonClient):
         token_provider: TokenProvider,
         api_version: str = DEFAULT_API_VERSION,
         timeout: float | httpx.Timeout = 10.0,
-        http: httpx.AsyncClient | None = None,
+        http: HttpSession | None = None,
         *,
         client_name: str = WRITEBACK_CLIENT,
     ) -> None:
@@ -118,7 +119,7 @@ class SalesforceClient(BearerJsonClient):
             raise ErpTransientError("INVALID_RESPONSE", "Salesforce answered without JSON") from exc
         return record if isinstance(record, dict) else None
 
-    def _classify(self, response: httpx.Response) -> ErpError | None:
+    def _classify(self, response: HttpAnswer) -> ErpError | None:
         return classify(response)
 
     def _no_answer(self, exc: httpx.TransportError, request_sent: bool) -> ErpError:

@@ -1,5 +1,5 @@
-"""The aiohttp transport under httpx: bodies, headers and statuses through; failures as the
-httpx errors the connectors classify (nothing sent, or maybe sent)."""
+"""The clients' HTTP over aiohttp: bodies, headers and statuses through; failures as the httpx
+errors the connectors classify (nothing sent, or maybe sent)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import httpx
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
-from connectors.erp.errors import ErpUncertainError, from_transport_error
-from connectors.http_transport import AiohttpTransport
+from connectors.erp.errors import ErpUncertainError, classify, from_transport_error
+from connectors.http_transport import Answer, HttpSession, client_timeout
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -37,29 +38,55 @@ async def hang(request: web.Request) -> web.Response:
 async def test_a_request_and_its_answer_go_through_whole() -> None:
     app = web.Application()
     app.router.add_put("/echo", echo)
-    async with TestServer(app) as server, httpx.AsyncClient(transport=AiohttpTransport()) as client:
-        response = await client.put(
-            str(server.make_url("/echo")), content=b'{"total": 10720}', headers={"x-correlation-id": "c-1"}
+    session = HttpSession()
+    async with TestServer(app) as server:
+        answer = await session.request(
+            "PUT",
+            URL(str(server.make_url("/echo"))),
+            headers={"x-correlation-id": "c-1"},
+            content=b'{"total": 10720}',
+            timeout=client_timeout(5.0),
         )
-    assert response.status_code == 201 and response.json() == {"total": 10720}  # decoded
-    assert response.headers["location"] == "/record/7" and response.headers["x-seen"] == "c-1"
+    await session.aclose()
+    assert session.is_closed
+    assert answer.status_code == 201 and answer.json() == {"total": 10720}  # decoded
+    assert answer.headers["location"] == "/record/7" and answer.headers["X-Seen"] == "c-1"
+    assert answer.reason_phrase == "Created" and answer.text == '{"total": 10720}'
 
 
 async def test_no_connection_is_a_connect_error_nothing_was_sent() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    async with httpx.AsyncClient(transport=AiohttpTransport()) as client:
-        with pytest.raises(httpx.ConnectError) as raised:
-            await client.put(f"http://127.0.0.1:{port}/x", content=b"{}")
+    session = HttpSession()
+    with pytest.raises(httpx.ConnectError) as raised:
+        await session.request(
+            "PUT", URL(f"http://127.0.0.1:{port}/x"), headers={}, content=b"{}", timeout=client_timeout(5.0)
+        )
+    await session.aclose()
     assert from_transport_error(raised.value, request_sent=True).code == "CONNECTION_FAILED"
 
 
 async def test_an_answer_that_never_comes_is_a_read_timeout_so_a_write_is_uncertain() -> None:
     app = web.Application()
     app.router.add_put("/hang", hang)
-    transport = AiohttpTransport()
-    async with TestServer(app) as server, httpx.AsyncClient(transport=transport, timeout=0.2) as client:
+    session = HttpSession()
+    async with TestServer(app) as server:
         with pytest.raises(httpx.ReadTimeout) as raised:
-            await client.put(str(server.make_url("/hang")), content=b"{}")
+            await session.request(
+                "PUT",
+                URL(str(server.make_url("/hang"))),
+                headers={},
+                content=b"{}",
+                timeout=client_timeout(0.2),
+            )
+    await session.aclose()
     assert isinstance(from_transport_error(raised.value, request_sent=True), ErpUncertainError)
+
+
+def test_an_answer_built_from_plain_headers_reads_like_one_from_the_wire() -> None:
+    """`$batch` parts are classified from the headers and body inside the batch's answer."""
+    answer = Answer(429, {"Retry-After": "2"}, b'{"error": {"code": "x", "message": "slow down"}}')
+    error = classify(answer)
+    assert error is not None and error.retry_after == 2.0 and error.message == "slow down"
+    assert Answer(599).reason_phrase == "" and Answer(204).text == ""

@@ -37,7 +37,6 @@ from connectors.erp.netsuite_auth import (
 )
 from connectors.erp.schemas import netsuite_error_body
 from connectors.http import RequestSigner
-from connectors.http_transport import AiohttpTransport
 from streams.erp import erp_client, token_provider
 from streams.settings import Settings
 from tests.connectors.erp.netsuite_keys import KeyPair, ec_keys, rsa_keys
@@ -141,14 +140,6 @@ async def netsuite() -> AsyncIterator[Callable[..., Any]]:
         await server.close()
 
 
-def transports() -> list[Any]:
-    return [pytest.param(None, id="httpx"), pytest.param(AiohttpTransport, id="aiohttp")]
-
-
-def http_client(transport: type[AiohttpTransport] | None) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=transport() if transport else None, timeout=5.0)
-
-
 # -- TBA ------------------------------------------------------------------------------------------
 
 
@@ -185,17 +176,19 @@ async def test_the_tba_header_has_the_realm_hmac_sha256_and_every_oauth_paramete
     assert "bearer" not in captured[0].headers["authorization"].lower()
 
 
-@pytest.mark.parametrize("transport", transports())
-async def test_tba_signatures_verify_with_oauthlibs_server_side_over_real_http(
-    netsuite: Callable[..., Any], transport: type[AiohttpTransport] | None
+SUITEQL_WITH_SPACES = (
+    "SELECT id, externalid, tranid FROM transaction WHERE type = 'CustInvc' AND externalid IN ('A 1', 'B,2')"
+)
+
+
+async def test_tba_signatures_verify_with_oauthlibs_server_side_over_real_http_from_httpx(
+    netsuite: Callable[..., Any],
 ) -> None:
+    """`TbaAuth` as an httpx auth (a script's client)."""
     fake: FakeNetSuite = await netsuite(tba=tba_verifier())
     auth = await tba().request_auth()
-    suiteql = (
-        "SELECT id, externalid, tranid FROM transaction"
-        " WHERE type = 'CustInvc' AND externalid IN ('A 1', 'B,2')"
-    )
-    async with http_client(transport) as client:
+    suiteql = SUITEQL_WITH_SPACES
+    async with httpx.AsyncClient(timeout=5.0) as client:
         answers = [
             await client.get(
                 f"{fake.url}/services/rest/record/v1/invoice", params={"limit": 1000, "offset": 0}, auth=auth
@@ -219,6 +212,29 @@ async def test_tba_signatures_verify_with_oauthlibs_server_side_over_real_http(
     assert [a.status_code for a in answers] == [200, 200, 200, 200], fake.refusals
     assert fake.seen[1]["query"] == {"replace": "item"} and fake.seen[1]["method"] == "PUT"
     assert fake.seen[3]["query"] == {"q": suiteql}
+
+
+async def test_tba_signatures_verify_with_oauthlibs_server_side_over_the_clients_own_http(
+    netsuite: Callable[..., Any],
+) -> None:
+    """The clients' own call (`BearerJsonClient._call` over aiohttp): the URL it signs is the one
+    it sends, params and a query with spaces and quotes included."""
+    fake: FakeNetSuite = await netsuite(tba=tba_verifier())
+    async with NetSuiteClient(fake.url, tba(), timeout=5.0) as client:
+        await client._call("GET", f"{fake.url}/services/rest/record/v1/invoice", None, params={"limit": 1000})
+        await client._call(
+            "PUT",
+            f"{fake.url}/services/rest/record/v1/invoice/eid:INV-1?replace=item",
+            None,
+            body={"externalId": "INV-1", "item": {"items": []}},
+        )
+        await client._call(
+            "GET", f"{fake.url}/services/rest/record/v1/customer", None, params={"q": SUITEQL_WITH_SPACES}
+        )
+    assert not fake.refusals and client.requests == 3
+    assert fake.seen[0]["query"] == {"limit": "1000"}
+    assert fake.seen[1]["query"] == {"replace": "item"} and fake.seen[1]["method"] == "PUT"
+    assert fake.seen[2]["query"] == {"q": SUITEQL_WITH_SPACES}
 
 
 async def test_the_netsuite_client_signs_each_call_and_sends_no_bearer_token(
@@ -271,7 +287,7 @@ async def test_wrong_tba_credentials_are_a_401_and_an_auth_error(
 async def test_a_replayed_tba_request_is_refused(netsuite: Callable[..., Any]) -> None:
     fake: FakeNetSuite = await netsuite(tba=tba_verifier())
     url = f"{fake.url}/services/rest/record/v1/invoice?limit=10&offset=0"
-    async with httpx.AsyncClient(transport=AiohttpTransport(), timeout=5.0) as client:
+    async with httpx.AsyncClient(timeout=5.0) as client:
         first = await client.get(url, auth=await tba().request_auth())
         replay = await client.get(url, headers={"Authorization": fake.seen[0]["authorization"]})
     assert first.status_code == 200
@@ -327,15 +343,10 @@ def test_the_nonce_memory_is_bounded() -> None:
 async def test_missing_tba_credentials_are_refused_per_call_naming_the_settings() -> None:
     tokens = TbaToken(ACCOUNT, CONSUMER_KEY, None, TOKEN_ID, "")
 
-    def never(request: httpx.Request) -> httpx.Response:
-        raise AssertionError("nothing may be sent without credentials")
-
-    http = httpx.AsyncClient(transport=httpx.MockTransport(never))
-    async with NetSuiteClient("https://erp.test", tokens, http=http) as client:
+    async with NetSuiteClient("http://127.0.0.1:9", tokens) as client:  # nothing listens there
         with pytest.raises(ErpAuthError) as raised:
             await client.get(RecordType.INVOICE, "INV-1")
-    await http.aclose()
-    assert raised.value.code == "NO_TOKEN"
+    assert raised.value.code == "NO_TOKEN" and client.requests == 0  # nothing was sent
     assert "LEDGERFLOW_NETSUITE_CONSUMER_SECRET" in raised.value.message
     assert "LEDGERFLOW_NETSUITE_TOKEN_SECRET" in raised.value.message
     with pytest.raises(ErpAuthError, match="NO_BEARER_TOKEN"):
@@ -392,13 +403,12 @@ def test_the_assertion_names_the_certificate_the_scope_and_the_token_url(keys: C
 
 
 @pytest.mark.parametrize("keys", [rsa_keys, ec_keys], ids=["rsa-ps256", "ec-es256"])
-@pytest.mark.parametrize("transport", transports())
 async def test_an_m2m_token_round_trip_over_real_http(
-    netsuite: Callable[..., Any], keys: Callable[[], KeyPair], transport: type[AiohttpTransport] | None
+    netsuite: Callable[..., Any], keys: Callable[[], KeyPair]
 ) -> None:
     fake: FakeNetSuite = await netsuite()
     fake.m2m = m2m_verifier(f"{fake.url}{TOKEN_PATH}", rsa_keys(), ec_keys())
-    http = http_client(transport)
+    http = httpx.AsyncClient(timeout=5.0)
     provider = m2m(f"{fake.url}{TOKEN_PATH}", keys(), http=http)
     async with NetSuiteClient(fake.url, provider, timeout=5.0) as client:
         assert (await client.document_numbers(RecordType.INVOICE, ["INV-1"]))["INV-1"].erp_internal_id == "7"

@@ -19,6 +19,7 @@ from connectors.erp import (
     StaticToken,
 )
 from connectors.erp.sandbox import DEFAULT_TOKEN, SandboxServer, erp_sandbox_command
+from connectors.http_transport import HttpSession
 from tests.connectors.erp.builders import post_invoice, upsert_customer
 from tests.connectors.erp.support import CLIENT_TIMEOUT_S, documents, requests_log, sandbox_config, set_faults
 
@@ -270,9 +271,11 @@ async def test_clients_close_their_own_http_client(sandbox: SandboxServer) -> No
     async with NetSuiteClient(sandbox.url, StaticToken(DEFAULT_TOKEN)) as client:
         assert await client.get(RecordType.CUSTOMER, "cust-1") is None
     assert client._http.is_closed
-    async with httpx.AsyncClient() as shared:
-        await NetSuiteClient(sandbox.url, StaticToken(DEFAULT_TOKEN), http=shared).aclose()
-        assert not shared.is_closed  # a shared client belongs to whoever made it
+    shared = HttpSession()
+    async with NetSuiteClient(sandbox.url, StaticToken(DEFAULT_TOKEN), http=shared) as borrower:
+        assert await borrower.get(RecordType.CUSTOMER, "cust-1") is None
+    assert not shared.is_closed  # a shared session belongs to whoever made it
+    await shared.aclose()
 
 
 async def test_scoped_faults_hit_only_the_matching_customer(
