@@ -148,7 +148,7 @@ async def write_rows(rows: list[tuple[Rows, bytes, EventT, bytes | None]]) -> No
             verify(event.message.topic)
     records: list[Record] = []
     stores: dict[tuple[str, int], Any] = {}
-    updated: Counter[str] = Counter()
+    updated: Counter[Any] = Counter()  # by table
     for table, key, event, raw in rows:
         store: Any = getattr(table, "data", None)
         db_for_partition = getattr(store, "_db_for_partition", None)
@@ -170,7 +170,7 @@ async def write_rows(rows: list[tuple[Rows, bytes, EventT, bytes | None]]) -> No
         name = table.changelog_topic.get_topic_name()  # type: ignore[attr-defined]
         records.append((name, partition, key, raw, []))
         stores[name, partition] = store
-        updated[table.name] += 1  # type: ignore[attr-defined]
+        updated[table] += 1
     if not records:
         return
     for future, count in await submit(producer, records):

@@ -21,7 +21,7 @@ from streams.app import app
 from streams.kafka_consumer import aiokafka_producer, send_open_batches
 
 if TYPE_CHECKING:
-    from faust.types import TopicT
+    from faust.types import CollectionT, TopicT
 
 Outgoing: TypeAlias = "tuple[TopicT, Any, Any, Mapping[str, bytes]]"
 """(topic, key, value, headers) as `Topic.send` takes them."""
@@ -102,21 +102,15 @@ async def submit(producer: Any, records: Sequence[Record]) -> list[tuple[asyncio
 
 
 def _count_sent(messages: Sequence[Outgoing]) -> None:
-    """What Faust's Prometheus sensor counts for every `Topic.send` (`ledgerflow_faust_*sent*`),
-    counted once per topic for a published batch."""
-    sent = getattr(app.monitor, "_metrics", None)
-    if sent is None:
-        return
-    by_topic = Counter(topic.get_topic_name() for topic, *_ in messages)
-    for name, count in by_topic.items():
-        sent.topic_messages_sent.labels(topic=name).inc(count)
-    sent.total_sent_messages.inc(len(messages))
+    """What Faust's sensor counts for every `Topic.send` (`ledgerflow_faust_*sent*`), counted
+    once per topic for a published batch."""
+    count_sent = getattr(app.monitor, "count_sent", None)
+    if count_sent is not None:
+        count_sent(Counter(topic.get_topic_name() for topic, *_ in messages))
 
 
-def count_table_writes(updated: Counter[str]) -> None:
-    """What Faust's Prometheus sensor counts for every table write, once per table."""
-    metrics = getattr(app.monitor, "_metrics", None)
-    if metrics is None:
-        return
-    for table, count in updated.items():
-        metrics.table_operations.labels(table=f"table.{table}", operation="keys_updated").inc(count)
+def count_table_writes(updated: Counter[CollectionT]) -> None:
+    """What Faust's sensor counts for every table write, once per table."""
+    count = getattr(app.monitor, "count_table_writes", None)
+    if count is not None:
+        count(updated)

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams import metrics
-from streams.web.observability import faust_metrics
+from streams.web.observability import FaustSensor
 from tests.support import REPO
 
 MONITORING = REPO / "k8s" / "monitoring"
@@ -26,7 +26,7 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), 
 def exposed_names() -> set[str]:
     """Every series name a worker exposes (families without samples yet included)."""
     faust = CollectorRegistry()
-    faust_metrics(faust)
+    FaustSensor(faust)
     text = metrics.exposition()[0].decode() + generate_latest(faust).decode()
     names: set[str] = set()
     for family in text_string_to_metric_families(text):

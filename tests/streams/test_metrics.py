@@ -303,45 +303,104 @@ def test_no_label_carries_data() -> None:
 
 
 def test_faust_sensor_metrics_are_named_by_convention_and_in_seconds() -> None:
-    from streams.web.observability import faust_metrics
+    from streams.web.observability import FaustSensor
 
     registry = CollectorRegistry()
-    faust = faust_metrics(registry)
-    faust.producer_send_latency.observe(1500.0)  # Faust observes milliseconds
-    faust.messages_received_per_topics.labels(topic="t42.crm.changes").inc()
-    assert registry.get_sample_value("ledgerflow_faust_producer_send_latency_seconds_sum") == 1.5
+    sensor = FaustSensor(registry)
+    sensor._metrics.consumer_commit_latency.observe(1500.0)  # Faust observes milliseconds
+    sensor.on_send_completed(None, sensor.time() - 0.25, None)  # type: ignore[arg-type]
+    assert registry.get_sample_value("ledgerflow_faust_commit_latency_seconds_sum") == 1.5
+    sent = registry.get_sample_value("ledgerflow_faust_producer_send_latency_seconds_sum")
+    assert sent is not None and 0.25 <= sent < 0.5
+    assert (
+        registry.get_sample_value("ledgerflow_faust_producer_send_latency_seconds_bucket", {"le": "0.25"})
+        == 0
+    )
+    assert (
+        registry.get_sample_value("ledgerflow_faust_producer_send_latency_seconds_bucket", {"le": "+Inf"})
+        == 1
+    )
     names = {f.name for f in text_string_to_metric_families(generate_latest(registry).decode())}
     assert all(n.startswith("ledgerflow_faust_") for n in names)
     assert not [n for n in names if re.search(r"_(ms|latency)$", n)]
 
 
+class _Owner:
+    pass
+
+
+class _Stream:
+    shortlabel = "Stream: Topic: billing.changes"
+    task_owner = _Owner()
+
+
+def test_faust_sensor_counts_per_message_in_plain_numbers_and_serves_them_at_scrape() -> None:
+    """Faust calls the sensor for every message, event, table read and send: those are plain
+    counts until Prometheus asks."""
+    from faust.types import TP
+
+    from streams.web.observability import FaustSensor
+
+    registry = CollectorRegistry()
+    sensor = FaustSensor(registry)
+    tp, stream = TP("billing.changes", 3), _Stream()
+
+    class Message:
+        time_in: float | None = None
+
+    for offset in range(5):
+        message = Message()
+        sensor.on_message_in(tp, offset, message)  # type: ignore[arg-type]
+        state = sensor.on_stream_event_in(tp, offset, stream, None)  # type: ignore[arg-type]
+        sensor.on_stream_event_out(tp, offset, stream, None, state)  # type: ignore[arg-type]
+        if offset < 4:
+            sensor.on_message_out(tp, offset, message)  # type: ignore[arg-type]
+    sensor.on_send_initiated(None, "erp.commands", None, 1, 1)  # type: ignore[arg-type]
+    sensor.count_sent({"erp.commands": 2, "erp.results": 1})
+
+    def value(name: str, labels: dict[str, str] | None = None) -> float | None:
+        return registry.get_sample_value(f"ledgerflow_faust_{name}", labels or {})
+
+    assert value("messages_received_total") == 5 and value("active_messages") == 1
+    assert value("topic_messages_received_total", {"topic": "billing.changes"}) == 5
+    assert value("partition_read_offset", {"topic": "billing.changes", "partition": "3"}) == 4
+    assert value("events_total") == 5 and value("active_events") == 0
+    assert value("stream_events_total", {"stream": "stream.topic_billing.changes.events"}) == 5
+    assert value("event_runtime_seconds_count") == 5
+    assert value("topic_messages_sent_total", {"topic": "topic.erp.commands"}) == 3
+    assert value("messages_sent_total") == 4
+    assert not [
+        m for m in registry.collect() if m.name == "ledgerflow_faust_messages_received" and len(m.samples) > 1
+    ]
+
+
 def test_faust_sensor_labels_each_series_once_and_counts_every_call() -> None:
-    """Faust's sensor labels by keyword several times per message: the child is looked up once."""
+    """Faust's sensor labels by keyword several times per call: the child is looked up once."""
     from streams.web.observability import faust_metrics
 
     registry = CollectorRegistry()
     faust = faust_metrics(registry)
-    sent = faust.topic_messages_sent
-    first = sent.labels(topic="topic.erp.commands")
-    assert sent.labels(topic="topic.erp.commands") is first
+    ends = faust.topic_partition_end_offset
+    first = ends.labels(topic="erp.commands", partition=0)
+    assert ends.labels(topic="erp.commands", partition=0) is first
     for _ in range(3):
-        sent.labels(topic="topic.erp.commands").inc()
-    sent.labels("topic.erp.results").inc()
-    sample = "ledgerflow_faust_topic_messages_sent_total"
-    assert registry.get_sample_value(sample, {"topic": "topic.erp.commands"}) == 3
-    assert registry.get_sample_value(sample, {"topic": "topic.erp.results"}) == 1
-    sent.remove("topic.erp.commands")
-    assert registry.get_sample_value(sample, {"topic": "topic.erp.commands"}) is None
-    sent.labels(topic="topic.erp.commands").inc()  # a fresh child after the removal
-    assert registry.get_sample_value(sample, {"topic": "topic.erp.commands"}) == 1
+        ends.labels(topic="erp.commands", partition=0).inc()
+    ends.labels("erp.results", 1).inc()
+    sample = "ledgerflow_faust_partition_end_offset"
+    assert registry.get_sample_value(sample, {"topic": "erp.commands", "partition": "0"}) == 3
+    assert registry.get_sample_value(sample, {"topic": "erp.results", "partition": "1"}) == 1
+    ends.remove("erp.commands", "0")
+    assert registry.get_sample_value(sample, {"topic": "erp.commands", "partition": "0"}) is None
+    ends.labels(topic="erp.commands", partition=0).inc()  # a fresh child after the removal
+    assert registry.get_sample_value(sample, {"topic": "erp.commands", "partition": "0"}) == 1
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (make tools)")
 def test_promtool_finds_no_problem_in_the_whole_exposition() -> None:
-    from streams.web.observability import faust_metrics
+    from streams.web.observability import FaustSensor
 
     registry = CollectorRegistry()
-    faust_metrics(registry)
+    FaustSensor(registry)
     text = exposition() + generate_latest(registry).decode()
     lint = subprocess.run(
         ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
