@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from functools import partial
@@ -126,11 +127,43 @@ def link_billing_identities(
     return out
 
 
+class AnnouncedOwners:
+    """The (invoice, billing customer) pairs this worker announced lately. An invoice's owner
+    never changes and the owners table keeps it, but every Event of an invoice (created,
+    finalized, paid, …: 3 to 4 each) announced it again, a message for stage 1 to send and for the
+    invoice payments agent to read and write. Forgotten on a batch that failed and on a
+    rebalance: an announcement whose send may not have landed (an aborted transaction, a
+    crash) is made again, which the owners table takes as the duplicate it is."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        self._size = size
+        self._pairs: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def first_sighting(self, invoice_id: str, owner: str) -> bool:
+        pair = (invoice_id, owner)
+        if pair in self._pairs:
+            return False
+        self._pairs[pair] = None
+        if len(self._pairs) > self._size:
+            self._pairs.popitem(last=False)
+        return True
+
+    def forget(self, *_: Any, **__: Any) -> None:
+        self._pairs.clear()
+
+
+announced_owners = AnnouncedOwners()
+app.on_partitions_revoked.connect(announced_owners.forget)
+
+
 async def announce_invoice_owners(outbox: Outbox, changes: list[ChangeEvent], stamp: dict[str, str]) -> None:
     """Each Stripe invoice's owner, keyed by the invoice id, for the invoice payments that name
-    the invoice but not its customer (`agents.invoice_payments`)."""
+    the invoice but not its customer (`agents.invoice_payments`); once per worker while it
+    holds the partition (`AnnouncedOwners`)."""
     for change in changes:
-        if change.entity_type is EntityType.INVOICE:
+        if change.entity_type is EntityType.INVOICE and announced_owners.first_sighting(
+            change.entity_id, change.customer_ref
+        ):
             owner = InvoiceOwner(
                 invoice_id=change.entity_id,
                 billing_customer_id=change.customer_ref,
@@ -308,9 +341,13 @@ async def ingest_event(outbox: Outbox, event: EventT, adapter: Adapter, link_bil
 async def _ingest(stream: StreamT[Any], adapter: Adapter, link_billing: bool = False) -> None:
     async for events in batches(stream):
         outbox = Outbox()
-        for event in events:
-            await ingest_event(outbox, event, adapter, link_billing)
-        await outbox.commit()
+        try:
+            for event in events:
+                await ingest_event(outbox, event, adapter, link_billing)
+            await outbox.commit()
+        except BaseException:
+            announced_owners.forget()  # what this batch announced may not have been sent
+            raise
 
 
 @app.agent(stripe_changes_topic)

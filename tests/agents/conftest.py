@@ -19,5 +19,8 @@ def sent() -> Iterator[list[tuple[str, Any, Any]]]:
     async def record(self: Outbox, topic: Any, key: Any, value: Any, headers: Any) -> None:
         out.append((topic.get_topic_name(), key, value))
 
+    from agents.ingest import announced_owners
+
+    announced_owners.forget()  # each test's invoices are announced as if first seen
     with mock.patch.object(Outbox, "send", record):
         yield out

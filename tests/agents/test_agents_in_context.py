@@ -63,6 +63,47 @@ async def test_stage_1_parks_an_invoice_until_its_customer_then_releases_it_in_o
     assert b"cus_ctx" in identity and b"cus_ctx" not in parked  # linked, and nothing left parked
 
 
+async def test_stage_1_announces_an_invoices_owner_once_and_again_after_a_failed_batch(
+    sent: list[tuple[str, Any, Any]],
+) -> None:
+    """An invoice's Events (finalized, paid, a redelivery) announce its owner once; a batch that
+    failed, or a rebalance, makes the worker announce again what it may not have sent."""
+    from agents import ingest
+
+    identity: dict[bytes, bytes] = {}
+    parked: dict[bytes, bytes] = {}
+    inv = invoice_object("in_once", "cus_once", "GB", [("prod_platform", 1)], status="open", created=T)
+    paid = {**inv, "status": "paid"}
+
+    def owners() -> list[Any]:
+        return [k for t, k, _ in sent if t.endswith("invoice-owners")]
+
+    def waiting() -> int:
+        return len(codec.loads(ParkedChanges, parked[b"cus_once"]).changes) if parked else 0
+
+    with (
+        mock.patch.object(ingest, "billing_identity_table", identity),
+        mock.patch.object(ingest, "parked_billing_table", parked),
+    ):
+        async with ingest.ingest_stripe_changes.test_context() as agent:
+            for i, (kind, obj) in enumerate([("invoice.finalized", inv), ("invoice.paid", paid)] * 2):
+                event = event_envelope(f"evt_once_{i}", kind, obj, T + i)
+                await agent.put(orjson.dumps(event), key="cus_once", wait=False)
+            await until(lambda: waiting() == 4)
+            assert owners() == ["in_once"]
+            await ingest.app.on_partitions_revoked.send(set())  # a rebalance
+            event = event_envelope("evt_once_9", "invoice.paid", paid, T + 9)
+            await agent.put(orjson.dumps(event), key="cus_once", wait=False)
+            await until(lambda: waiting() == 5)
+            assert owners() == ["in_once", "in_once"]
+    assert ("in_once", "cus_once") in ingest.announced_owners._pairs
+    with mock.patch.object(ingest, "ingest_event", side_effect=RuntimeError("broker refused")):
+        async with ingest.ingest_stripe_changes.test_context() as agent:
+            await agent.put(orjson.dumps(event), key="cus_once", wait=False)
+            await until(lambda: ("in_once", "cus_once") not in ingest.announced_owners._pairs)
+    assert ("in_once", "cus_once") not in ingest.announced_owners._pairs  # forgotten
+
+
 async def test_stage_2_resequences_amendments_and_drops_duplicates_and_stale_snapshots(
     sent: list[tuple[str, Any, Any]],
 ) -> None:
