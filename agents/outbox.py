@@ -43,36 +43,53 @@ Rows: TypeAlias = "MutableMapping[bytes, bytes]"
 
 
 class DecodedRows:
-    """Rows decoded before, by table and key, trusted only while the stored bytes are the same:
-    parsing a customer's rows with pydantic every batch cost more than the batch's decisions.
-    Rows are frozen models, so sharing one between batches is safe."""
+    """Rows as their store holds them, decoded, by table and key: parsing a customer's rows with
+    pydantic every batch cost more than the batch's decisions, and reading them from RocksDB
+    again ~5% of a worker. Rows are frozen models, so sharing one between batches is safe.
+
+    A row enters when it was read from its store, or once a batch's commit wrote it there; a
+    deleted row leaves. Only this process writes its partitions' stores while it holds them,
+    so what is here is what the store holds, until a rebalance (another worker may write, a
+    recovery replays the changelog: everything is forgotten) or a commit that failed half-way
+    (likewise)."""
 
     def __init__(self, size: int = 20_000) -> None:
         self._size = size
-        self._rows: OrderedDict[tuple[int, bytes], tuple[bytes, BaseModel]] = OrderedDict()
+        # (table, row): the table is held, so no other table can take its id while it is here.
+        self._rows: OrderedDict[tuple[int, bytes], tuple[Rows, BaseModel]] = OrderedDict()
 
-    def decode(self, table: Rows, key: bytes, raw: bytes, row_type: type[R]) -> R:
+    def trusted(self, table: Rows, key: bytes, row_type: type[R]) -> R | None:
+        """The row its store holds, if known, without reading the store."""
         slot = (id(table), key)
         hit = self._rows.get(slot)
-        if hit is not None and hit[0] == raw and type(hit[1]) is row_type:
-            self._rows.move_to_end(slot)
-            return hit[1]
+        if hit is None or hit[0] is not table or type(hit[1]) is not row_type:
+            return None
+        self._rows.move_to_end(slot)
+        return hit[1]
+
+    def decode(self, table: Rows, key: bytes, raw: bytes, row_type: type[R]) -> R:
+        """A row just read from its store."""
         row = codec.loads(row_type, raw)
-        self.remember(table, key, raw, row)
+        self.remember(table, key, row)
         return row
 
-    def remember(self, table: Rows, key: bytes, raw: bytes, row: BaseModel) -> None:
-        # A copy, so what is kept is the row's length: orjson >= 3.12 returns its whole output
-        # buffer (4 KB at least) as the bytes object, and 20,000 of them held 84 MB of a
-        # worker's heap (tracemalloc, bench/state_rss.py).
-        raw = bytes(memoryview(raw))
-        self._rows[(id(table), key)] = (raw, row)
-        self._rows.move_to_end((id(table), key))
+    def remember(self, table: Rows, key: bytes, row: BaseModel) -> None:
+        slot = (id(table), key)
+        self._rows[slot] = (table, row)
+        self._rows.move_to_end(slot)
         if len(self._rows) > self._size:
             self._rows.popitem(last=False)
 
+    def forget(self, table: Rows, key: bytes) -> None:
+        self._rows.pop((id(table), key), None)
+
+    def clear(self, *_: Any, **__: Any) -> None:
+        self._rows.clear()
+
 
 decoded_rows = DecodedRows()
+app.on_partitions_revoked.connect(decoded_rows.clear)
+app.on_partitions_assigned.connect(decoded_rows.clear)
 
 
 def read_row(table: Rows, key: bytes, event: EventT) -> bytes | None:
@@ -95,7 +112,9 @@ class Outbox:
 
     def __init__(self, rows: DecodedRows = decoded_rows) -> None:
         self._sending: list[Outgoing] = []
-        self._writes: dict[tuple[int, bytes], tuple[MutableMapping[bytes, bytes], EventT, bytes | None]] = {}
+        self._writes: dict[
+            tuple[int, bytes], tuple[MutableMapping[bytes, bytes], EventT, bytes | None, BaseModel | None]
+        ] = {}
         self._rows = rows
 
     async def send(self, topic: TopicT, key: Any, value: Any, headers: dict[str, bytes]) -> None:
@@ -107,23 +126,47 @@ class Outbox:
     def get(self, table: Rows, key: str, row_type: type[R], event: EventT) -> R | None:
         encoded = key.encode()
         staged = self._writes.get((id(table), encoded))
-        raw = staged[2] if staged is not None else read_row(table, encoded, event)
+        if staged is not None:
+            return staged[3]  # type: ignore[return-value]
+        known = self._rows.trusted(table, encoded, row_type)
+        if known is not None:
+            return known
+        raw = read_row(table, encoded, event)
         return None if raw is None else self._rows.decode(table, encoded, raw, row_type)
 
     def put(self, table: Rows, key: str, row: BaseModel | None, event: EventT) -> None:
         """Stage a row (None deletes it), written by `commit` as if while handling `event`."""
-        encoded = key.encode()
         raw = None if row is None else codec.dumps(row)
-        self._writes[(id(table), encoded)] = (table, event, raw)
-        if raw is not None and row is not None:
-            self._rows.remember(table, encoded, raw, row)
+        self._writes[(id(table), key.encode())] = (table, event, raw, row)
+
+    def write_through(self, table: Rows, key: str, row: BaseModel, event: EventT) -> None:
+        """Write a row into its table at once, through Faust's table (its changelog record goes
+        when the producer flushes), and stage it as `put` does: the sink's in-flight marks."""
+        self.put(table, key, row, event)
+        encoded = key.encode()
+        raw = self._writes[(id(table), encoded)][2]
+        with acting_for(event):
+            table[encoded] = raw  # type: ignore[assignment]
+        # Until the commit, the store is ahead of the batch: a batch that fails leaves no old row known.
+        self._rows.forget(table, encoded)
 
     async def commit(self) -> None:
         """Deliver every send (raises if the broker refuses), then write the rows."""
         sending, self._sending = self._sending, []
         await publish(sending)
         writes, self._writes = self._writes, {}
-        await write_rows([(table, key, event, raw) for (_, key), (table, event, raw) in writes.items()])
+        try:
+            await write_rows(
+                [(table, key, event, raw) for (_, key), (table, event, raw, _) in writes.items()]
+            )
+        except BaseException:
+            self._rows.clear()  # some rows may be in their stores, some not
+            raise
+        for (_, key), (table, _event, raw, row) in writes.items():
+            if raw is None or row is None:
+                self._rows.forget(table, key)
+            else:
+                self._rows.remember(table, key, row)
 
 
 async def write_rows(rows: list[tuple[Rows, bytes, EventT, bytes | None]]) -> None:

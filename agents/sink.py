@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from agents.batching import acting_for, batches, group_by_key
+from agents.batching import batches, group_by_key
 from agents.outbox import Outbox, send_exception, send_to_dlq
 from canonical import (
     BusinessException,
@@ -190,10 +190,7 @@ class Lane:
                 )
         if entries != self.ledger.entries:
             self.ledger = self.ledger.model_copy(update={"entries": entries})
-            event = self.work[-1][1]
-            with acting_for(event):
-                posting_ledger_table[self.customer_id.encode()] = codec.dumps(self.ledger)
-            self.outbox.put(posting_ledger_table, self.customer_id, self.ledger, event)
+            self.outbox.write_through(posting_ledger_table, self.customer_id, self.ledger, self.work[-1][1])
 
     async def run(self, now: datetime) -> None:
         for done, (command, event) in enumerate(self.work):
