@@ -620,8 +620,10 @@ class Deployment:
         self.erp_url = f"http://127.0.0.1:{port}"
         if self.erp_faults:
             set_erp_faults(self.erp_url, self.erp_faults)
+        web_ports = []
         for index in range(self.workers + self.sink_workers):
             stages = "ingest,core,sink" if not self.sink_workers else "ingest,core"
+            web_ports.append(free_port())
             env = child_env(
                 LEDGERFLOW_STAGES=stages if index < self.workers else "sink",
                 LEDGERFLOW_KAFKA_BOOTSTRAP=self.bootstrap,
@@ -629,7 +631,7 @@ class Deployment:
                 LEDGERFLOW_TOPIC_PREFIX=self.prefix,
                 LEDGERFLOW_PARTITIONS=str(self.partitions),
                 LEDGERFLOW_DATA_DIR=str(self.work / f"worker{index}"),
-                LEDGERFLOW_WEB_PORT=str(free_port()),
+                LEDGERFLOW_WEB_PORT=str(web_ports[-1]),
                 LEDGERFLOW_ERP_BASE_URL=self.erp_url,
                 LEDGERFLOW_ERP_TOKEN=ERP_TOKEN,
             )
@@ -641,7 +643,30 @@ class Deployment:
                 wait_for_log(worker.log, "Worker ready", worker.proc, 180)
             except ProcessFailed as exc:
                 raise BenchError(f"{exc}:\n{worker.tail()}") from None
+        self._wait_ready(web_ports)
         return self
+
+    def _wait_ready(self, web_ports: list[int], timeout_s: float = 120.0) -> None:
+        """Until every worker's `/ready` says 200 at once: each holds its partitions and none
+        rebalances or recovers. "Worker ready" in the log comes before the group's last
+        rebalance, and the paced run's first events would otherwise wait for it."""
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                statuses = []
+                for port in web_ports:
+                    try:
+                        statuses.append(client.get(f"http://127.0.0.1:{port}/ready").status_code)
+                    except httpx.HTTPError:
+                        statuses.append(0)
+                if all(status == 200 for status in statuses):
+                    return
+                self.alive()
+                if time.monotonic() > deadline:
+                    raise BenchError(
+                        f"the workers were not all ready within {timeout_s:.0f} s: /ready {statuses}"
+                    )
+                time.sleep(0.2)
 
     @property
     def sink_processes(self) -> int:
@@ -912,8 +937,7 @@ def run_ledgerflow_paced(run: Run) -> dict[str, Any]:
         )
 
     try:
-        deployment.start()
-        time.sleep(1.0)  # let the group settle: the first events should not pay for a rebalance
+        deployment.start()  # ready: the first events should not pay for the group's rebalance
         produced, seen = asyncio.run(drive())
         resources = deployment.resources()
     finally:
