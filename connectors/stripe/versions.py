@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 
@@ -77,6 +78,7 @@ class ApiVersion:
         return self.shapes is Shapes.CURRENT and not self.invoice_payment_events
 
 
+@lru_cache(maxsize=64)  # read for every Event; an account's Events carry one or two versions
 def api_version(name: str | None) -> ApiVersion:
     """The shapes an Event of this version has: known versions by the table; an unknown one
     by its date (before basil: acacia's; otherwise, or undated, the newest)."""
