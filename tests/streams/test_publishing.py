@@ -95,3 +95,30 @@ async def test_a_refused_changelog_batch_sets_no_offset() -> None:
     future.set_exception(RuntimeError("broker refused"))
     _persisted({("c", 3): store}, 5, future)
     assert persisted == []
+
+
+def test_a_keyed_record_goes_where_aiokafkas_producer_would_put_it() -> None:
+    """`_partition` remembers the default partitioner's hash per key; it chooses as aiokafka's
+    producer does, for every partition count, and leaves a given partition or a custom
+    partitioner to the producer."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.cluster import ClusterMetadata
+    from aiokafka.producer.producer import _DEFAULT_PARTITIONER
+
+    from streams.publishing import _partition
+
+    for count in (1, 3, 4, 12):
+        producer = AIOKafkaProducer.__new__(AIOKafkaProducer)
+        producer._metadata = ClusterMetadata()
+        producer._metadata._partitions = {"t": {p: object() for p in range(count)}}  # type: ignore[dict-item]
+        producer._metadata.available_partitions_for_topic = lambda topic: set(range(count))  # type: ignore[method-assign]
+        producer._partitioner = _DEFAULT_PARTITIONER
+        for i in range(300):
+            key = f"cust-stripe-cus_{i:05d}".encode()
+            for _ in range(2):  # the second from the remembered hash
+                assert _partition(producer, "t", None, key, b"v") == producer._partition(
+                    "t", None, None, None, key, b"v"
+                )
+        assert _partition(producer, "t", count - 1, b"k", b"v") == count - 1
+    producer._partitioner = lambda key, every, available: every[-1]  # type: ignore[assignment]
+    assert _partition(producer, "t", None, b"k", b"v") == 11
