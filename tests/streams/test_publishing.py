@@ -111,7 +111,7 @@ def test_a_keyed_record_goes_where_aiokafkas_producer_would_put_it() -> None:
         producer = AIOKafkaProducer.__new__(AIOKafkaProducer)
         producer._metadata = ClusterMetadata()
         producer._metadata._partitions = {"t": {p: object() for p in range(count)}}  # type: ignore[dict-item]
-        producer._metadata.available_partitions_for_topic = lambda topic: set(range(count))  # type: ignore[method-assign]
+        producer._metadata.available_partitions_for_topic = lambda topic, n=count: set(range(n))  # type: ignore[method-assign]
         producer._partitioner = _DEFAULT_PARTITIONER
         for i in range(300):
             key = f"cust-stripe-cus_{i:05d}".encode()
