@@ -40,6 +40,15 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=BaseModel)
 Rows: TypeAlias = "MutableMapping[bytes, bytes]"
+Slot: TypeAlias = "tuple[int, int | None, bytes]"
+"""(id of the table, partition, key): a key can be in several partitions' stores (a keyless
+record's row, `-`, lands where its record did)."""
+
+
+def partition_of(event: EventT) -> int | None:
+    """The partition whose store holds `event`'s rows (None: a test's event without a message)."""
+    message = getattr(event, "message", None)
+    return getattr(message, "partition", None)
 
 
 class DecodedRows:
@@ -56,32 +65,32 @@ class DecodedRows:
     def __init__(self, size: int = 20_000) -> None:
         self._size = size
         # (table, row): the table is held, so no other table can take its id while it is here.
-        self._rows: OrderedDict[tuple[int, bytes], tuple[Rows, BaseModel]] = OrderedDict()
+        self._rows: OrderedDict[Slot, tuple[Rows, BaseModel]] = OrderedDict()
 
-    def trusted(self, table: Rows, key: bytes, row_type: type[R]) -> R | None:
-        """The row its store holds, if known, without reading the store."""
-        slot = (id(table), key)
+    def trusted(self, table: Rows, partition: int | None, key: bytes, row_type: type[R]) -> R | None:
+        """The row the partition's store holds, if known, without reading the store."""
+        slot = (id(table), partition, key)
         hit = self._rows.get(slot)
         if hit is None or hit[0] is not table or type(hit[1]) is not row_type:
             return None
         self._rows.move_to_end(slot)
         return hit[1]
 
-    def decode(self, table: Rows, key: bytes, raw: bytes, row_type: type[R]) -> R:
-        """A row just read from its store."""
+    def decode(self, table: Rows, partition: int | None, key: bytes, raw: bytes, row_type: type[R]) -> R:
+        """A row just read from the partition's store."""
         row = codec.loads(row_type, raw)
-        self.remember(table, key, row)
+        self.remember(table, partition, key, row)
         return row
 
-    def remember(self, table: Rows, key: bytes, row: BaseModel) -> None:
-        slot = (id(table), key)
+    def remember(self, table: Rows, partition: int | None, key: bytes, row: BaseModel) -> None:
+        slot = (id(table), partition, key)
         self._rows[slot] = (table, row)
         self._rows.move_to_end(slot)
         if len(self._rows) > self._size:
             self._rows.popitem(last=False)
 
-    def forget(self, table: Rows, key: bytes) -> None:
-        self._rows.pop((id(table), key), None)
+    def forget(self, table: Rows, partition: int | None, key: bytes) -> None:
+        self._rows.pop((id(table), partition, key), None)
 
     def clear(self, *_: Any, **__: Any) -> None:
         self._rows.clear()
@@ -113,7 +122,7 @@ class Outbox:
     def __init__(self, rows: DecodedRows = decoded_rows) -> None:
         self._sending: list[Outgoing] = []
         self._writes: dict[
-            tuple[int, bytes], tuple[MutableMapping[bytes, bytes], EventT, bytes | None, BaseModel | None]
+            Slot, tuple[MutableMapping[bytes, bytes], EventT, bytes | None, BaseModel | None]
         ] = {}
         self._rows = rows
 
@@ -124,31 +133,30 @@ class Outbox:
         self._sending.append((topic, key, value, headers))
 
     def get(self, table: Rows, key: str, row_type: type[R], event: EventT) -> R | None:
-        encoded = key.encode()
-        staged = self._writes.get((id(table), encoded))
+        encoded, partition = key.encode(), partition_of(event)
+        staged = self._writes.get((id(table), partition, encoded))
         if staged is not None:
             return staged[3]  # type: ignore[return-value]
-        known = self._rows.trusted(table, encoded, row_type)
+        known = self._rows.trusted(table, partition, encoded, row_type)
         if known is not None:
             return known
         raw = read_row(table, encoded, event)
-        return None if raw is None else self._rows.decode(table, encoded, raw, row_type)
+        return None if raw is None else self._rows.decode(table, partition, encoded, raw, row_type)
 
     def put(self, table: Rows, key: str, row: BaseModel | None, event: EventT) -> None:
         """Stage a row (None deletes it), written by `commit` as if while handling `event`."""
         raw = None if row is None else codec.dumps(row)
-        self._writes[(id(table), key.encode())] = (table, event, raw, row)
+        self._writes[(id(table), partition_of(event), key.encode())] = (table, event, raw, row)
 
     def write_through(self, table: Rows, key: str, row: BaseModel, event: EventT) -> None:
         """Write a row into its table at once, through Faust's table (its changelog record goes
         when the producer flushes), and stage it as `put` does: the sink's in-flight marks."""
         self.put(table, key, row, event)
-        encoded = key.encode()
-        raw = self._writes[(id(table), encoded)][2]
+        slot = (id(table), partition_of(event), key.encode())
         with acting_for(event):
-            table[encoded] = raw  # type: ignore[assignment]
+            table[slot[2]] = self._writes[slot][2]  # type: ignore[assignment]
         # Until the commit, the store is ahead of the batch: a batch that fails leaves no old row known.
-        self._rows.forget(table, encoded)
+        self._rows.forget(table, slot[1], slot[2])
 
     async def commit(self) -> None:
         """Deliver every send (raises if the broker refuses), then write the rows."""
@@ -157,16 +165,16 @@ class Outbox:
         writes, self._writes = self._writes, {}
         try:
             await write_rows(
-                [(table, key, event, raw) for (_, key), (table, event, raw, _) in writes.items()]
+                [(table, key, event, raw) for (_, _, key), (table, event, raw, _) in writes.items()]
             )
         except BaseException:
             self._rows.clear()  # some rows may be in their stores, some not
             raise
-        for (_, key), (table, _event, raw, row) in writes.items():
+        for (_, partition, key), (table, _event, raw, row) in writes.items():
             if raw is None or row is None:
-                self._rows.forget(table, key)
+                self._rows.forget(table, partition, key)
             else:
-                self._rows.remember(table, key, row)
+                self._rows.remember(table, partition, key, row)
 
 
 async def write_rows(rows: list[tuple[Rows, bytes, EventT, bytes | None]]) -> None:

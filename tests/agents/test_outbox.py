@@ -3,6 +3,7 @@ on a rebalance or a commit that failed."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -81,14 +82,35 @@ async def test_a_failed_commit_and_a_rebalance_forget_every_row(rows: DecodedRow
         await batch.commit()
     assert Outbox(rows).get(table, "c1", CustomerMaster, event) is not None and table.reads == 2  # type: ignore[arg-type]
     for rebalance in (ob.app.on_partitions_revoked, ob.app.on_partitions_assigned):
-        ob.decoded_rows.remember(table, b"c1", master())  # type: ignore[arg-type]  # the worker's own
+        ob.decoded_rows.remember(table, None, b"c1", master())  # type: ignore[arg-type]  # the worker's own
         await rebalance.send(set())
-        assert ob.decoded_rows.trusted(table, b"c1", CustomerMaster) is None  # type: ignore[arg-type]
+        assert ob.decoded_rows.trusted(table, None, b"c1", CustomerMaster) is None  # type: ignore[arg-type]
 
 
 def test_the_oldest_row_goes_first(rows: DecodedRows) -> None:
     table: dict[bytes, bytes] = {}
     for key in (b"c1", b"c2", b"c3"):
-        rows.remember(table, key, master())
-    assert rows.trusted(table, b"c1", CustomerMaster) is None  # size 2
-    assert rows.trusted(table, b"c3", CustomerMaster) is not None
+        rows.remember(table, 0, key, master())
+    assert rows.trusted(table, 0, b"c1", CustomerMaster) is None  # size 2
+    assert rows.trusted(table, 0, b"c3", CustomerMaster) is not None
+
+
+class PartitionedTable(dict[bytes, bytes]):
+    """A table whose store has a RocksDB per partition, as `read_row` reads it."""
+
+    def __init__(self, stores: dict[int, dict[bytes, bytes]]) -> None:
+        super().__init__()
+        self.data = SimpleNamespace(_db_for_partition=stores.__getitem__)
+
+
+def test_one_key_in_two_partitions_is_two_rows(rows: DecodedRows) -> None:
+    """A keyless record's row (`-`) lands in the partition its record did: each partition's
+    store has its own, and the cache must not hand one partition's row to the other."""
+    p0, p1 = master("P0"), master("P1")
+    table = PartitionedTable({0: {b"-": codec.dumps(p0)}, 1: {b"-": codec.dumps(p1)}})
+    on = [SimpleNamespace(message=SimpleNamespace(partition=p)) for p in (0, 1)]
+    assert Outbox(rows).get(table, "-", CustomerMaster, on[0]) == p0  # type: ignore[arg-type]
+    assert Outbox(rows).get(table, "-", CustomerMaster, on[1]) == p1  # type: ignore[arg-type]
+    batch = Outbox(rows)
+    batch.put(table, "-", master("UK01"), on[0])  # type: ignore[arg-type]
+    assert batch.get(table, "-", CustomerMaster, on[1]) == p1  # type: ignore[arg-type]
