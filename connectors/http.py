@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from connectors.erp.errors import ErpError
 
 
+USER_AGENT = "ledgerflow"
+
+
 def header_value(text: str) -> str:
     """`text` as an HTTP header value: as it is when it is printable ASCII, else percent-encoded.
     A correlation id comes from a Kafka header, which may hold any bytes; an HTTP client refuses
@@ -77,7 +80,8 @@ class BearerJsonClient(ABC):
         self._owns_http = http is None
         # aiohttp's connections, httpx's error types (connectors/http_transport.py says why).
         self._http = http or HttpSession()
-        self._headers = {"accept": "application/json", **(headers or {})}
+        # A User-Agent, as httpx sent: some gateways in front of an API refuse a request without one.
+        self._headers = {"accept": "application/json", "user-agent": USER_AGENT, **(headers or {})}
         # Each connector logs under its own name (connectors.erp.client, …), not this module's.
         self._log = logging.getLogger(type(self).__module__)
         self.requests = 0
