@@ -97,6 +97,24 @@ class _MillisecondsAsSeconds(Histogram):
         super().observe(amount / 1000.0, exemplar)
 
 
+PER_MESSAGE: dict[str, str] = {
+    "messages_received": "Messages received by the consumer.",
+    "active_messages": "Messages received and not yet acknowledged.",
+    "topic_messages_received": "Messages received.",
+    "partition_read_offset": "Offset of the last message read.",
+    "event_runtime": "Time a stream spent on one event.",
+    "events": "Events taken by streams.",
+    "active_events": "Events being processed by streams.",
+    "stream_events": "Events taken, per stream.",
+    "table_operations": "Table reads and writes.",
+    "topic_messages_sent": "Messages sent, per topic.",
+    "messages_sent": "Messages the producer sent.",
+    "producer_send_latency": "Time from send to broker ack.",
+}
+"""The metrics of `faust_metrics` that Faust updates per message, with their help text:
+`FaustSensor.collect` serves them from plain counts."""
+
+
 LATENCY_BUCKETS_S = tuple(b / 1000.0 for b in MS_LATENCY_BUCKETS)
 
 
@@ -106,36 +124,34 @@ def faust_metrics(registry: CollectorRegistry, prefix: str = "ledgerflow_faust")
     reads): `FaustSensor` serves them from plain counts."""
     scratch = CollectorRegistry(auto_describe=False)
 
-    def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+    def counter(name: str, doc: str = "", labels: Iterable[str] = ()) -> Counter:
         into = scratch if name in PER_MESSAGE else registry
-        return _Counter(f"{prefix}_{name}", doc, list(labels), registry=into)
+        return _Counter(f"{prefix}_{name}", doc or PER_MESSAGE[name], list(labels), registry=into)
 
-    def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
+    def gauge(name: str, doc: str = "", labels: Iterable[str] = ()) -> Gauge:
         into = scratch if name in PER_MESSAGE else registry
-        return _Gauge(f"{prefix}_{name}", doc, list(labels), registry=into)
+        return _Gauge(f"{prefix}_{name}", doc or PER_MESSAGE[name], list(labels), registry=into)
 
-    def seconds(name: str, doc: str) -> Histogram:
+    def seconds(name: str, doc: str = "") -> Histogram:
         into = scratch if name in PER_MESSAGE else registry
         return _MillisecondsAsSeconds(
-            f"{prefix}_{name}_seconds", doc, buckets=LATENCY_BUCKETS_S, registry=into
+            f"{prefix}_{name}_seconds", doc or PER_MESSAGE[name], buckets=LATENCY_BUCKETS_S, registry=into
         )
 
     tp = ("topic", "partition")
     return FaustMetrics(
-        messages_received=counter("messages_received", "Messages received by the consumer."),
-        active_messages=gauge("active_messages", "Messages received and not yet acknowledged."),
-        messages_received_per_topics=counter("topic_messages_received", "Messages received.", ["topic"]),
-        messages_received_per_topics_partition=gauge(
-            "partition_read_offset", "Offset of the last message read.", tp
-        ),
-        events_runtime_latency=seconds("event_runtime", "Time a stream spent on one event."),
-        total_events=counter("events", "Events taken by streams."),
-        total_active_events=gauge("active_events", "Events being processed by streams."),
-        total_events_per_stream=counter("stream_events", "Events taken, per stream.", ["stream"]),
-        table_operations=counter("table_operations", "Table reads and writes.", ["table", "operation"]),
-        topic_messages_sent=counter("topic_messages_sent", "Messages sent, per topic.", ["topic"]),
-        total_sent_messages=counter("messages_sent", "Messages the producer sent."),
-        producer_send_latency=seconds("producer_send_latency", "Time from send to broker ack."),
+        messages_received=counter("messages_received"),
+        active_messages=gauge("active_messages"),
+        messages_received_per_topics=counter("topic_messages_received", labels=["topic"]),
+        messages_received_per_topics_partition=gauge("partition_read_offset", labels=tp),
+        events_runtime_latency=seconds("event_runtime"),
+        total_events=counter("events"),
+        total_active_events=gauge("active_events"),
+        total_events_per_stream=counter("stream_events", labels=["stream"]),
+        table_operations=counter("table_operations", labels=["table", "operation"]),
+        topic_messages_sent=counter("topic_messages_sent", labels=["topic"]),
+        total_sent_messages=counter("messages_sent"),
+        producer_send_latency=seconds("producer_send_latency"),
         total_error_messages_sent=counter("producer_send_errors", "Messages the producer failed to send."),
         producer_error_send_latency=seconds("producer_error_latency", "Time from send to send error."),
         assignment_operations=counter("assignments", "Partition assignments, by result.", ["operation"]),
@@ -151,25 +167,6 @@ def faust_metrics(registry: CollectorRegistry, prefix: str = "ledgerflow_faust")
         topic_partition_offset_commited=gauge("partition_committed_offset", "Committed offset.", tp),
         consumer_commit_latency=seconds("commit_latency", "Time an offset commit took."),
     )
-
-
-PER_MESSAGE = frozenset(
-    {
-        "messages_received",
-        "active_messages",
-        "topic_messages_received",
-        "partition_read_offset",
-        "event_runtime",
-        "events",
-        "active_events",
-        "stream_events",
-        "table_operations",
-        "topic_messages_sent",
-        "messages_sent",
-        "producer_send_latency",
-    }
-)
-"""The metrics of `faust_metrics` that `FaustSensor.collect` serves."""
 
 
 class _Buckets:
@@ -264,43 +261,47 @@ class FaustSensor(PrometheusMonitor):
     def collect(self) -> Iterator[Metric]:
         p = self._prefix
         yield CounterMetricFamily(
-            f"{p}_messages_received", "Messages received by the consumer.", self.messages_received_total
+            f"{p}_messages_received", PER_MESSAGE["messages_received"], self.messages_received_total
         )
-        yield GaugeMetricFamily(
-            f"{p}_active_messages", "Messages received and not yet acknowledged.", self.messages_active
+        yield GaugeMetricFamily(f"{p}_active_messages", PER_MESSAGE["active_messages"], self.messages_active)
+        by_topic = CounterMetricFamily(
+            f"{p}_topic_messages_received", PER_MESSAGE["topic_messages_received"], labels=["topic"]
         )
-        by_topic = CounterMetricFamily(f"{p}_topic_messages_received", "Messages received.", labels=["topic"])
         for topic, count in list(self.messages_received_by_topic.items()):
             by_topic.add_metric([topic], count)
         yield by_topic
         read = GaugeMetricFamily(
-            f"{p}_partition_read_offset", "Offset of the last message read.", labels=["topic", "partition"]
+            f"{p}_partition_read_offset", PER_MESSAGE["partition_read_offset"], labels=["topic", "partition"]
         )
         for tp, offset in list(self.tp_read_offsets.items()):
             read.add_metric([tp.topic, str(tp.partition)], offset)
         yield read
-        yield CounterMetricFamily(f"{p}_events", "Events taken by streams.", self.events_total)
-        yield GaugeMetricFamily(
-            f"{p}_active_events", "Events being processed by streams.", self.events_active
+        yield CounterMetricFamily(f"{p}_events", PER_MESSAGE["events"], self.events_total)
+        yield GaugeMetricFamily(f"{p}_active_events", PER_MESSAGE["active_events"], self.events_active)
+        per_stream = CounterMetricFamily(
+            f"{p}_stream_events", PER_MESSAGE["stream_events"], labels=["stream"]
         )
-        per_stream = CounterMetricFamily(f"{p}_stream_events", "Events taken, per stream.", labels=["stream"])
         for stream, key in list(self.stream_lookup.items()):
             per_stream.add_metric([f"stream.{self._stream_label(stream)}.events"], self.events_by_stream[key])
         yield per_stream
-        yield self._event_runtime.family(f"{p}_event_runtime_seconds", "Time a stream spent on one event.")
+        yield self._event_runtime.family(f"{p}_event_runtime_seconds", PER_MESSAGE["event_runtime"])
         ops = CounterMetricFamily(
-            f"{p}_table_operations", "Table reads and writes.", labels=["table", "operation"]
+            f"{p}_table_operations", PER_MESSAGE["table_operations"], labels=["table", "operation"]
         )
         for name, state in list(self.tables.items()):
             for operation in (self.KEYS_RETRIEVED, self.KEYS_UPDATED, self.KEYS_DELETED):
                 ops.add_metric([f"table.{name}", operation], getattr(state, operation))
         yield ops
-        sent = CounterMetricFamily(f"{p}_topic_messages_sent", "Messages sent, per topic.", labels=["topic"])
+        sent = CounterMetricFamily(
+            f"{p}_topic_messages_sent", PER_MESSAGE["topic_messages_sent"], labels=["topic"]
+        )
         for topic, count in list(self.messages_sent_by_topic.items()):
             sent.add_metric([f"topic.{topic}"], count)
         yield sent
-        yield CounterMetricFamily(f"{p}_messages_sent", "Messages the producer sent.", self.messages_sent)
-        yield self._send_latency.family(f"{p}_producer_send_latency_seconds", "Time from send to broker ack.")
+        yield CounterMetricFamily(f"{p}_messages_sent", PER_MESSAGE["messages_sent"], self.messages_sent)
+        yield self._send_latency.family(
+            f"{p}_producer_send_latency_seconds", PER_MESSAGE["producer_send_latency"]
+        )
 
 
 def install_faust_sensor(*_: Any, **__: Any) -> None:
