@@ -154,11 +154,11 @@ class Outbox:
         """Write a row into its table at once, through Faust's table (its changelog record goes
         when the producer flushes), and stage it as `put` does: the sink's in-flight marks."""
         self.put(table, key, row, event)
-        slot = (id(table), partition_of(event), key.encode())
+        partition, encoded = partition_of(event), key.encode()
         with acting_for(event):
-            table[slot[2]] = self._writes[slot][2]  # type: ignore[assignment]
+            table[encoded] = self._writes[(id(table), partition, encoded)][2]  # type: ignore[assignment]
         # Until the commit, the store is ahead of the batch: a batch that fails leaves no old row known.
-        self._rows.forget(table, slot[1], slot[2])
+        self._rows.forget(table, partition, encoded)
 
     async def commit(self) -> None:
         """Deliver every send (raises if the broker refuses), then write the rows."""
